@@ -1,0 +1,39 @@
+"""godel-ray: multi-region federation for long-lived agents, on Ray.
+
+    import godel_ray as gr
+    proxy = gr.connect()
+    agent = proxy.spawn(gr.SpawnConfig(model="claude-sonnet-4", requires_gpu=True))
+    print(proxy.exec(agent.id, "nvidia-smi").stdout)
+
+Importing this package is cheap: Ray and gRPC load only when ``connect()`` is called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from godel_ray.errors import *  # noqa: F403
+from godel_ray.errors import GodelError
+from godel_ray.models import *  # noqa: F403
+from godel_ray.models import __all__ as _models_all
+from godel_ray.settings import VERSION as __version__
+
+_LAZY = {
+    "connect": ("godel_ray.proxy", "connect"),
+    "TransparentClusterProxy": ("godel_ray.proxy", "TransparentClusterProxy"),
+    "ClusterRegistry": ("godel_ray.proxy", "ClusterRegistry"),
+    "ClusterClient": ("godel_ray.cluster_client", "ClusterClient"),
+    "MultiClusterLoadBalancer": ("godel_ray.control.balancer", "MultiClusterLoadBalancer"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'godel_ray' has no attribute {name!r}")
+
+
+__all__ = [*_models_all, *_LAZY, "GodelError", "__version__"]

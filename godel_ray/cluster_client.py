@@ -1,0 +1,73 @@
+"""The one interface every cluster speaks, local or remote: ``ClusterClient``.
+
+``godel_ray.agents.runtime.AgentRuntime`` implements it directly on a Ray cluster (used by the
+``local`` ClusterActor and by every site server); ``godel_ray.rpc.client.GrpcClusterClient``
+implements it over gRPC to a site. The ClusterActor holds one of the two and does not care which.
+
+Semantics shared by both implementations:
+- ``epoch=0`` means "do not check"; any other value must equal the agent's epoch, else
+  ``StaleEpoch``. A site refuses every operation on a copy it no longer owns.
+- ``exec_stream`` yields ``ExecChunk`` output pieces as they are produced; the last chunk carries
+  ``result``. Commands on one agent run one at a time in arrival order.
+- ``export(freeze=True)`` freezes the agent first: a running command finishes, new commands wait.
+  ``resume`` unfreezes (rollback); ``kill(reason="migrated")`` ends the copy and every waiting
+  command fails with ``AgentMoved`` (the caller re-resolves the location and retries).
+- ``import_`` recreates ``snapshot.agent`` (same id, the epoch it carries) with its files and
+  journal; a hostile or corrupt archive raises ``SnapshotRejected`` and leaves nothing behind.
+- ``spawn`` with an ``idempotency_key`` already seen returns the same agent and ``created=False``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from godel_ray.models import (
+    Agent, AgentSnapshot, AgentStatus, ExecChunk, ExecResult, FederationEvent, SiteCapacity,
+    SpawnConfig,
+)
+
+KILL_REASON_MIGRATED = "migrated"
+
+
+class ClusterClient(Protocol):
+    async def spawn(self, config: SpawnConfig, *, agent_id: str | None = None,
+                    idempotency_key: str | None = None, epoch: int = 1) -> tuple[Agent, bool]: ...
+
+    async def kill(self, agent_id: str, *, epoch: int = 0, reason: str = "") -> Agent: ...
+
+    def exec_stream(self, agent_id: str, command: str, *, timeout_s: float | None = None,
+                    epoch: int = 0) -> AsyncIterator[ExecChunk]: ...
+
+    async def status(self, agent_id: str) -> Agent: ...
+
+    async def list_agents(self, status: AgentStatus | None = None,
+                          labels: dict[str, str] | None = None) -> list[Agent]: ...
+
+    async def heartbeat(self) -> SiteCapacity: ...
+
+    def events(self, since_seq: int = 0) -> AsyncIterator[FederationEvent]: ...
+
+    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot: ...
+
+    async def import_(self, snapshot: AgentSnapshot) -> Agent: ...
+
+    async def resume(self, agent_id: str, *, epoch: int = 0) -> Agent: ...
+
+    async def close(self) -> None: ...
+
+
+def collect(chunks: list[ExecChunk]) -> ExecResult:
+    """Fold streamed chunks into one ExecResult (stdout/stderr joined, result from the last)."""
+    out, err = [], []
+    result: ExecResult | None = None
+    for chunk in chunks:
+        if chunk.result is not None:
+            result = chunk.result
+        elif chunk.stream.value == "stderr":
+            err.append(chunk.data)
+        else:
+            out.append(chunk.data)
+    if result is None:
+        raise ValueError("exec stream ended without a result")
+    return result.model_copy(update={"stdout": "".join(out), "stderr": "".join(err)})

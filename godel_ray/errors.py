@@ -1,0 +1,141 @@
+"""The one exception tree of godel-ray.
+
+Every failure a user can trigger is one of these, with a message a person can act on and
+structured fields (``agent_id``, ``cluster_id``, ``reasons``). Foreign exceptions (gRPC, Ray) are
+mapped to this tree in exactly one place each: ``godel_ray.rpc.errors`` for gRPC status codes and
+``godel_ray.control.rayapi`` for Ray's wrappers.
+
+    GodelError
+    ├── InvalidArgument                 bad input: ids, sizes, env names, timeouts   (INVALID_ARGUMENT)
+    │   └── SnapshotRejected            hostile or corrupt snapshot archive
+    ├── NotFound                                                                     (NOT_FOUND)
+    │   ├── AgentNotFound
+    │   └── ClusterNotFound
+    ├── AlreadyExists                   duplicate cluster name, agent id              (ALREADY_EXISTS)
+    ├── Unauthenticated                 missing or wrong credential                   (UNAUTHENTICATED)
+    ├── FailedPrecondition              the state does not allow it now               (FAILED_PRECONDITION)
+    │   ├── StaleEpoch                  fenced: the caller's epoch is not the agent's
+    │   ├── AgentMoved                  this copy was migrated away; ask the balancer again
+    │   ├── AgentNotRunning             agent completed, failed, or terminated
+    │   ├── MigrationInProgress
+    │   └── CooldownActive              migration cooldown not elapsed (``retry_after_s``)
+    ├── ResourceExhausted               no capacity (max agents, CPUs, GPUs)          (RESOURCE_EXHAUSTED)
+    │   └── NoPlacement                 nothing fits; ``reasons`` maps cluster id to why
+    ├── ClusterUnavailable              a cluster cannot be reached                   (UNAVAILABLE)
+    ├── DeadlineExceeded                a call ran past its deadline                  (DEADLINE_EXCEEDED)
+    └── ControlPlaneNotRunning          no control plane at the state dir
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GodelError(Exception):
+    """Base of every godel-ray error. ``fields`` carries structured context."""
+
+    code = "UNKNOWN"
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+    def __getattr__(self, name: str) -> Any:
+        # Structured fields read as attributes: err.cluster_id, err.reasons.
+        fields = self.__dict__.get("fields", {})
+        if name in fields:
+            return fields[name]
+        raise AttributeError(name)
+
+    def __reduce__(self) -> Any:
+        # Errors cross Ray actor boundaries by pickle; keep the keyword fields.
+        return (_rebuild, (type(self), self.message, self.fields))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(cls: type[GodelError], message: str, fields: dict[str, Any]) -> GodelError:
+    return cls(message, **fields)
+
+
+class InvalidArgument(GodelError):
+    code = "INVALID_ARGUMENT"
+
+
+class SnapshotRejected(InvalidArgument):
+    pass
+
+
+class NotFound(GodelError):
+    code = "NOT_FOUND"
+
+
+class AgentNotFound(NotFound):
+    pass
+
+
+class ClusterNotFound(NotFound):
+    pass
+
+
+class AlreadyExists(GodelError):
+    code = "ALREADY_EXISTS"
+
+
+class Unauthenticated(GodelError):
+    code = "UNAUTHENTICATED"
+
+
+class FailedPrecondition(GodelError):
+    code = "FAILED_PRECONDITION"
+
+
+class StaleEpoch(FailedPrecondition):
+    pass
+
+
+class AgentMoved(FailedPrecondition):
+    pass
+
+
+class AgentNotRunning(FailedPrecondition):
+    pass
+
+
+class MigrationInProgress(FailedPrecondition):
+    pass
+
+
+class CooldownActive(FailedPrecondition):
+    pass
+
+
+class ResourceExhausted(GodelError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class NoPlacement(ResourceExhausted):
+    pass
+
+
+class ClusterUnavailable(GodelError):
+    code = "UNAVAILABLE"
+
+
+class DeadlineExceeded(GodelError):
+    code = "DEADLINE_EXCEEDED"
+
+
+class ControlPlaneNotRunning(GodelError):
+    code = "FAILED_PRECONDITION"
+
+
+ALL_ERRORS: tuple[type[GodelError], ...] = (
+    GodelError, InvalidArgument, SnapshotRejected, NotFound, AgentNotFound, ClusterNotFound,
+    AlreadyExists, Unauthenticated, FailedPrecondition, StaleEpoch, AgentMoved, AgentNotRunning,
+    MigrationInProgress, CooldownActive, ResourceExhausted, NoPlacement, ClusterUnavailable,
+    DeadlineExceeded, ControlPlaneNotRunning,
+)
+ERRORS_BY_NAME: dict[str, type[GodelError]] = {cls.__name__: cls for cls in ALL_ERRORS}

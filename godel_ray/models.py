@@ -1,0 +1,336 @@
+"""Domain values shared by every layer: pydantic models with snake_case fields and units in names.
+
+These are the public data types of godel-ray (the seed's names: ``Cluster``, ``SpawnConfig``,
+``Agent``, ``ExecResult`` ...). Proto conversion lives in ``godel_ray.rpc.convert``; validation of
+user input (ids, sizes, env names) lives in ``godel_ray.core.validation``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def now_s() -> float:
+    return time.time()
+
+
+def new_agent_id() -> str:
+    return "ag-" + uuid.uuid4().hex[:12]
+
+
+def new_migration_id() -> str:
+    return "mig-" + uuid.uuid4().hex[:12]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+
+
+class AgentStatus(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    MIGRATING = "migrating"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TERMINATED = "terminated"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (AgentStatus.COMPLETED, AgentStatus.FAILED, AgentStatus.TERMINATED)
+
+
+class ClusterStatus(str, Enum):
+    ACTIVE = "active"
+    DEGRADED = "degraded"
+    OFFLINE = "offline"
+    MAINTENANCE = "maintenance"
+
+
+class RestartPolicy(str, Enum):
+    NEVER = "never"
+    CHECKPOINT = "checkpoint"
+
+
+class Priority(str, Enum):
+    """Which factor weighs most in placement."""
+
+    LATENCY = "latency"
+    COST = "cost"
+    AVAILABILITY = "availability"
+    GPU = "gpu"
+
+
+class SpawnConfig(_Model):
+    """What a user asks for when spawning an agent. Placement fields are hints and hard filters."""
+
+    model: str = "default"
+    labels: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float | None = None  # lifetime; None = until killed
+    cpus: float = 1.0
+    requires_gpu: bool = False
+    gpu_count: int = 1  # only read when requires_gpu
+    gpu_type: str | None = None  # e.g. "nvidia-a100"; implies requires_gpu
+    cluster: str | None = None  # pin to this cluster id
+    idempotency_key: str | None = None
+    restart_policy: RestartPolicy = RestartPolicy.NEVER
+    checkpoint_interval_s: float = 60.0
+    # placement preferences and hard filters
+    priority: Priority = Priority.AVAILABILITY
+    preferred_region: str | None = None
+    excluded_regions: list[str] = Field(default_factory=list)
+    max_latency_ms: float | None = None
+    max_cost_per_hour: float | None = None
+
+    @property
+    def needs_gpu(self) -> bool:
+        return self.requires_gpu or self.gpu_type is not None
+
+    @property
+    def num_gpus(self) -> int:
+        return self.gpu_count if self.needs_gpu else 0
+
+
+class Agent(_Model):
+    """An agent as the federation sees it. ``epoch`` rises at every move (fencing)."""
+
+    id: str
+    config: SpawnConfig
+    cluster_id: str = ""
+    status: AgentStatus = AgentStatus.PENDING
+    status_reason: str = ""
+    epoch: int = 1
+    created_at: float = Field(default_factory=now_s)
+    started_at: float | None = None
+    finished_at: float | None = None
+    node_id: str = ""
+    gpu_ids: list[str] = Field(default_factory=list)
+
+    @property
+    def model(self) -> str:
+        return self.config.model
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return self.config.labels
+
+    def public_dict(self) -> dict[str, object]:
+        """JSON-safe view for output: env values are redacted (they may hold secrets)."""
+        data = self.model_dump(mode="json")
+        data["config"]["env"] = {k: "***" for k in self.config.env}
+        data["model"] = self.config.model
+        data["labels"] = dict(self.config.labels)
+        return data
+
+
+class OutputStream(str, Enum):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
+class ExecResult(_Model):
+    exit_code: int
+    stdout: str = ""
+    stderr: str = ""
+    duration_s: float = 0.0
+    timed_out: bool = False
+    truncated: bool = False
+
+
+class ExecChunk(_Model):
+    """One piece of a streamed exec: output (``stream`` + ``data``) or, last, the ``result``."""
+
+    stream: OutputStream = OutputStream.STDOUT
+    data: str = ""
+    result: ExecResult | None = None
+
+
+class JournalEntry(_Model):
+    seq: int
+    command: str
+    exit_code: int | None = None
+    started_at: float
+    duration_s: float = 0.0
+    timed_out: bool = False
+
+
+class AgentSnapshot(_Model):
+    """An agent's portable state: metadata, journal, and a tar.gz of its working directory."""
+
+    agent: Agent
+    journal: list[JournalEntry] = Field(default_factory=list)
+    archive: bytes = b""
+    sha256: str = ""
+    taken_at: float = Field(default_factory=now_s)
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.archive)
+
+
+class ClusterCapabilities(_Model):
+    gpu: bool = False
+    gpu_types: list[str] = Field(default_factory=list)
+    flags: list[str] = Field(default_factory=list)  # free-form capability flags, e.g. "docker"
+
+
+class HealthSettings(_Model):
+    heartbeat_interval_s: float = 5.0
+    heartbeat_timeout_s: float = 2.0
+    degraded_after: int = 2
+    offline_after: int = 5
+    recover_after: int = 2
+    slow_rtt_ms: float = 1000.0
+    grace_period_s: float = 30.0
+
+
+class Cluster(_Model):
+    """A registry entry: ``local`` or a remote site reached at ``endpoint``.
+
+    Only the *location* of credentials is stored (``auth_token_file``), never the secret itself.
+    """
+
+    id: str
+    endpoint: str | None = None  # None for local
+    region: str = "local"
+    cost_per_hour: float = 0.0
+    max_agents: int = 100
+    capabilities: ClusterCapabilities = Field(default_factory=ClusterCapabilities)
+    auth_token_file: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    load_threshold: float = 0.8  # spill-over threshold (used for local)
+    warm_pool_size: int = 0
+    maintenance: bool = False
+    created_at: float = Field(default_factory=now_s)
+
+    @property
+    def is_local(self) -> bool:
+        return self.endpoint is None
+
+
+class SiteCapacity(_Model):
+    """What a heartbeat reports: real capacity from the site's Ray resources."""
+
+    name: str = ""
+    region: str = ""
+    cost_per_hour: float = 0.0
+    max_agents: int = 0
+    active_agents: int = 0
+    available_agents: int = 0
+    gpu_types: list[str] = Field(default_factory=list)
+    free_gpus: dict[str, float] = Field(default_factory=dict)  # by gpu type
+    total_gpus: float = 0.0
+    total_cpus: float = 0.0
+    free_cpus: float = 0.0
+    warm_pool: int = 0
+    version: str = ""
+
+
+class ClusterHealthState(_Model):
+    cluster_id: str
+    status: ClusterStatus = ClusterStatus.ACTIVE
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+    rtt_ms: float | None = None  # EWMA
+    last_heartbeat_at: float | None = None
+    last_success_at: float | None = None
+    offline_since: float | None = None
+    last_error: str = ""
+    capacity: SiteCapacity = Field(default_factory=SiteCapacity)
+
+
+class ClusterStats(_Model):
+    cluster_id: str
+    status: ClusterStatus
+    agents_by_status: dict[str, int] = Field(default_factory=dict)
+    capacity: SiteCapacity = Field(default_factory=SiteCapacity)
+    rtt_ms: float | None = None
+    load: float = 0.0  # used / max
+
+
+class EventKind(str, Enum):
+    AGENT = "agent"
+    COMMAND = "command"
+    CLUSTER = "cluster"
+    MIGRATION = "migration"
+
+
+class FederationEvent(_Model):
+    seq: int = 0
+    kind: EventKind
+    type: str  # e.g. "agent.spawned", "command.finished", "cluster.status", "migration.committed"
+    cluster_id: str = ""
+    agent_id: str = ""
+    ts: float = Field(default_factory=now_s)
+    data: dict[str, str] = Field(default_factory=dict)
+
+
+class MigrationPhase(str, Enum):
+    VALIDATING = "validating"
+    FREEZING = "freezing"
+    EXPORTING = "exporting"
+    TRANSFERRING = "transferring"
+    IMPORTING = "importing"
+    VERIFYING = "verifying"
+    COMMITTING = "committing"
+    CLEANING_UP = "cleaning_up"
+    COMPLETED = "completed"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+
+
+class PhaseStamp(_Model):
+    phase: MigrationPhase
+    at: float
+
+
+class Migration(_Model):
+    id: str = Field(default_factory=new_migration_id)
+    agent_id: str
+    source: str
+    target: str
+    phase: MigrationPhase = MigrationPhase.VALIDATING
+    phases: list[PhaseStamp] = Field(default_factory=list)
+    epoch_from: int = 0
+    epoch_to: int = 0
+    bytes_moved: int = 0
+    downtime_s: float | None = None
+    error: str = ""
+    started_at: float = Field(default_factory=now_s)
+    finished_at: float | None = None
+    reason: str = "manual"  # manual | failover
+
+
+class CandidateScore(_Model):
+    cluster_id: str
+    score: float
+    factors: dict[str, float] = Field(default_factory=dict)
+
+
+class PlacementDecision(_Model):
+    """Why an agent went where it went: every candidate weighed and every rejection."""
+
+    agent_id: str = ""
+    chosen: str | None = None
+    rule: str = ""  # "pinned" | "local-under-threshold" | "best-score" | "none"
+    priority: Priority = Priority.AVAILABILITY
+    candidates: list[CandidateScore] = Field(default_factory=list)
+    rejections: dict[str, str] = Field(default_factory=dict)
+    decided_at: float = Field(default_factory=now_s)
+
+
+__all__ = [
+    "Agent", "AgentSnapshot", "AgentStatus", "CandidateScore", "Cluster", "ClusterCapabilities",
+    "ClusterHealthState", "ClusterStats", "ClusterStatus", "EventKind", "ExecChunk", "ExecResult",
+    "FederationEvent", "HealthSettings", "JournalEntry", "Migration", "MigrationPhase", "OutputStream",
+    "PhaseStamp", "PlacementDecision", "Priority", "RestartPolicy", "SiteCapacity", "SpawnConfig",
+    "new_agent_id", "new_migration_id", "now_s",
+]

@@ -1,0 +1,204 @@
+"""Starting and stopping a private Ray head on this machine: the one way godel-ray does it.
+
+Several Ray clusters share one machine (the control plane, each site, tests), so each head gets its
+own block of ports and its own temp dir, and is started with ``ray start --block`` as the leader of a
+new session. Stopping signals every process of that session (gcs_server, raylet, agents, workers:
+they are reparented to init, but keep their session id), waits, then SIGKILLs what is left. Never
+``ray stop``: it kills every Ray process on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from godel_ray.errors import GodelError
+
+READY_TIMEOUT_S = 60.0
+STOP_GRACE_S = 2.0
+PORT_BLOCK = 480  # 12 fixed ports, then a range for worker processes
+FIXED_PORTS = ("gcs", "node_manager", "object_manager", "metrics", "dashboard", "client_server",
+               "dashboard_agent_listen", "dashboard_agent_grpc", "runtime_env_agent")
+
+
+@dataclass
+class RayHead:
+    """A running Ray head we started. Serialisable so ``swarmctl down`` can stop it later."""
+
+    address: str
+    pid: int
+    base_port: int
+    temp_dir: str
+    log_file: str
+    dashboard_url: str = ""
+    metrics_port: int = 0
+    auth_token: str | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> RayHead:
+        return cls(**json.loads(text))
+
+    def env(self) -> dict[str, str]:
+        """Environment a client of this head needs (address, and Ray's token auth when enabled)."""
+        out = {"RAY_ADDRESS": self.address}
+        if self.auth_token:
+            out.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.auth_token)
+        return out
+
+    def alive(self) -> bool:
+        return bool(session_pids(self.pid))
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        stop_session(self.pid, grace_s)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def allocate_port_block(size: int = PORT_BLOCK, attempts: int = 200) -> int:
+    """A base port such that ``base .. base+size`` looks free (checked on the fixed ports)."""
+    rng = random.Random()
+    for _ in range(attempts):
+        base = rng.randrange(20000, 60000 - size, 10)
+        if all(_port_free(base + i) for i in range(len(FIXED_PORTS))):
+            return base
+    raise GodelError("could not find a free block of ports for a Ray head; free some ports and retry")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_head(
+    num_cpus: float | None = None,
+    num_gpus: int = 0,
+    gpu_type: str | None = None,
+    resources: dict[str, float] | None = None,
+    dashboard: bool = False,
+    auth_token: str | None = None,
+    object_store_bytes: int = 200 * 1024 * 1024,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+) -> RayHead:
+    """Start a Ray head on loopback with its own ports and temp dir; wait until it is ready.
+
+    ``gpu_type`` adds the logical resource ``accelerator_type:<gpu_type>`` (one unit per GPU),
+    which is what Ray schedules ``accelerator_type`` requests on: GPUs are simulated exactly.
+    """
+    base = allocate_port_block()
+    ports = {name: base + i for i, name in enumerate(FIXED_PORTS)}
+    temp_dir = tempfile.mkdtemp(prefix="godel-ray-", dir="/tmp")  # short: unix socket paths
+    res = dict(resources or {})
+    if gpu_type and num_gpus:
+        res[f"accelerator_type:{gpu_type}"] = float(num_gpus)
+    cmd = [
+        sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+        "--node-ip-address", "127.0.0.1",
+        "--port", str(ports["gcs"]),
+        "--node-manager-port", str(ports["node_manager"]),
+        "--object-manager-port", str(ports["object_manager"]),
+        "--metrics-export-port", str(ports["metrics"]),
+        "--ray-client-server-port", str(ports["client_server"]),
+        "--dashboard-agent-listen-port", str(ports["dashboard_agent_listen"]),
+        "--dashboard-agent-grpc-port", str(ports["dashboard_agent_grpc"]),
+        "--runtime-env-agent-port", str(ports["runtime_env_agent"]),
+        "--min-worker-port", str(base + 20), "--max-worker-port", str(base + PORT_BLOCK - 1),
+        "--temp-dir", temp_dir,
+        "--num-gpus", str(num_gpus),
+        "--object-store-memory", str(object_store_bytes),
+        "--disable-usage-stats",
+        "--include-dashboard", "true" if dashboard else "false",
+    ]
+    if dashboard:
+        cmd += ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"])]
+    if num_cpus is not None:
+        cmd += ["--num-cpus", str(num_cpus)]
+    if res:
+        cmd += ["--resources", json.dumps(res)]
+    env = dict(os.environ)
+    for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        env.pop(key, None)
+    if auth_token:
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=auth_token)
+    log_file = os.path.join(temp_dir, "ray-start.log")
+    with open(log_file, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+    head = RayHead(
+        address=f"127.0.0.1:{ports['gcs']}", pid=proc.pid, base_port=base, temp_dir=temp_dir,
+        log_file=log_file, dashboard_url=f"http://127.0.0.1:{ports['dashboard']}" if dashboard else "",
+        metrics_port=ports["metrics"], auth_token=auth_token, resources=res,
+    )
+    deadline = time.monotonic() + ready_timeout_s
+    while time.monotonic() < deadline:
+        text = Path(log_file).read_text(errors="replace")
+        if "Ray runtime started" in text:
+            return head
+        if proc.poll() is not None:
+            head.stop()
+            raise GodelError(f"ray start exited with code {proc.returncode}: {text.strip()[-600:]}")
+        time.sleep(0.1)
+    head.stop()
+    raise GodelError(f"Ray head did not start within {ready_timeout_s:.0f}s (log: {log_file})")
+
+
+def session_pids(sid: int) -> list[int]:
+    """Every live process whose session id is ``sid`` (the head's processes and workers)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            out.append(int(entry))
+    return out
+
+
+def stop_session(sid: int, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM every process of the session, wait up to ``grace_s``, then SIGKILL the rest."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = session_pids(sid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + (grace_s if sig == signal.SIGTERM else 5.0)
+        while time.monotonic() < deadline and session_pids(sid):
+            time.sleep(0.05)
+    _reap(sid)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

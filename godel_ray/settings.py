@@ -1,0 +1,44 @@
+"""Settings and limits: one frozen object built at the edge and passed down.
+
+Environment variables use the ``GODEL_`` prefix. ``state_dir()`` is where the control plane keeps
+its SQLite file, its Ray head's description and its Ray auth token.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+VERSION = "0.1.0"
+NAMESPACE = "godel"  # Ray namespace of every control-plane actor
+BALANCER_NAME = "godel-balancer"
+DEFAULT_SITE_PORT = 50051
+
+
+class Limits(BaseModel):
+    """Input limits enforced on every request (site and control plane alike)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_message_bytes: int = 8 * 1024 * 1024
+    max_command_bytes: int = 64 * 1024
+    max_env_vars: int = 128
+    max_env_bytes: int = 64 * 1024
+    max_labels: int = 64
+    max_label_bytes: int = 256
+    max_output_bytes: int = 16 * 1024 * 1024  # per command; more is dropped and `truncated` set
+    max_command_timeout_s: float = 24 * 3600.0
+    default_command_timeout_s: float = 3600.0
+    max_snapshot_bytes: int = 1024 * 1024 * 1024
+    snapshot_chunk_bytes: int = 1024 * 1024
+
+
+LIMITS = Limits()
+
+
+def state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """``explicit`` > ``$GODEL_STATE_DIR`` > ``~/.godel``."""
+    raw = explicit or os.environ.get("GODEL_STATE_DIR") or Path.home() / ".godel"
+    return Path(raw).expanduser().resolve()
