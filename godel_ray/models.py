@@ -255,6 +255,14 @@ class ClusterStats(_Model):
     load: float = 0.0  # used / max
 
 
+class ClusterInfo(_Model):
+    """A registry row as the user sees it: the entry, its live health, and its agent count."""
+
+    cluster: Cluster
+    health: ClusterHealthState
+    agents: int = 0  # non-final agents the federation has placed there
+
+
 class EventKind(str, Enum):
     AGENT = "agent"
     COMMAND = "command"
@@ -329,7 +337,7 @@ class PlacementDecision(_Model):
 
 __all__ = [
     "Agent", "AgentSnapshot", "AgentStatus", "CandidateScore", "Cluster", "ClusterCapabilities",
-    "ClusterHealthState", "ClusterStats", "ClusterStatus", "EventKind", "ExecChunk", "ExecResult",
+    "ClusterHealthState", "ClusterInfo", "ClusterStats", "ClusterStatus", "EventKind", "ExecChunk", "ExecResult",
     "FederationEvent", "HealthSettings", "JournalEntry", "Migration", "MigrationPhase", "OutputStream",
     "PhaseStamp", "PlacementDecision", "Priority", "RestartPolicy", "SiteCapacity", "SpawnConfig",
     "new_agent_id", "new_migration_id", "now_s",
