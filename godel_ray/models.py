@@ -85,6 +85,7 @@ class SpawnConfig(_Model):
     excluded_regions: list[str] = Field(default_factory=list)
     max_latency_ms: float | None = None
     max_cost_per_hour: float | None = None
+    required_capabilities: list[str] = Field(default_factory=list)  # each must be in capabilities.flags
 
     @property
     def needs_gpu(self) -> bool:

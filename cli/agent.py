@@ -1,0 +1,170 @@
+"""``swarmctl agent ...``: spawn agents, run commands in them, and look at them.
+
+Read-only commands (list, status, explain) read the state store through ``StateReader`` and never
+load Ray; spawn, exec, kill and logs go through ``connect()``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from godel_cli import render
+from godel_cli.render import JsonOption, StateDirOption
+from godel_ray.models import OutputStream
+
+TIMED_OUT_EXIT_CODE = 124  # as timeout(1)
+
+app = typer.Typer(help="Spawn agents, run commands in them, inspect them.", no_args_is_help=True)
+
+
+@app.command("spawn")
+@render.guarded
+def spawn(model: Annotated[str | None, typer.Option("--model", help="Model name handed to the agent.")] = None,
+          label: Annotated[list[str] | None, typer.Option("--label", "-l", help="key=value (repeatable).")] = None,
+          env: Annotated[list[str] | None, typer.Option("--env", "-e", help="NAME=value (repeatable).")] = None,
+          timeout: Annotated[float | None, typer.Option("--timeout", help="Lifetime in seconds.")] = None,
+          gpu: Annotated[bool, typer.Option("--gpu", help="Needs a GPU.")] = False,
+          gpu_type: Annotated[str | None, typer.Option("--gpu-type", help="e.g. nvidia-a100 (implies --gpu).")] = None,
+          gpu_count: Annotated[int | None, typer.Option("--gpu-count")] = None,
+          cpus: Annotated[float | None, typer.Option("--cpus")] = None,
+          cluster: Annotated[str | None, typer.Option("--cluster", help="Pin to this cluster id.")] = None,
+          idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+          restart_policy: Annotated[str | None, typer.Option("--restart-policy", help="never|checkpoint")] = None,
+          checkpoint_interval: Annotated[float | None, typer.Option("--checkpoint-interval", help="Seconds.")] = None,
+          priority: Annotated[str | None, typer.Option("--priority", help="latency|cost|availability|gpu")] = None,
+          region: Annotated[str | None, typer.Option("--region", help="Preferred region.")] = None,
+          state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
+    """Spawn an agent; the balancer places it (see `swarmctl agent explain ID`)."""
+    from godel_ray import config
+
+    spawn_config = config.build_spawn_config(
+        model=model, labels=config.parse_labels(label), env=config.parse_env(env), timeout_s=timeout,
+        requires_gpu=gpu, gpu_type=gpu_type, gpu_count=gpu_count, cpus=cpus, cluster=cluster,
+        idempotency_key=idempotency_key, restart_policy=restart_policy, checkpoint_interval_s=checkpoint_interval,
+        priority=priority, preferred_region=region)
+    proxy = _connect(state_dir)
+    agent = proxy.spawn(spawn_config)
+    if json_out:
+        render.emit_json(agent)
+        return
+    rule = ""
+    try:
+        rule = proxy.explain(agent.id).rule
+    except Exception:  # noqa: BLE001 - the rule is a courtesy; the spawn itself succeeded
+        pass
+    render.out().print(Text.assemble("spawned ", (agent.id, "bold"), " on ", (agent.cluster_id, "bold green"),
+                                     f" ({rule})" if rule else ""))
+
+
+@app.command("exec", context_settings={"allow_interspersed_args": False})
+@render.guarded
+def exec_(agent_id: Annotated[str, typer.Argument(metavar="AGENT_ID")],
+          command: Annotated[list[str], typer.Argument(metavar="-- CMD...", help="Shell command (joined by spaces).")],
+          timeout: Annotated[float | None, typer.Option("--timeout", help="Command timeout in seconds.")] = None,
+          state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
+    """Run a shell command in the agent's directory; stream its output; exit with its exit code.
+
+    Arguments after `--` are joined with spaces, like ssh: `-- 'make test && ls'` or `-- make test`.
+    """
+    text = " ".join(command)
+    proxy = _connect(state_dir)
+    if json_out:
+        result = proxy.exec(agent_id, text, timeout_s=timeout)
+        render.emit_json(result)
+        raise typer.Exit(result.exit_code)
+    exit_code = 1
+    for chunk in proxy.exec_stream(agent_id, text, timeout_s=timeout):
+        if chunk.data:
+            stream = sys.stderr if chunk.stream == OutputStream.STDERR else sys.stdout
+            stream.write(chunk.data)
+            stream.flush()
+        if chunk.result is not None:
+            exit_code = chunk.result.exit_code
+            if chunk.result.timed_out:
+                render.fail(f"command timed out in {agent_id}", TIMED_OUT_EXIT_CODE)
+            if chunk.result.truncated:
+                sys.stderr.write(f"warning: output of the command in {agent_id} was truncated\n")
+    raise typer.Exit(exit_code)
+
+
+@app.command("list")
+@render.guarded
+def list_(status: Annotated[str | None, typer.Option("--status", help="pending|running|migrating|...")] = None,
+          label: Annotated[list[str] | None, typer.Option("--label", "-l", help="key=value (repeatable, all must match).")] = None,
+          cluster: Annotated[str | None, typer.Option("--cluster")] = None,
+          model: Annotated[str | None, typer.Option("--model")] = None,
+          state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
+    """Agents the federation knows, filtered (no Ray)."""
+    from godel_ray.config import parse_labels
+    from godel_ray.errors import InvalidArgument
+    from godel_ray.models import AgentStatus
+
+    if status is not None and status not in {s.value for s in AgentStatus}:
+        raise InvalidArgument(f"unknown status {status!r}: use one of {', '.join(s.value for s in AgentStatus)}")
+    agents = _reader(state_dir).agents(status=status, labels=parse_labels(label) or None, cluster=cluster,
+                                       model=model)
+    render.emit_json(agents) if json_out else render.out().print(render.agents_table(agents))
+
+
+@app.command("status")
+@render.guarded
+def status(agent_id: Annotated[str, typer.Argument(metavar="ID")],
+           state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
+    """One agent: where it runs, its state, and its migration history (no Ray)."""
+    reader = _reader(state_dir)
+    agent = reader.agent(agent_id)
+    migrations = reader.migrations(agent_id)
+    if json_out:
+        data = render.jsonable(agent)
+        data["migrations"] = render.jsonable(migrations)
+        render.emit_json(data)
+        return
+    render.out().print(render.agent_panel(agent))
+    if migrations:
+        render.out().print(render.migrations_table(migrations))
+
+
+@app.command("kill")
+@render.guarded
+def kill(agent_id: Annotated[str, typer.Argument(metavar="ID")],
+         state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
+    """Stop an agent and free its resources."""
+    agent = _connect(state_dir).kill(agent_id)
+    if json_out:
+        render.emit_json(agent)
+    else:
+        render.out().print(Text.assemble(f"{agent.id} ", render.agent_status(agent.status)))
+
+
+@app.command("explain")
+@render.guarded
+def explain(agent_id: Annotated[str, typer.Argument(metavar="ID")],
+            state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
+    """Why the agent went where it went: every candidate's factor scores and every rejection (no Ray)."""
+    decision = _reader(state_dir).decision(agent_id)
+    render.emit_json(decision) if json_out else render.print_placement(decision)
+
+
+@app.command("logs")
+@render.guarded
+def logs(agent_id: Annotated[str, typer.Argument(metavar="ID")],
+         state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
+    """The agent's command journal: every command it ran, with exit code and duration."""
+    entries = _connect(state_dir).journal(agent_id)
+    render.emit_json(entries) if json_out else render.out().print(render.journal_table(entries))
+
+
+def _reader(state_dir: str | None):  # type: ignore[no-untyped-def]
+    from godel_ray.proxy import StateReader
+
+    return StateReader(state_dir)
+
+
+def _connect(state_dir: str | None):  # type: ignore[no-untyped-def]
+    from godel_ray.proxy import connect
+
+    return connect(state_dir)

@@ -1,0 +1,256 @@
+"""``swarmctl cluster ...``: register, inspect, drain and move work between clusters.
+
+Read-only commands (list, health, stats, regions) read the state store through ``StateReader``
+and never load Ray; commands that change something go through ``connect()``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from godel_cli import render
+from godel_cli.render import JsonOption, StateDirOption
+from godel_ray.models import Cluster, Migration
+
+app = typer.Typer(help="Register and inspect clusters; move agents between them.", no_args_is_help=True)
+
+WATCH_REFRESH_S = 1.0
+MIGRATION_POLL_S = 0.2
+MIGRATION_WAIT_S = 900.0
+
+
+@app.command("add")
+@render.guarded
+def add(name: Annotated[str | None, typer.Argument(help="Cluster id, e.g. gpu-east.")] = None,
+        endpoint: Annotated[str | None, typer.Argument(
+            help="host:port, grpc://host:port, grpcs://host:port or https://host:port.")] = None,
+        file: Annotated[Path | None, typer.Option("--file", "-f", help="YAML file with one or more clusters.")] = None,
+        auth_token_file: Annotated[str | None, typer.Option("--auth-token-file", help="File holding the bearer token.")] = None,
+        region: Annotated[str, typer.Option("--region")] = "default",
+        gpu: Annotated[bool, typer.Option("--gpu", help="The cluster has GPUs.")] = False,
+        gpu_types: Annotated[str | None, typer.Option("--gpu-types", help="Comma-separated GPU types (implies --gpu).")] = None,
+        max_agents: Annotated[int, typer.Option("--max-agents")] = 100,
+        cost: Annotated[float, typer.Option("--cost", help="USD per hour.")] = 0.0,
+        tls_ca: Annotated[str | None, typer.Option("--tls-ca", help="CA bundle to verify the site's certificate.")] = None,
+        tls_cert: Annotated[str | None, typer.Option("--tls-cert", help="Client certificate (mTLS).")] = None,
+        tls_key: Annotated[str | None, typer.Option("--tls-key", help="Client key (mTLS).")] = None,
+        flag: Annotated[list[str] | None, typer.Option("--flag", help="Capability flag (repeatable).")] = None,
+        heartbeat_interval: Annotated[float | None, typer.Option("--heartbeat-interval", help="Seconds.")] = None,
+        heartbeat_timeout: Annotated[float | None, typer.Option("--heartbeat-timeout", help="Seconds.")] = None,
+        grace_period: Annotated[float | None, typer.Option("--grace-period", help="Seconds offline before failover.")] = None,
+        state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
+    """Register a remote cluster (probed with a heartbeat first: nothing is registered if it fails)."""
+    from godel_ray import config
+    from godel_ray.errors import InvalidArgument
+
+    if file is not None:
+        if name or endpoint:
+            raise InvalidArgument("give either NAME ENDPOINT or -f FILE, not both")
+        clusters = config.load_cluster_file(file)
+    else:
+        if not name or not endpoint:
+            raise InvalidArgument("missing NAME and ENDPOINT (or -f FILE): "
+                                  "swarmctl cluster add gpu-east grpc://10.0.0.5:50051 --auth-token-file F")
+        reg = config.registration(
+            name=name, endpoint=endpoint, auth_token_file=auth_token_file, region=region,
+            gpu=gpu, gpu_types=config.parse_csv(gpu_types), flags=flag or [], max_agents=max_agents,
+            cost_per_hour=cost, tls_ca_file=tls_ca, tls_cert_file=tls_cert, tls_key_file=tls_key,
+            heartbeat_interval_s=heartbeat_interval, heartbeat_timeout_s=heartbeat_timeout,
+            grace_period_s=grace_period)
+        clusters = [reg.to_cluster()]
+    registry = _connect(state_dir).registry
+    infos = []
+    for cluster in clusters:
+        info = registry.register(cluster)
+        infos.append(info)
+        if not json_out:
+            _print_registered(cluster, info.health.rtt_ms)
+    if json_out:
+        render.emit_json(infos[0] if file is None else infos)
+
+
+def _print_registered(cluster: Cluster, rtt_ms: float | None) -> None:
+    caps = ",".join(cluster.capabilities.gpu_types) or ("gpu" if cluster.capabilities.gpu else "cpu")
+    render.out().print(Text.assemble("registered ", (cluster.id, "bold"), f" at {cluster.endpoint} ",
+                                     f"(region {cluster.region}, {caps}, rtt ", render.latency(rtt_ms), ")"))
+
+
+@app.command("list")
+@render.guarded
+def list_(state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
+    """Registered clusters with their status, capacity, cost and latency (no Ray)."""
+    infos = _reader(state_dir).clusters()
+    if json_out:
+        render.emit_json(infos)
+    else:
+        render.out().print(render.clusters_table(infos))
+
+
+@app.command("remove")
+@render.guarded
+def remove(cluster_id: Annotated[str, typer.Argument(metavar="ID")],
+           force: Annotated[bool, typer.Option("--force", help="Remove even with agents on it.")] = False,
+           state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
+    """Unregister a cluster (refused while agents live there, unless --force)."""
+    _connect(state_dir).registry.unregister(cluster_id, force=force)
+    if json_out:
+        render.emit_json({"removed": cluster_id})
+    else:
+        render.out().print(f"removed {cluster_id}")
+
+
+@app.command("health")
+@render.guarded
+def health(watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh every second until Ctrl-C.")] = False,
+           state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
+    """Heartbeat health of every cluster (no Ray)."""
+    reader = _reader(state_dir)
+    if not watch:
+        states = reader.health()
+        render.emit_json(states) if json_out else render.out().print(render.health_table(states))
+        return
+    if json_out or not render.interactive():
+        while True:  # one document per refresh: JSON lines, or one plain table each time
+            states = reader.health()
+            if json_out:
+                render.emit_json(states, compact=True)
+            else:
+                render.out().print(render.health_table(states))
+            time.sleep(WATCH_REFRESH_S)
+    with Live(render.health_table(reader.health()), console=render.out(), auto_refresh=False) as live:
+        while True:
+            time.sleep(WATCH_REFRESH_S)
+            live.update(render.health_table(reader.health()), refresh=True)
+
+
+@app.command("stats")
+@render.guarded
+def stats(state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
+    """Load, agents by status and free capacity per cluster (no Ray)."""
+    rows = _reader(state_dir).stats()
+    render.emit_json(rows) if json_out else render.out().print(render.stats_table(rows))
+
+
+@app.command("regions")
+@render.guarded
+def regions(state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
+    """Clusters grouped by region (no Ray)."""
+    infos = _reader(state_dir).clusters()
+    by_region: dict[str, list[str]] = {}
+    for info in infos:
+        by_region.setdefault(info.cluster.region, []).append(info.cluster.id)
+    if json_out:
+        render.emit_json(by_region)
+        return
+    status = {info.cluster.id: info.health.status for info in infos}
+    table = Table(title="regions", title_justify="left")
+    table.add_column("REGION")
+    table.add_column("CLUSTERS")
+    for region_name, ids in sorted(by_region.items()):
+        table.add_row(region_name, Text(", ").join(
+            Text(cid, style=render.CLUSTER_STATUS_STYLE[status[cid]]) for cid in sorted(ids)))
+    render.out().print(table)
+
+
+@app.command("plan")
+@render.guarded
+def plan(gpu: Annotated[bool, typer.Option("--gpu")] = False,
+         gpu_type: Annotated[str | None, typer.Option("--gpu-type")] = None,
+         gpu_count: Annotated[int | None, typer.Option("--gpu-count")] = None,
+         cpus: Annotated[float | None, typer.Option("--cpus")] = None,
+         priority: Annotated[str | None, typer.Option("--priority", help="latency|cost|availability|gpu")] = None,
+         region: Annotated[str | None, typer.Option("--region", help="Preferred region.")] = None,
+         state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
+    """Where an agent with these needs would go, and why (nothing is spawned)."""
+    from godel_ray.config import build_spawn_config
+
+    spawn_config = build_spawn_config(requires_gpu=gpu, gpu_type=gpu_type, gpu_count=gpu_count, cpus=cpus,
+                                      priority=priority, preferred_region=region)
+    decision = _connect(state_dir).registry.plan(spawn_config)
+    render.emit_json(decision) if json_out else render.print_placement(decision)
+
+
+@app.command("maintenance")
+@render.guarded
+def maintenance(cluster_id: Annotated[str, typer.Argument(metavar="ID")],
+                mode: Annotated[str, typer.Argument(metavar="on|off")],
+                state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
+    """Take a cluster out of placement (on) or put it back (off). Heartbeats never clear it."""
+    from godel_ray.errors import InvalidArgument
+
+    if mode not in ("on", "off"):
+        raise InvalidArgument(f"maintenance mode must be 'on' or 'off', not {mode!r}")
+    info = _connect(state_dir).registry.maintenance(cluster_id, mode == "on")
+    if json_out:
+        render.emit_json(info)
+    else:
+        render.out().print(Text.assemble(f"{cluster_id} is now ", render.cluster_status(info.health.status)))
+
+
+@app.command("migrate")
+@render.guarded
+def migrate(agent_id: Annotated[str, typer.Argument(metavar="AGENT_ID")],
+            target: Annotated[str, typer.Argument(metavar="TO_CLUSTER")],
+            wait: Annotated[bool, typer.Option("--wait", help="Follow the phases until it finishes.")] = False,
+            state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
+    """Move a running agent to another cluster; its id and every handle stay valid."""
+    migration = _connect(state_dir).migrate(agent_id, target, wait=False)
+    if wait:
+        migration = _follow_migration(migration, state_dir, show=not json_out)
+    if json_out:
+        render.emit_json(migration)
+    elif not wait:
+        render.out().print(f"migration {migration.id} of {agent_id}: {migration.source} → {migration.target} "
+                           f"({migration.phase.value}); follow with `swarmctl agent status {agent_id}`")
+    if migration.phase in render.MIGRATION_DONE and migration.phase.value != "completed":
+        render.fail(f"migration {migration.id} {migration.phase.value}: {migration.error or 'no reason recorded'}")
+
+
+def _follow_migration(migration: Migration, state_dir: str | None, *, show: bool) -> Migration:
+    """Poll the state store (no Ray) and print each phase as it is reached, then a summary."""
+    reader = _reader(state_dir)
+    seen = 0
+    console = render.out()
+    deadline = time.monotonic() + MIGRATION_WAIT_S
+    if show:
+        console.print(f"migrating {migration.agent_id}: {migration.source} → {migration.target} ({migration.id})")
+    while True:
+        current = next((m for m in reader.migrations(migration.agent_id) if m.id == migration.id), migration)
+        if show:
+            for stamp in current.phases[seen:]:
+                offset = stamp.at - current.started_at
+                console.print(Text.assemble("  ", (f"{stamp.phase.value:<13}", render.migration_style(stamp.phase)),
+                                            f" +{offset:6.2f} s   {render.size(current.bytes_moved)}"))
+            seen = len(current.phases)
+        if current.phase in render.MIGRATION_DONE:
+            break
+        if time.monotonic() > deadline:
+            render.fail(f"migration {migration.id} still {current.phase.value} after {MIGRATION_WAIT_S:.0f} s; "
+                        f"check `swarmctl agent status {migration.agent_id}`")
+        time.sleep(MIGRATION_POLL_S)
+    if show and current.phase.value == "completed":
+        took = (current.finished_at or time.time()) - current.started_at
+        console.print(Text.assemble(("migrated ", "bold green"), f"{current.agent_id} {current.source} → "
+                                    f"{current.target}: {render.size(current.bytes_moved)} in {took:.2f} s, "
+                                    f"downtime {render.seconds(current.downtime_s)}, "
+                                    f"epoch {current.epoch_from}→{current.epoch_to}"))
+    return current
+
+
+def _reader(state_dir: str | None):  # type: ignore[no-untyped-def]
+    from godel_ray.proxy import StateReader
+
+    return StateReader(state_dir)
+
+
+def _connect(state_dir: str | None):  # type: ignore[no-untyped-def]
+    from godel_ray.proxy import connect
+
+    return connect(state_dir)

@@ -1,0 +1,275 @@
+"""The agent itself: ``AgentActor``, a plain async class, and ``create_agent_actor``, its one factory.
+
+One actor per agent, created with the agent's resources so Ray places it on a node that has them
+(``num_cpus``, ``num_gpus``, and ``accelerator_type:<T>`` for a GPU type). The actor owns a private
+working directory and runs shell commands there one at a time, streaming their output.
+
+Invariants:
+- at most one command runs at a time; commands start in the order they reached the lock (FIFO);
+- while frozen no command starts; a running command finishes first (``freeze`` waits for it);
+- once the status is final it never changes, and every new or waiting command is refused:
+  ``AgentMoved`` when the agent was killed because it migrated, else ``AgentNotRunning``;
+- the lifetime (``config.timeout_s``, counted from ``started_at``, which survives a move) ends the
+  agent with status COMPLETED: the running command is killed and new ones are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from godel_ray.agents import snapshot as snap
+from godel_ray.agents.process import ProcessControl, kill_process_group, run_streaming
+from godel_ray.cluster_client import KILL_REASON_MIGRATED
+from godel_ray.core.validation import validate_command, validate_exec_timeout
+from godel_ray.errors import AgentMoved, AgentNotRunning, FailedPrecondition
+from godel_ray.models import (
+    Agent, AgentSnapshot, AgentStatus, ExecChunk, ExecResult, JournalEntry, now_s,
+)
+from godel_ray.settings import LIMITS, Limits
+
+log = logging.getLogger(__name__)
+
+MAX_CONCURRENCY = 1000  # concurrent calls: many exec streams may wait on the lock
+GPU_TYPE_RESOURCE_UNITS = 0.001  # what Ray's own ``accelerator_type`` option requests
+# Environment a command must not inherit from its Ray worker: Ray's own credential.
+_ENV_DROPPED = ("RAY_AUTH_TOKEN",)
+SIGKILL = 9
+
+
+class AgentActor:
+    """A long-lived agent: a working directory and a shell, driven by the runtime."""
+
+    def __init__(self, agent: Agent, workdir_root: str, archive: bytes | None = None,
+                 journal: list[JournalEntry] | None = None, sha256: str = "",
+                 limits: Limits = LIMITS) -> None:
+        self._agent = agent.model_copy(deep=True)
+        self._workdir = os.path.join(workdir_root, agent.id)
+        self._archive = archive
+        self._sha256 = sha256
+        self._limits = limits
+        self._journal: list[JournalEntry] = list(journal or [])
+        self._lock = asyncio.Lock()  # asyncio.Lock wakes waiters in FIFO order
+        self._unfrozen = asyncio.Event()
+        self._unfrozen.set()
+        self._done = asyncio.Event()
+        self._running: ProcessControl | None = None
+        self._pgids: set[int] = set()  # every command's process group, for cleanup on terminate
+        self._lifetime_task: asyncio.Task[None] | None = None
+        self._moved = False
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> Agent:
+        """Create (or restore) the working directory and start the lifetime clock. Idempotent."""
+        if self._agent.status == AgentStatus.PENDING:
+            if self._archive is not None:
+                archive, self._archive = self._archive, None
+                await asyncio.to_thread(snap.unpack_archive, archive, self._sha256, self._workdir,
+                                        self._limits.max_snapshot_bytes)
+            else:
+                os.makedirs(self._workdir, mode=0o700, exist_ok=True)
+            self._agent.status = AgentStatus.RUNNING
+            self._agent.status_reason = ""
+            self._agent.started_at = self._agent.started_at or now_s()
+            if self._agent.config.timeout_s is not None:
+                self._lifetime_task = asyncio.create_task(self._lifetime())
+        return self.info()
+
+    async def _lifetime(self) -> None:
+        timeout_s = self._agent.config.timeout_s
+        assert timeout_s is not None and self._agent.started_at is not None
+        await asyncio.sleep(max(0.0, self._agent.started_at + timeout_s - now_s()))
+        if not self._agent.status.is_final:
+            self._finish(AgentStatus.COMPLETED, f"lifetime timeout of {timeout_s:g} s reached")
+
+    def _finish(self, status: AgentStatus, reason: str) -> None:
+        """Enter a final status: kill the running command, wake every waiter so it fails."""
+        self._agent.status = status
+        self._agent.status_reason = reason
+        self._agent.finished_at = now_s()
+        if self._running is not None:
+            self._running.kill(reason)
+        if self._lifetime_task is not None and self._lifetime_task is not asyncio.current_task():
+            self._lifetime_task.cancel()
+        self._unfrozen.set()
+        self._done.set()
+
+    def _refusal(self) -> FailedPrecondition:
+        if self._moved:
+            return AgentMoved(f"agent {self._agent.id} was migrated away from here: resolve its location again",
+                              agent_id=self._agent.id)
+        return AgentNotRunning(
+            f"agent {self._agent.id} is {self._agent.status.value}"
+            + (f" ({self._agent.status_reason})" if self._agent.status_reason else ""),
+            agent_id=self._agent.id, status=self._agent.status.value)
+
+    def _check_running(self) -> None:
+        if self._agent.status.is_final or self._agent.status == AgentStatus.PENDING:
+            raise self._refusal()
+
+    # --- commands --------------------------------------------------------------------------
+
+    def _command_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _ENV_DROPPED}
+        env.update(self._agent.config.env)
+        env.update(GODEL_AGENT_ID=self._agent.id, GODEL_MODEL=self._agent.config.model,
+                   GODEL_WORKDIR=self._workdir)
+        return env
+
+    async def _acquire(self) -> None:
+        """Take the command lock once the agent is running and not frozen (FIFO among waiters)."""
+        while True:
+            self._check_running()
+            await self._unfrozen.wait()
+            self._check_running()
+            await self._lock.acquire()
+            if self._unfrozen.is_set() and not self._agent.status.is_final:
+                return
+            self._lock.release()  # frozen or ended while we waited: go round again
+
+    async def exec(self, command: str, timeout_s: float | None = None) -> AsyncIterator[ExecChunk]:
+        """Run ``command`` with ``bash -c`` in the workdir; yield output chunks, then the result."""
+        validate_command(command, self._limits)
+        timeout = validate_exec_timeout(timeout_s, self._limits)
+        await self._acquire()
+        result: ExecResult | None = None
+        try:
+            entry = JournalEntry(seq=(self._journal[-1].seq + 1) if self._journal else 1, command=command, started_at=now_s())
+            self._journal.append(entry)
+            control = ProcessControl()
+            self._running = control
+            try:
+                async for chunk in run_streaming(command, cwd=self._workdir, env=self._command_env(),
+                                                 timeout_s=timeout, control=control,
+                                                 max_output_bytes=self._limits.max_output_bytes):
+                    if control.pgid is not None:
+                        self._pgids.add(control.pgid)
+                    if chunk.result is not None:
+                        result = chunk.result
+                    else:
+                        yield chunk
+            finally:
+                self._running = None
+                if result is not None:
+                    entry.exit_code = result.exit_code
+                    entry.duration_s = result.duration_s
+                    entry.timed_out = result.timed_out
+        finally:
+            self._lock.release()
+        assert result is not None
+        yield ExecChunk(result=result)
+
+    # --- freeze / resume / terminate ---------------------------------------------------------
+
+    async def freeze(self) -> Agent:
+        """Stop starting commands; return once the running one (if any) has finished."""
+        self._check_running()
+        self._unfrozen.clear()
+        self._agent.status = AgentStatus.MIGRATING
+        async with self._lock:
+            pass
+        return self.info()
+
+    async def resume(self) -> Agent:
+        """Undo ``freeze``: waiting commands start again, in order."""
+        self._check_running_or_frozen()
+        self._agent.status = AgentStatus.RUNNING
+        self._unfrozen.set()
+        return self.info()
+
+    def _check_running_or_frozen(self) -> None:
+        if self._agent.status.is_final:
+            raise self._refusal()
+
+    async def terminate(self, reason: str = "") -> Agent:
+        """End the agent: kill its commands, remove its workdir. Idempotent; keeps a final status."""
+        if reason == KILL_REASON_MIGRATED:
+            self._moved = True
+        if not self._agent.status.is_final:
+            self._finish(AgentStatus.TERMINATED, reason or "killed")
+        # Wait (bounded) for the running command to be reaped before removing its directory.
+        try:
+            await asyncio.wait_for(self._lock.acquire(), timeout=10.0)
+            self._lock.release()
+        except asyncio.TimeoutError:
+            log.warning("agent %s: running command did not stop in time", self._agent.id)
+        for pgid in self._pgids:  # background children the commands left behind
+            kill_process_group(pgid, SIGKILL)
+        await asyncio.to_thread(shutil.rmtree, self._workdir, True)
+        return self.info()
+
+    # --- state -----------------------------------------------------------------------------
+
+    async def export(self) -> AgentSnapshot:
+        """Snapshot the agent: waits for the running command (takes the command lock)."""
+        self._check_running_or_frozen()
+        async with self._lock:
+            self._check_running_or_frozen()
+            archive, digest = await asyncio.to_thread(snap.pack_workdir, self._workdir,
+                                                      self._limits.max_snapshot_bytes)
+            return AgentSnapshot(agent=self.info(), journal=list(self._journal), archive=archive,
+                                 sha256=digest)
+
+    def info(self) -> Agent:
+        agent = self._agent.model_copy(deep=True)
+        agent.node_id, agent.gpu_ids = _placement()
+        return agent
+
+    def journal(self) -> list[JournalEntry]:
+        return [entry.model_copy() for entry in self._journal]
+
+    def workdir(self) -> str:
+        return self._workdir
+
+    async def wait_done(self) -> Agent:
+        """Return once the agent reaches a final status (lifetime expiry, terminate)."""
+        await self._done.wait()
+        return self.info()
+
+
+def _placement() -> tuple[str, list[str]]:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id(), [str(g) for g in ray.get_gpu_ids()]
+    except Exception:  # not inside a Ray worker (plain-class tests)
+        return "", []
+
+
+def actor_options(agent: Agent, accelerator_type: str | None = None) -> dict[str, Any]:
+    """Ray options for an agent's actor: its resources, concurrency, and no restarts."""
+    config = agent.config
+    options: dict[str, Any] = {
+        "num_cpus": config.cpus,
+        "num_gpus": config.num_gpus,
+        "max_concurrency": MAX_CONCURRENCY,
+        "max_restarts": 0,
+    }
+    gpu_type = accelerator_type or (config.gpu_type if config.needs_gpu else None)
+    if gpu_type:
+        options["resources"] = {f"accelerator_type:{gpu_type}": GPU_TYPE_RESOURCE_UNITS}
+    return options
+
+
+def create_agent_actor(agent: Agent, workdir_root: str, archive: bytes | None = None,
+                       journal: list[JournalEntry] | None = None, *, sha256: str = "",
+                       accelerator_type: str | None = None, limits: Limits = LIMITS) -> Any:
+    """The one place ``ray.remote`` and actor options are applied. Returns the actor handle.
+
+    ``accelerator_type`` is the GPU type exactly as the cluster advertises it (the runtime resolves
+    "A100" to "nvidia-a100"); it defaults to ``agent.config.gpu_type``. Call ``start`` on the handle
+    and await it: that is where the workdir is created or restored from ``archive``.
+    """
+    import ray
+
+    cls = ray.remote(AgentActor).options(**actor_options(agent, accelerator_type))
+    return cls.remote(agent, workdir_root, archive, journal, sha256, limits)
+
+
+__all__ = ["AgentActor", "actor_options", "create_agent_actor"]

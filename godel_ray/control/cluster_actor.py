@@ -1,0 +1,272 @@
+"""ClusterActor: the control plane's handle on one registered cluster (a plain async class).
+
+For ``local`` it hosts agents on the control plane's own Ray cluster through an ``AgentRuntime``
+(no gRPC); for a remote cluster it speaks to the site through a ``GrpcClusterClient``. Either way
+it exposes the ``ClusterClient`` operations (with ``exec_stream`` an async generator, for Ray's
+streaming generators), and it owns two control loops, started on the first call:
+
+- the heartbeat loop: every ``cluster.health.heartbeat_interval_s``, a heartbeat with its deadline,
+  fed to a ``HealthTracker``; a ``cluster.status`` event on each transition only;
+- the event loop: follows the cluster's event stream, resuming after the last sequence number it
+  saw (across reconnects, and across restarts of this actor through the state store's cursor),
+  and buffers the events (``cluster_id`` filled in) until the balancer drains them.
+
+``ray.remote`` is applied in ``godel_ray.control.factory`` only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from godel_ray.cluster_client import ClusterClient, collect
+from godel_ray.core.events import EventLog
+from godel_ray.core.health import HealthTracker
+from godel_ray.errors import FailedPrecondition
+from godel_ray.models import (
+    Agent, AgentSnapshot, AgentStatus, Cluster, ClusterHealthState, ClusterStatus, EventKind,
+    ExecChunk, ExecResult, FederationEvent, JournalEntry, SiteCapacity, SpawnConfig,
+)
+
+log = logging.getLogger(__name__)
+
+EVENT_RETRY_DELAY_S = 1.0  # after the event stream failed in a way the client did not retry
+LOCAL_WORKDIR = "agents/local"
+
+
+def site_cursor_key(cluster_id: str) -> str:
+    """The state store's ``meta`` key holding the last site event seq the balancer stored."""
+    return f"site_seq:{cluster_id}"
+
+
+def make_client(cluster: Cluster, state_dir: str | Path) -> ClusterClient:
+    """The ClusterClient for ``cluster``: the in-process runtime for local, gRPC for a site.
+
+    Raises ``InvalidArgument`` for an unreadable token file or bad TLS files.
+    """
+    if cluster.is_local:
+        from godel_ray.agents.runtime import AgentRuntime
+
+        root = Path(state_dir) / LOCAL_WORKDIR
+        root.mkdir(parents=True, exist_ok=True)
+        return AgentRuntime(cluster.id, str(root), region=cluster.region,  # type: ignore[return-value]
+                            cost_per_hour=cluster.cost_per_hour, max_agents=cluster.max_agents)
+    from godel_ray.rpc.auth import read_token_file
+    from godel_ray.rpc.client import GrpcClusterClient
+
+    token = read_token_file(cluster.auth_token_file) if cluster.auth_token_file else ""
+    assert cluster.endpoint is not None  # not local
+    return GrpcClusterClient(cluster.endpoint, token=token, tls_ca_file=cluster.tls_ca_file,
+                             tls_cert_file=cluster.tls_cert_file, tls_key_file=cluster.tls_key_file,
+                             heartbeat_timeout_s=cluster.health.heartbeat_timeout_s, cluster_id=cluster.id)
+
+
+class ClusterActor:
+    """One cluster's client, health and event buffer.
+
+    Invariants: the control loops never die (each iteration catches, logs with the cluster id and
+    carries on); a ``cluster.status`` event is buffered on a health transition only; buffered
+    events carry this cluster's id and a local, rising ``seq``.
+    """
+
+    def __init__(self, cluster: Cluster, state_dir: str) -> None:
+        self.cluster = cluster
+        self.state_dir = state_dir
+        self.client: ClusterClient = make_client(cluster, state_dir)
+        self.tracker = HealthTracker(cluster.id, cluster.health, maintenance=cluster.maintenance)
+        self.buffer = EventLog()
+        self.site_seq = 0 if cluster.is_local else self._stored_site_seq()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._beat_now: asyncio.Event | None = None  # created on the actor's loop in start()
+
+    def _stored_site_seq(self) -> int:
+        # The runtime of ``local`` lives in this process and starts from 0 after a restart; a site
+        # keeps its own log, so resume from what the balancer already stored.
+        try:
+            from godel_ray.control.store import StateStore
+
+            reader = StateStore.reader(self.state_dir)
+            try:
+                return int(reader.meta(site_cursor_key(self.cluster.id), 0))  # type: ignore[call-overload]
+            finally:
+                reader.close()
+        except Exception:  # no store yet: start from the beginning
+            return 0
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> bool:
+        """Start the control loops (idempotent). Returns True once they run."""
+        if not self._tasks:
+            self._beat_now = asyncio.Event()
+            self._tasks = [asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat-{self.cluster.id}"),
+                           asyncio.create_task(self._event_loop(), name=f"events-{self.cluster.id}")]
+        return True
+
+    async def ping(self) -> str:
+        await self.start()
+        return self.cluster.id
+
+    async def update(self, cluster: Cluster) -> None:
+        """A new registry entry for this cluster (maintenance, limits, health settings)."""
+        await self.start()
+        self.cluster = cluster
+        self.set_maintenance_now(cluster.maintenance)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+        await self.client.close()
+
+    # --- health ---------------------------------------------------------------------------------
+
+    async def probe(self) -> SiteCapacity:
+        """One heartbeat now (raises the client's error): registration checks reachability with it."""
+        return await self.client.heartbeat()
+
+    async def health(self) -> ClusterHealthState:
+        await self.start()
+        return self.tracker.state
+
+    async def set_maintenance(self, on: bool) -> ClusterHealthState:
+        await self.start()
+        self.cluster = self.cluster.model_copy(update={"maintenance": on})
+        self.set_maintenance_now(on)
+        return self.tracker.state
+
+    def set_maintenance_now(self, on: bool) -> None:
+        before = self.tracker.state.status
+        self.tracker.set_maintenance(on, time.time())
+        after = self.tracker.state.status
+        if after != before:
+            self._emit_status(before, after)
+
+    async def _heartbeat_once(self) -> None:
+        settings = self.cluster.health
+        started = time.monotonic()
+        try:
+            capacity = await asyncio.wait_for(self.client.heartbeat(), settings.heartbeat_timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # every failure counts against health, whatever it is
+            before = self.tracker.state.status
+            after = self.tracker.on_failure(f"{type(exc).__name__}: {exc}"[:500], time.time())
+        else:
+            rtt_ms = (time.monotonic() - started) * 1000.0
+            before = self.tracker.state.status
+            after = self.tracker.on_success(rtt_ms, capacity, time.time())
+        if after is not None and after != before:
+            self._emit_status(before, after)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self._heartbeat_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("cluster %s: heartbeat iteration failed; carrying on", self.cluster.id)
+            assert self._beat_now is not None
+            try:
+                await asyncio.wait_for(self._beat_now.wait(), self.cluster.health.heartbeat_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._beat_now.clear()
+
+    def _refresh_soon(self) -> None:
+        """Heartbeat now rather than at the next interval (capacity changed: spawn, kill)."""
+        if self._beat_now is not None:
+            self._beat_now.set()
+
+    def _emit_status(self, before: ClusterStatus, after: ClusterStatus) -> None:
+        state = self.tracker.state
+        self.buffer.append(FederationEvent(
+            kind=EventKind.CLUSTER, type="cluster.status", cluster_id=self.cluster.id,
+            data={"from": before.value, "to": after.value, "error": state.last_error[:200]}))
+
+    # --- events ---------------------------------------------------------------------------------
+
+    async def _event_loop(self) -> None:
+        while True:
+            try:
+                async for event in self.client.events(self.site_seq):
+                    self.site_seq = max(self.site_seq, event.seq)
+                    self.buffer.append(event.model_copy(update={"cluster_id": self.cluster.id}))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("cluster %s: event stream failed (%s); resuming after seq %d",
+                            self.cluster.id, exc, self.site_seq)
+            await asyncio.sleep(EVENT_RETRY_DELAY_S)
+
+    async def drain_events(self, since_local_seq: int) -> tuple[list[FederationEvent], int]:
+        """Buffered events after ``since_local_seq`` (all of them if this actor restarted since), and
+        the last site seq they cover (the balancer stores it as the resume cursor)."""
+        await self.start()
+        if since_local_seq > self.buffer.last_seq:
+            since_local_seq = 0
+        return self.buffer.since(since_local_seq), self.site_seq
+
+    # --- ClusterClient operations ---------------------------------------------------------------
+
+    def _mine(self, agent: Agent) -> Agent:
+        return agent if agent.cluster_id == self.cluster.id else agent.model_copy(
+            update={"cluster_id": self.cluster.id})
+
+    async def spawn(self, config: SpawnConfig, *, agent_id: str | None = None,
+                    idempotency_key: str | None = None, epoch: int = 1) -> tuple[Agent, bool]:
+        await self.start()
+        agent, created = await self.client.spawn(config, agent_id=agent_id, idempotency_key=idempotency_key,
+                                                 epoch=epoch)
+        self._refresh_soon()
+        return self._mine(agent), created
+
+    async def kill(self, agent_id: str, *, epoch: int = 0, reason: str = "") -> Agent:
+        await self.start()
+        agent = await self.client.kill(agent_id, epoch=epoch, reason=reason)
+        self._refresh_soon()
+        return self._mine(agent)
+
+    async def exec_stream(self, agent_id: str, command: str, *, timeout_s: float | None = None,
+                          epoch: int = 0) -> AsyncIterator[ExecChunk]:
+        async for chunk in self.client.exec_stream(agent_id, command, timeout_s=timeout_s, epoch=epoch):
+            yield chunk
+
+    async def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None,
+                   epoch: int = 0) -> ExecResult:
+        """The whole command in one actor call (the proxy's ``exec``: one round trip, not one per chunk)."""
+        chunks = [c async for c in self.client.exec_stream(agent_id, command, timeout_s=timeout_s, epoch=epoch)]
+        return collect(chunks)
+
+    async def status(self, agent_id: str) -> Agent:
+        return self._mine(await self.client.status(agent_id))
+
+    async def list_agents(self, status: AgentStatus | None = None,
+                          labels: dict[str, str] | None = None) -> list[Agent]:
+        return [self._mine(a) for a in await self.client.list_agents(status, labels)]
+
+    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot:
+        return await self.client.export(agent_id, epoch=epoch, freeze=freeze)
+
+    async def import_(self, snapshot: AgentSnapshot) -> Agent:
+        agent = self._mine(await self.client.import_(snapshot))
+        self._refresh_soon()
+        return agent
+
+    async def resume(self, agent_id: str, *, epoch: int = 0) -> Agent:
+        return self._mine(await self.client.resume(agent_id, epoch=epoch))
+
+    async def journal(self, agent_id: str) -> list[JournalEntry]:
+        """The agent's command journal (local only: remote journals are mirrored from events)."""
+        journal = getattr(self.client, "journal", None)
+        if journal is None:
+            raise FailedPrecondition(f"cluster {self.cluster.id} has no direct journal access; the balancer "
+                                     "mirrors remote journals from command events")
+        entries: list[JournalEntry] = await journal(agent_id)
+        return entries
+
+
+__all__ = ["ClusterActor", "make_client", "site_cursor_key"]

@@ -1,0 +1,125 @@
+"""The one place that talks to Ray's API and maps Ray's exceptions to the GodelError tree.
+
+    RayTaskError(cause)                    -> cause, when it is a GodelError (else GodelError)
+    ActorDiedError / ActorUnavailableError -> ClusterUnavailable (a ClusterActor) or
+                                              ControlPlaneNotRunning (the balancer)
+    GetTimeoutError                        -> DeadlineExceeded
+    AuthenticationError                    -> ControlPlaneNotRunning (wrong/missing Ray token)
+
+Use ``mapped(...)`` around any Ray call (sync or async), ``get(ref, timeout_s)`` for blocking
+gets, ``init_client(address, env)`` to attach a driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from godel_ray import settings
+from godel_ray.errors import (
+    ClusterUnavailable, ControlPlaneNotRunning, DeadlineExceeded, GodelError,
+)
+
+BALANCER_WHAT = "balancer"
+
+
+def translate(exc: BaseException, what: str = "") -> GodelError | None:
+    """The GodelError ``exc`` stands for, or None when it is not a Ray error we know."""
+    import ray.exceptions as rex
+
+    if isinstance(exc, GodelError) and not isinstance(exc, rex.RayError):
+        return exc
+    if isinstance(exc, rex.RayTaskError):
+        cause = exc.cause
+        if isinstance(cause, GodelError):
+            # The dual RayTaskError(GodelError) subclass keeps Ray's long traceback as str(): rebuild.
+            return type(cause)(cause.message, **cause.fields)
+        if isinstance(cause, rex.RayError):
+            return translate(cause, what)
+        return GodelError(f"{what or 'actor'} failed: {type(cause).__name__}: {cause}")
+    if isinstance(exc, (rex.ActorDiedError, rex.ActorUnavailableError, rex.RayActorError)):
+        if what == BALANCER_WHAT:
+            return ControlPlaneNotRunning(
+                "the control plane's balancer is not answering (it may be restarting); retry, or run "
+                "`swarmctl up`")
+        return ClusterUnavailable(f"{what or 'actor'} is unavailable: {_first_line(exc)}",
+                                  cluster_id=what.removeprefix("cluster ") if what else "")
+    if isinstance(exc, rex.GetTimeoutError):
+        return DeadlineExceeded(f"{what or 'call'} did not answer in time")
+    if isinstance(exc, rex.AuthenticationError):
+        return ControlPlaneNotRunning(f"Ray refused our credentials: {_first_line(exc)}; check "
+                                      "RAY_AUTH_TOKEN or run `swarmctl up`")
+    if isinstance(exc, rex.RayError):
+        return GodelError(f"{what or 'ray call'} failed: {_first_line(exc)}")
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def mapped(what: str = "") -> Iterator[None]:
+    """Re-raise Ray exceptions raised inside as their GodelError; ``what`` names the callee.
+
+    Works around ``await`` too: ``with mapped("cluster x"): await ref``.
+    """
+    try:
+        yield
+    except GodelError as exc:
+        err = translate(exc, what)
+        if err is exc:
+            raise
+        raise err from exc  # type: ignore[misc]
+    except Exception as exc:
+        err = translate(exc, what)
+        if err is None:
+            raise
+        raise err from exc
+
+
+def get(ref: Any, timeout_s: float | None = None, what: str = "") -> Any:
+    import ray
+
+    with mapped(what):
+        return ray.get(ref, timeout=timeout_s)
+
+
+def actor(name: str, what: str = "") -> Any:
+    """A named actor's handle in the godel namespace (``ClusterUnavailable`` etc. when missing)."""
+    import ray
+
+    try:
+        return ray.get_actor(name, namespace=settings.NAMESPACE)
+    except ValueError as exc:
+        if what == BALANCER_WHAT:
+            raise ControlPlaneNotRunning(
+                "the control plane's balancer is not running: run `swarmctl up`") from exc
+        raise ClusterUnavailable(f"{what or name} has no actor running", cluster_id=what) from exc
+
+
+def init_client(address: str, env: dict[str, str] | None = None) -> None:
+    """Attach this process to the Ray cluster at ``address`` as a driver (token auth from ``env``)."""
+    import ray
+
+    for key, value in (env or {}).items():
+        if key != "RAY_ADDRESS":
+            os.environ[key] = value
+    if ray.is_initialized():
+        current = ray.get_runtime_context().gcs_address
+        if current == address:
+            return
+        ray.shutdown()
+    with mapped("ray.init"):
+        try:
+            ray.init(address=address, namespace=settings.NAMESPACE, logging_level="ERROR",
+                     log_to_driver=False)
+        except ConnectionError as exc:
+            raise ControlPlaneNotRunning(f"cannot reach the control plane's Ray at {address}: {exc}; "
+                                         "run `swarmctl up`") from exc
+
+
+__all__ = ["BALANCER_WHAT", "actor", "get", "init_client", "mapped", "translate"]

@@ -1,0 +1,106 @@
+"""Bearer-token authentication for the site server, and token files.
+
+``BearerTokenInterceptor`` checks ``authorization: Bearer <token>`` on every RPC except the health
+service and server reflection, in constant time, and rejects with UNAUTHENTICATED *before* the
+handler runs: a refused call has no side effect. ``read_token_file`` refuses files that group or
+others can access (a token is a key to run commands on the site).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from godel_ray.errors import InvalidArgument
+
+AUTH_METADATA_KEY = "authorization"
+BEARER_PREFIX = "Bearer "
+# Open to every caller: load balancers probe health; reflection only describes the schema.
+PUBLIC_METHOD_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+
+def read_token_file(path: str | os.PathLike[str]) -> str:
+    """The token in ``path``; ``InvalidArgument`` if missing, empty, or readable by group/others."""
+    p = Path(path).expanduser()
+    try:
+        mode = p.stat().st_mode
+        text = p.read_text()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read token file {p}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(mode):
+        raise InvalidArgument(f"token file {p} is not a regular file")
+    if mode & 0o077:
+        raise InvalidArgument(
+            f"token file {p} is accessible by group or others (mode {stat.S_IMODE(mode):o}); "
+            f"run: chmod 600 {p}")
+    token = text.strip()
+    if not token:
+        raise InvalidArgument(f"token file {p} is empty")
+    return token
+
+
+def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    return ((AUTH_METADATA_KEY, BEARER_PREFIX + token),)
+
+
+def _reject(handler: grpc.RpcMethodHandler, details: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as ``handler`` that aborts without calling it."""
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, details)
+
+    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, details)
+        yield  # pragma: no cover - makes this an async generator
+
+    kw = dict(request_deserializer=handler.request_deserializer,
+              response_serializer=handler.response_serializer)
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(streaming, **kw)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(unary, **kw)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(streaming, **kw)
+    return grpc.unary_unary_rpc_method_handler(unary, **kw)
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Require ``authorization: Bearer <token>`` on every non-public RPC (constant-time compare)."""
+
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise InvalidArgument("an empty bearer token would let anyone in")
+        self._expected = (BEARER_PREFIX + token).encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method or ""  # type: ignore[attr-defined]
+        handler = await continuation(handler_call_details)
+        if handler is None or method.startswith(PUBLIC_METHOD_PREFIXES):
+            return handler
+        presented = ""
+        for key, value in handler_call_details.invocation_metadata or ():  # type: ignore[attr-defined]
+            if key == AUTH_METADATA_KEY:
+                presented = value if isinstance(value, str) else value.decode(errors="replace")
+        if not presented:
+            return _reject(handler, "missing credential: send 'authorization: Bearer <token>'")
+        if not hmac.compare_digest(presented.encode(), self._expected):
+            return _reject(handler, "invalid bearer token")
+        return handler
+
+
+__all__ = ["AUTH_METADATA_KEY", "BearerTokenInterceptor", "bearer_metadata", "read_token_file"]

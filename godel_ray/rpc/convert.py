@@ -1,0 +1,222 @@
+"""Proto <-> domain conversion: the only place that knows both shapes.
+
+Every wire field is mapped both ways; enums are mapped by explicit tables (never by number or name
+arithmetic), so a new enum value on either side fails loudly here. Proto3 has no ``None``: ``0``
+stands for "unset" on optional numbers (``timeout_s``, ``started_at``, ``finished_at``) and ``""``
+for optional strings (``gpu_type``).
+
+What does not cross the wire: the placement hints of ``SpawnConfig`` (``cluster``, ``priority``,
+regions, latency/cost caps, ``idempotency_key`` which travels in the request) and
+``Agent.cluster_id`` / ``FederationEvent.cluster_id``: the caller knows which cluster it called.
+"""
+
+from __future__ import annotations
+
+from godel_ray.models import (
+    Agent, AgentStatus, EventKind, ExecChunk, ExecResult, FederationEvent, JournalEntry,
+    OutputStream, RestartPolicy, SiteCapacity, SpawnConfig,
+)
+from godel_ray.rpc.gen import federation_pb2 as pb
+
+_AGENT_STATUS_TO_PB: dict[AgentStatus, int] = {
+    AgentStatus.PENDING: pb.AGENT_STATUS_PENDING,
+    AgentStatus.RUNNING: pb.AGENT_STATUS_RUNNING,
+    AgentStatus.MIGRATING: pb.AGENT_STATUS_MIGRATING,
+    AgentStatus.COMPLETED: pb.AGENT_STATUS_COMPLETED,
+    AgentStatus.FAILED: pb.AGENT_STATUS_FAILED,
+    AgentStatus.TERMINATED: pb.AGENT_STATUS_TERMINATED,
+}
+_AGENT_STATUS_FROM_PB = {v: k for k, v in _AGENT_STATUS_TO_PB.items()}
+
+_RESTART_TO_PB: dict[RestartPolicy, int] = {
+    RestartPolicy.NEVER: pb.RESTART_POLICY_NEVER,
+    RestartPolicy.CHECKPOINT: pb.RESTART_POLICY_CHECKPOINT,
+}
+_RESTART_FROM_PB = {v: k for k, v in _RESTART_TO_PB.items()}
+
+_STREAM_TO_PB: dict[OutputStream, int] = {
+    OutputStream.STDOUT: pb.OUTPUT_STREAM_STDOUT,
+    OutputStream.STDERR: pb.OUTPUT_STREAM_STDERR,
+}
+_STREAM_FROM_PB = {v: k for k, v in _STREAM_TO_PB.items()}
+
+_EVENT_KIND_TO_PB: dict[EventKind, int] = {
+    EventKind.AGENT: pb.EVENT_KIND_AGENT,
+    EventKind.COMMAND: pb.EVENT_KIND_COMMAND,
+    EventKind.CLUSTER: pb.EVENT_KIND_CLUSTER,
+    EventKind.MIGRATION: pb.EVENT_KIND_MIGRATION,
+}
+_EVENT_KIND_FROM_PB = {v: k for k, v in _EVENT_KIND_TO_PB.items()}
+
+
+def _none_if_zero(value: float) -> float | None:
+    return value if value else None
+
+
+# --- enums -------------------------------------------------------------------------------------
+
+def agent_status_to_pb(status: AgentStatus | None) -> int:
+    return pb.AGENT_STATUS_UNSPECIFIED if status is None else _AGENT_STATUS_TO_PB[status]
+
+
+def agent_status_from_pb(value: int) -> AgentStatus | None:
+    """``UNSPECIFIED`` reads as ``None`` (e.g. "any status" in ListAgents)."""
+    if value == pb.AGENT_STATUS_UNSPECIFIED:
+        return None
+    return _AGENT_STATUS_FROM_PB[value]
+
+
+def restart_policy_from_pb(value: int) -> RestartPolicy:
+    return _RESTART_FROM_PB.get(value, RestartPolicy.NEVER)
+
+
+def stream_from_pb(value: int) -> OutputStream:
+    return _STREAM_FROM_PB.get(value, OutputStream.STDOUT)
+
+
+def event_kind_from_pb(value: int) -> EventKind:
+    return _EVENT_KIND_FROM_PB[value]
+
+
+# --- spawn config / agent ----------------------------------------------------------------------
+
+def spec_to_pb(config: SpawnConfig) -> pb.AgentSpec:
+    return pb.AgentSpec(
+        model=config.model,
+        labels=dict(config.labels),
+        env=dict(config.env),
+        timeout_s=config.timeout_s or 0.0,
+        cpus=config.cpus,
+        gpu_count=config.num_gpus,
+        gpu_type=config.gpu_type or "",
+        restart_policy=_RESTART_TO_PB[config.restart_policy],
+        checkpoint_interval_s=config.checkpoint_interval_s,
+    )
+
+
+def spec_from_pb(spec: pb.AgentSpec) -> SpawnConfig:
+    needs_gpu = spec.gpu_count > 0 or bool(spec.gpu_type)
+    return SpawnConfig(
+        model=spec.model,
+        labels=dict(spec.labels),
+        env=dict(spec.env),
+        timeout_s=_none_if_zero(spec.timeout_s),
+        cpus=spec.cpus,
+        requires_gpu=needs_gpu,
+        gpu_count=spec.gpu_count if spec.gpu_count > 0 else 1,
+        gpu_type=spec.gpu_type or None,
+        restart_policy=restart_policy_from_pb(spec.restart_policy),
+        checkpoint_interval_s=spec.checkpoint_interval_s,
+    )
+
+
+def agent_to_pb(agent: Agent) -> pb.Agent:
+    return pb.Agent(
+        id=agent.id,
+        spec=spec_to_pb(agent.config),
+        status=_AGENT_STATUS_TO_PB[agent.status],
+        status_reason=agent.status_reason,
+        epoch=agent.epoch,
+        created_at=agent.created_at,
+        started_at=agent.started_at or 0.0,
+        finished_at=agent.finished_at or 0.0,
+        node_id=agent.node_id,
+        gpu_ids=list(agent.gpu_ids),
+    )
+
+
+def agent_from_pb(msg: pb.Agent, cluster_id: str = "") -> Agent:
+    return Agent(
+        id=msg.id,
+        config=spec_from_pb(msg.spec),
+        cluster_id=cluster_id,
+        status=_AGENT_STATUS_FROM_PB.get(msg.status, AgentStatus.PENDING),
+        status_reason=msg.status_reason,
+        epoch=msg.epoch,
+        created_at=msg.created_at,
+        started_at=_none_if_zero(msg.started_at),
+        finished_at=_none_if_zero(msg.finished_at),
+        node_id=msg.node_id,
+        gpu_ids=list(msg.gpu_ids),
+    )
+
+
+# --- exec --------------------------------------------------------------------------------------
+
+def exec_chunk_to_pb(chunk: ExecChunk) -> pb.ExecuteCommandResponse:
+    if chunk.result is not None:
+        r = chunk.result
+        return pb.ExecuteCommandResponse(result=pb.ExecResult(
+            exit_code=r.exit_code, duration_s=r.duration_s, timed_out=r.timed_out, truncated=r.truncated))
+    return pb.ExecuteCommandResponse(chunk=pb.OutputChunk(
+        stream=_STREAM_TO_PB[chunk.stream], data=chunk.data.encode("utf-8", errors="replace")))
+
+
+def exec_chunk_from_pb(msg: pb.ExecuteCommandResponse) -> ExecChunk:
+    """The result message carries no output: the caller folds the chunks (``collect``)."""
+    if msg.WhichOneof("payload") == "result":
+        r = msg.result
+        return ExecChunk(result=ExecResult(exit_code=r.exit_code, duration_s=r.duration_s,
+                                           timed_out=r.timed_out, truncated=r.truncated))
+    return ExecChunk(stream=stream_from_pb(msg.chunk.stream),
+                     data=msg.chunk.data.decode("utf-8", errors="replace"))
+
+
+# --- events ------------------------------------------------------------------------------------
+
+def event_to_pb(event: FederationEvent) -> pb.Event:
+    return pb.Event(seq=event.seq, kind=_EVENT_KIND_TO_PB[event.kind], type=event.type,
+                    agent_id=event.agent_id, ts=event.ts, data=dict(event.data))
+
+
+def event_from_pb(msg: pb.Event, cluster_id: str = "") -> FederationEvent:
+    return FederationEvent(seq=msg.seq, kind=event_kind_from_pb(msg.kind), type=msg.type,
+                           cluster_id=cluster_id, agent_id=msg.agent_id, ts=msg.ts, data=dict(msg.data))
+
+
+# --- capacity ----------------------------------------------------------------------------------
+
+def capacity_to_pb(cap: SiteCapacity) -> pb.SiteCapacity:
+    return pb.SiteCapacity(
+        name=cap.name, region=cap.region, cost_per_hour=cap.cost_per_hour, max_agents=cap.max_agents,
+        active_agents=cap.active_agents, available_agents=cap.available_agents,
+        gpu_types=list(cap.gpu_types), free_gpus=dict(cap.free_gpus), total_gpus=cap.total_gpus,
+        total_cpus=cap.total_cpus, free_cpus=cap.free_cpus, warm_pool=cap.warm_pool, version=cap.version,
+    )
+
+
+def capacity_from_pb(msg: pb.SiteCapacity) -> SiteCapacity:
+    return SiteCapacity(
+        name=msg.name, region=msg.region, cost_per_hour=msg.cost_per_hour, max_agents=msg.max_agents,
+        active_agents=msg.active_agents, available_agents=msg.available_agents,
+        gpu_types=list(msg.gpu_types), free_gpus=dict(msg.free_gpus), total_gpus=msg.total_gpus,
+        total_cpus=msg.total_cpus, free_cpus=msg.free_cpus, warm_pool=msg.warm_pool, version=msg.version,
+    )
+
+
+# --- snapshots ---------------------------------------------------------------------------------
+
+def journal_entry_to_pb(entry: JournalEntry) -> pb.JournalEntry:
+    return pb.JournalEntry(seq=entry.seq, command=entry.command, exit_code=entry.exit_code or 0,
+                           finished=entry.exit_code is not None, started_at=entry.started_at,
+                           duration_s=entry.duration_s, timed_out=entry.timed_out)
+
+
+def journal_entry_from_pb(msg: pb.JournalEntry) -> JournalEntry:
+    return JournalEntry(seq=msg.seq, command=msg.command,
+                        exit_code=msg.exit_code if msg.finished else None,
+                        started_at=msg.started_at, duration_s=msg.duration_s, timed_out=msg.timed_out)
+
+
+def snapshot_header_to_pb(agent: Agent, journal: list[JournalEntry], archive_size: int, sha256: str,
+                          taken_at: float) -> pb.SnapshotHeader:
+    return pb.SnapshotHeader(agent=agent_to_pb(agent), journal=[journal_entry_to_pb(e) for e in journal],
+                             archive_size=archive_size, sha256=sha256, taken_at=taken_at)
+
+
+__all__ = [
+    "agent_from_pb", "agent_status_from_pb", "agent_status_to_pb", "agent_to_pb", "capacity_from_pb",
+    "capacity_to_pb", "event_from_pb", "event_kind_from_pb", "event_to_pb", "exec_chunk_from_pb",
+    "exec_chunk_to_pb", "journal_entry_from_pb", "journal_entry_to_pb", "restart_policy_from_pb",
+    "snapshot_header_to_pb", "spec_from_pb", "spec_to_pb", "stream_from_pb",
+]

@@ -1,0 +1,265 @@
+"""The site server: ``SiteConfig`` (every ``swarmctl site serve`` option) and its lifecycle.
+
+``serve(config)``: start a private Ray head unless ``ray_address`` is given, connect to it, build
+the ``AgentRuntime``, and serve ``ClusterFederation`` + ``grpc.health.v1`` + reflection behind the
+bearer-token interceptor (and TLS/mTLS when configured). It prints ``ray head session SID`` (when
+it started a head) and then ``listening on HOST:PORT`` with the real bound port, once ready.
+
+On SIGTERM/SIGINT: health goes NOT_SERVING, the server stops accepting, the runtime closes
+(terminating its agents), the server stops, Ray disconnects, and the head it started (only that
+one) is stopped. Exit code 0.
+
+Safety refusals (before anything starts): a non-loopback ``host`` without TLS unless ``insecure``;
+a token file readable by group/others; no credential at all (neither token nor client CA).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from godel_ray.errors import InvalidArgument
+from godel_ray.rpc.auth import BearerTokenInterceptor, read_token_file
+from godel_ray.rpc.gen import federation_pb2 as pb
+from godel_ray.rpc.gen import federation_pb2_grpc as pb_grpc
+from godel_ray.settings import DEFAULT_SITE_PORT, LIMITS
+
+log = logging.getLogger(__name__)
+
+SITE_NAMESPACE = "godel-site"
+SHUTDOWN_GRACE_S = 5.0
+MESSAGE_MARGIN_BYTES = 64 * 1024
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ClusterFederation"].full_name
+# Clients ping every 10 s (see client.channel_options); allow it, even between calls.
+MIN_PING_INTERVAL_MS = 5_000
+
+
+class SiteConfig(BaseModel):
+    """Every option of ``swarmctl site serve``; a ``--config`` YAML holds the same keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    port: int = Field(DEFAULT_SITE_PORT, ge=0, le=65535)
+    auth_token_file: str | None = None
+    host: str = "127.0.0.1"
+    name: str = "site"
+    region: str = "default"
+    cost_per_hour: float = Field(0.0, ge=0)
+    max_agents: int = Field(100, ge=1)
+    ray_address: str | None = None
+    num_cpus: float | None = Field(None, ge=0)
+    num_gpus: int = Field(0, ge=0)
+    gpu_type: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    insecure: bool = False
+    workdir_root: str | None = None  # default: a fresh temp dir, removed at shutdown
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SiteConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("--tls-client-ca (mTLS) needs --tls-cert and --tls-key")
+        if self.ray_address and (self.num_cpus is not None or self.num_gpus or self.gpu_type):
+            raise ValueError("--ray-address attaches to an existing cluster: drop --num-cpus/--num-gpus/--gpu-type")
+        if self.gpu_type and not self.num_gpus:
+            raise ValueError("--gpu-type needs --num-gpus N (N >= 1)")
+        if not self.auth_token_file and not self.tls_client_ca:
+            raise ValueError("a site needs a credential: --auth-token-file F and/or --tls-client-ca F")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> SiteConfig:
+        """Build from a YAML file (optional) with ``overrides`` (the flags given) on top."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                loaded = yaml.safe_load(Path(path).read_text())
+            except OSError as exc:
+                raise InvalidArgument(f"cannot read site config {path}: {exc.strerror or exc}") from exc
+            except yaml.YAMLError as exc:
+                raise InvalidArgument(f"site config {path} is not valid YAML: {exc}") from exc
+            if loaded is not None and not isinstance(loaded, dict):
+                raise InvalidArgument(f"site config {path} must be a mapping of option: value")
+            data.update(loaded or {})
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise InvalidArgument(_one_line(exc, path)) from exc
+
+
+def _one_line(exc: ValidationError, path: str | os.PathLike[str] | None) -> str:
+    where = f"site config {path}: " if path else "site options: "
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return where + "; ".join(parts)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_safety(config: SiteConfig) -> str | None:
+    """Refuse unsafe setups before anything starts; return the bearer token (None with mTLS only)."""
+    if not _is_loopback(config.host) and not config.tls and not config.insecure:
+        raise InvalidArgument(
+            f"refusing to serve on non-loopback host {config.host} without TLS: pass --tls-cert/--tls-key, "
+            "or --insecure if the network is private")
+    for label, path in (("--tls-cert", config.tls_cert), ("--tls-key", config.tls_key),
+                        ("--tls-client-ca", config.tls_client_ca)):
+        if path is not None and not Path(path).is_file():
+            raise InvalidArgument(f"{label} {path}: no such file")
+    return read_token_file(config.auth_token_file) if config.auth_token_file else None
+
+
+def _server_credentials(config: SiteConfig) -> grpc.ServerCredentials:
+    assert config.tls_cert and config.tls_key  # checked by SiteConfig
+    key, cert = Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes()
+    client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                       require_client_auth=client_ca is not None)
+
+
+def _format_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def build_server(runtime: Any, *, token: str | None, host: str = "127.0.0.1", port: int = 0,
+                       credentials: grpc.ServerCredentials | None = None, cluster_id: str = ""
+                       ) -> tuple[grpc.aio.Server, int, HealthServicer]:
+    """A started grpc.aio server over ``runtime``; returns (server, bound port, health servicer).
+
+    Shared by ``serve`` and the rpc tests, so both run exactly the same stack.
+    """
+    from godel_ray.rpc.servicer import ClusterFederationServicer
+
+    max_bytes = LIMITS.max_message_bytes + MESSAGE_MARGIN_BYTES
+    interceptors = [BearerTokenInterceptor(token)] if token else []
+    server = grpc.aio.server(interceptors=interceptors, options=[
+        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.max_send_message_length", max_bytes),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+        ("grpc.http2.max_ping_strikes", 0),
+    ])
+    pb_grpc.add_ClusterFederationServicer_to_server(ClusterFederationServicer(runtime, cluster_id), server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server)
+    address = _format_hostport(host, port)
+    try:
+        bound = (server.add_secure_port(address, credentials) if credentials is not None
+                 else server.add_insecure_port(address))
+    except RuntimeError as exc:
+        raise InvalidArgument(f"cannot bind {address}: {exc}") from exc
+    if bound == 0:
+        raise InvalidArgument(f"cannot bind {address}: the port is in use or the host is not local")
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    return server, bound, health
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+async def serve(config: SiteConfig) -> None:
+    """Run the site until SIGTERM/SIGINT (see the module docstring)."""
+    import ray
+
+    from godel_ray import raycluster
+    from godel_ray.agents.runtime import AgentRuntime
+
+    token = check_safety(config)
+    credentials = _server_credentials(config) if config.tls else None
+    head: raycluster.RayHead | None = None
+    workdir_root = config.workdir_root
+    own_workdir = workdir_root is None
+    if workdir_root is None:
+        workdir_root = tempfile.mkdtemp(prefix=f"godel-site-{config.name}-")
+    runtime: Any = None
+    server: grpc.aio.Server | None = None
+    try:
+        address = config.ray_address
+        if address is None:
+            head = await asyncio.to_thread(
+                raycluster.start_head, config.num_cpus, config.num_gpus, config.gpu_type,
+                auth_token=secrets.token_hex(16))
+            _say(f"ray head session {head.pid}")
+            os.environ.update(head.env())
+            address = head.address
+        ray.init(address=address, namespace=SITE_NAMESPACE, logging_level="ERROR", log_to_driver=False)
+        runtime = AgentRuntime(config.name, workdir_root, region=config.region,
+                               cost_per_hour=config.cost_per_hour, max_agents=config.max_agents)
+        server, port, health = await build_server(runtime, token=token, host=config.host, port=config.port,
+                                                  credentials=credentials, cluster_id=config.name)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        _say(f"listening on {_format_hostport(config.host, port)}")
+        await stop.wait()
+        _say("shutting down")
+        await health.enter_graceful_shutdown()
+        stopping = asyncio.create_task(server.stop(SHUTDOWN_GRACE_S))  # stops accepting at once
+        runtime, closing = None, runtime
+        await closing.close()
+        await stopping
+        server = None
+    finally:
+        if server is not None:
+            await server.stop(None)
+        if runtime is not None:
+            await runtime.close()
+        if ray.is_initialized():
+            ray.shutdown()
+        if head is not None:
+            await asyncio.to_thread(head.stop)
+        if own_workdir:
+            shutil.rmtree(workdir_root, ignore_errors=True)
+
+
+def run(config: SiteConfig) -> int:
+    """Sync entry point for the CLI: serve until a signal; return the exit code (0)."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    asyncio.run(serve(config))
+    return 0
+
+
+__all__ = ["SiteConfig", "build_server", "check_safety", "run", "serve"]

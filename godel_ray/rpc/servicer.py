@@ -1,0 +1,170 @@
+"""``ClusterFederationServicer``: the site's gRPC service, a translator over an ``AgentRuntime``.
+
+Each method converts proto to domain values, calls the runtime (a ``ClusterClient``), and converts
+back; errors become statuses through ``status_errors``. Validation belongs to the runtime; the only
+checks here are about the wire itself: the order, size and checksum of snapshot chunks.
+
+Snapshots stream as ``SnapshotChunk``s: the header first (agent, journal, archive size, sha256),
+then the archive in pieces of ``LIMITS.snapshot_chunk_bytes``. An import is refused with
+INVALID_ARGUMENT, before the runtime sees anything, when the header is missing, not first, or
+repeated, when the announced or received size is over ``LIMITS.max_snapshot_bytes`` (checked while
+receiving), or when the received bytes do not match the announced size and checksum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import AsyncIterator
+
+import grpc.aio
+
+from godel_ray.cluster_client import ClusterClient
+from godel_ray.errors import InvalidArgument, SnapshotRejected
+from godel_ray.models import AgentSnapshot, AgentStatus
+from godel_ray.rpc import convert
+from godel_ray.rpc.errors import status_errors
+from godel_ray.rpc.gen import federation_pb2 as pb
+from godel_ray.rpc.gen import federation_pb2_grpc as pb_grpc
+from godel_ray.settings import LIMITS, Limits
+
+Context = grpc.aio.ServicerContext
+
+
+def snapshot_chunks(snapshot: AgentSnapshot, chunk_bytes: int = LIMITS.snapshot_chunk_bytes
+                    ) -> list[pb.SnapshotChunk]:
+    """The wire form of a snapshot: header first, then the archive in ``chunk_bytes`` pieces."""
+    header = convert.snapshot_header_to_pb(snapshot.agent, snapshot.journal, snapshot.size_bytes,
+                                           snapshot.sha256, snapshot.taken_at)
+    chunks = [pb.SnapshotChunk(header=header)]
+    view = memoryview(snapshot.archive)
+    for start in range(0, len(view), chunk_bytes):
+        chunks.append(pb.SnapshotChunk(data=bytes(view[start:start + chunk_bytes])))
+    return chunks
+
+
+async def assemble_snapshot(chunks: AsyncIterator[pb.SnapshotChunk], limits: Limits = LIMITS,
+                            cluster_id: str = "") -> AgentSnapshot:
+    """Reassemble a chunk stream into an ``AgentSnapshot``; ``InvalidArgument`` on any wire fault."""
+    header: pb.SnapshotHeader | None = None
+    parts: list[bytes] = []
+    received = 0
+    async for chunk in chunks:
+        kind = chunk.WhichOneof("payload")
+        if kind == "header":
+            if header is not None:
+                raise InvalidArgument("snapshot stream has a second header: the header goes first, once")
+            header = chunk.header
+            if not 0 <= header.archive_size <= limits.max_snapshot_bytes:
+                raise InvalidArgument(
+                    f"snapshot archive of {header.archive_size} bytes is over the limit of "
+                    f"{limits.max_snapshot_bytes}", field="archive_size")
+        elif kind == "data":
+            if header is None:
+                raise InvalidArgument("snapshot stream starts with data: send the header first")
+            received += len(chunk.data)
+            if received > header.archive_size:
+                raise InvalidArgument(
+                    f"snapshot archive is larger than its header announced ({header.archive_size} bytes)",
+                    field="archive_size")
+            parts.append(chunk.data)
+        else:
+            raise InvalidArgument("empty snapshot chunk: set header or data")
+    if header is None:
+        raise InvalidArgument("snapshot stream has no header")
+    if not header.HasField("agent") or not header.agent.id:
+        raise InvalidArgument("snapshot header has no agent", field="agent")
+    if received != header.archive_size:
+        raise InvalidArgument(
+            f"snapshot archive is truncated: got {received} of {header.archive_size} bytes",
+            field="archive_size")
+    archive = b"".join(parts)
+    digest = hashlib.sha256(archive).hexdigest()
+    if digest != header.sha256:
+        raise SnapshotRejected(
+            f"snapshot checksum mismatch: header says {header.sha256[:16] or '(none)'}..., "
+            f"data hashes to {digest[:16]}...", field="sha256")
+    return AgentSnapshot(
+        agent=convert.agent_from_pb(header.agent, cluster_id),
+        journal=[convert.journal_entry_from_pb(e) for e in header.journal],
+        archive=archive, sha256=header.sha256, taken_at=header.taken_at,
+    )
+
+
+class ClusterFederationServicer(pb_grpc.ClusterFederationServicer):
+    """Translates ``godel.federation.v1.ClusterFederation`` onto one ``ClusterClient`` (the runtime)."""
+
+    def __init__(self, runtime: ClusterClient, cluster_id: str = "", limits: Limits = LIMITS) -> None:
+        self._runtime = runtime
+        self._cluster_id = cluster_id
+        self._limits = limits
+
+    @status_errors
+    async def SpawnAgent(self, request: pb.SpawnAgentRequest, context: Context) -> pb.SpawnAgentResponse:
+        agent, created = await self._runtime.spawn(
+            convert.spec_from_pb(request.spec), agent_id=request.agent_id or None,
+            idempotency_key=request.idempotency_key or None, epoch=request.epoch or 1)
+        return pb.SpawnAgentResponse(agent=convert.agent_to_pb(agent), created=created)
+
+    @status_errors
+    async def KillAgent(self, request: pb.KillAgentRequest, context: Context) -> pb.KillAgentResponse:
+        agent = await self._runtime.kill(request.agent_id, epoch=request.epoch, reason=request.reason)
+        return pb.KillAgentResponse(agent=convert.agent_to_pb(agent))
+
+    @status_errors
+    async def ExecuteCommand(self, request: pb.ExecuteCommandRequest, context: Context
+                             ) -> AsyncIterator[pb.ExecuteCommandResponse]:
+        stream = self._runtime.exec_stream(request.agent_id, request.command,
+                                           timeout_s=request.timeout_s or None, epoch=request.epoch)
+        async for chunk in stream:
+            yield convert.exec_chunk_to_pb(chunk)
+
+    @status_errors
+    async def GetAgentStatus(self, request: pb.GetAgentStatusRequest, context: Context
+                             ) -> pb.GetAgentStatusResponse:
+        return pb.GetAgentStatusResponse(agent=convert.agent_to_pb(await self._runtime.status(request.agent_id)))
+
+    @status_errors
+    async def ListAgents(self, request: pb.ListAgentsRequest, context: Context) -> pb.ListAgentsResponse:
+        status: AgentStatus | None = convert.agent_status_from_pb(request.status)
+        agents = await self._runtime.list_agents(status=status, labels=dict(request.labels) or None)
+        return pb.ListAgentsResponse(agents=[convert.agent_to_pb(a) for a in agents])
+
+    @status_errors
+    async def StreamEvents(self, request_iterator: AsyncIterator[pb.StreamEventsRequest], context: Context
+                           ) -> AsyncIterator[pb.Event]:
+        since_seq = 0
+        async for first in request_iterator:  # the first request says where to resume
+            since_seq = first.since_seq
+            break
+        if since_seq < 0:
+            raise InvalidArgument(f"since_seq must be >= 0; got {since_seq}", field="since_seq")
+        async for event in self._runtime.events(since_seq):
+            yield convert.event_to_pb(event)
+
+    @status_errors
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Context) -> pb.HeartbeatResponse:
+        capacity = await self._runtime.heartbeat()
+        return pb.HeartbeatResponse(capacity=convert.capacity_to_pb(capacity), received_at=time.time())
+
+    @status_errors
+    async def ExportAgent(self, request: pb.ExportAgentRequest, context: Context
+                          ) -> AsyncIterator[pb.SnapshotChunk]:
+        snapshot = await self._runtime.export(request.agent_id, epoch=request.epoch, freeze=request.freeze)
+        for chunk in snapshot_chunks(snapshot, self._limits.snapshot_chunk_bytes):
+            yield chunk
+
+    @status_errors
+    async def ImportAgent(self, request_iterator: AsyncIterator[pb.SnapshotChunk], context: Context
+                          ) -> pb.ImportAgentResponse:
+        snapshot = await assemble_snapshot(request_iterator, self._limits, self._cluster_id)
+        agent = await self._runtime.import_(snapshot)
+        return pb.ImportAgentResponse(agent=convert.agent_to_pb(agent))
+
+    @status_errors
+    async def ResumeAgent(self, request: pb.ResumeAgentRequest, context: Context) -> pb.ResumeAgentResponse:
+        agent = await self._runtime.resume(request.agent_id, epoch=request.epoch)
+        return pb.ResumeAgentResponse(agent=convert.agent_to_pb(agent))
+
+
+__all__ = ["ClusterFederationServicer", "assemble_snapshot", "snapshot_chunks"]

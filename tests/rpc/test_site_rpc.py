@@ -1,0 +1,364 @@
+"""The site's gRPC stack, for real: a grpc.aio server on port 0 in this process, over a real
+``AgentRuntime`` on the ``ray_head`` cluster, driven through ``GrpcClusterClient`` (and raw stubs
+where the wire itself is under test).
+
+The server, the runtime and the clients live on one event loop in a background thread; tests hand
+it coroutines (``site.run``). One server for the module keeps the runtime small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import tarfile
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from godel_ray import errors as E
+from godel_ray.cluster_client import collect
+from godel_ray.models import AgentStatus, FederationEvent, SpawnConfig
+from godel_ray.raycluster import RayHead
+from godel_ray.rpc import convert
+from godel_ray.rpc.auth import bearer_metadata
+from godel_ray.rpc.client import GrpcClusterClient
+from godel_ray.rpc.gen import federation_pb2 as pb
+from godel_ray.rpc.gen import federation_pb2_grpc as pb_grpc
+from godel_ray.rpc.server import SERVICE_NAME, build_server
+
+pytestmark = pytest.mark.ray
+T = TypeVar("T")
+TOKEN = "test-token-" + uuid.uuid4().hex
+CALL_DEADLINE_S = 60.0
+
+
+@dataclass
+class Site:
+    loop: asyncio.AbstractEventLoop
+    endpoint: str
+    runtime: Any
+    client: GrpcClusterClient
+
+    def run(self, coro: Awaitable[T], timeout_s: float = CALL_DEADLINE_S) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)  # type: ignore[arg-type]
+
+    def channel(self) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(self.endpoint)
+
+
+@pytest.fixture(scope="module")
+def site(ray_head: RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    import ray
+
+    from godel_ray.agents.runtime import AgentRuntime
+
+    saved = {k: os.environ.get(k) for k in ray_head.env()}
+    os.environ.update(ray_head.env())
+    ray.init(address=ray_head.address, namespace="godel-site-test", logging_level="ERROR", log_to_driver=False)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    workdir = tmp_path_factory.mktemp("site-rpc")
+
+    async def start() -> tuple[Any, Any, int]:
+        runtime = AgentRuntime("rpc-site", str(workdir), region="test", cost_per_hour=1.5, max_agents=20)
+        server, port, _ = await build_server(runtime, token=TOKEN, port=0, cluster_id="rpc-site")
+        return runtime, server, port
+
+    runtime, server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(120)
+    endpoint = f"127.0.0.1:{port}"
+    client = GrpcClusterClient(endpoint, token=TOKEN, cluster_id="rpc-site")
+    site = Site(loop=loop, endpoint=endpoint, runtime=runtime, client=client)
+    try:
+        yield site
+    finally:
+        async def stop() -> None:
+            await client.close()
+            await server.stop(None)
+            await runtime.close()
+
+        site.run(stop(), timeout_s=120)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _label() -> dict[str, str]:
+    return {"test": uuid.uuid4().hex[:10]}
+
+
+async def _first_event(client: GrpcClusterClient, since_seq: int, agent_id: str,
+                       deadline_s: float = 30.0) -> FederationEvent:
+    async def find() -> FederationEvent:
+        async for event in client.events(since_seq):
+            if event.agent_id == agent_id:
+                return event
+        raise AssertionError("event stream ended")
+
+    return await asyncio.wait_for(find(), deadline_s)
+
+
+# --- every RPC through the client ---------------------------------------------------------------
+
+def test_every_rpc_through_the_client(site: Site) -> None:
+    c = site.client
+    labels = _label()
+
+    async def scenario() -> None:
+        capacity = await c.heartbeat()
+        assert capacity.name == "rpc-site" and capacity.region == "test" and capacity.max_agents == 20
+        assert capacity.total_cpus > 0
+
+        agent, created = await c.spawn(SpawnConfig(model="m1", labels=labels, env={"GREETING": "hi"}))
+        assert created and agent.cluster_id == "rpc-site" and agent.config.labels == labels
+
+        status = await c.status(agent.id)
+        assert status.id == agent.id and status.status == AgentStatus.RUNNING
+
+        listed = await c.list_agents(labels=labels)
+        assert [a.id for a in listed] == [agent.id]
+        assert await c.list_agents(status=AgentStatus.FAILED, labels=labels) == []
+
+        chunks = [ch async for ch in c.exec_stream(agent.id, "echo $GREETING > f.txt; cat f.txt; echo oops >&2")]
+        result = collect(chunks)
+        assert (result.exit_code, result.stdout, result.stderr) == (0, "hi\n", "oops\n")
+
+        event = await _first_event(c, 0, agent.id)
+        assert event.seq > 0 and event.cluster_id == "rpc-site"
+        later = await _first_event(c, event.seq, agent.id)  # resume: strictly after the given seq
+        assert later.seq > event.seq
+
+        snapshot = await c.export(agent.id, freeze=True)
+        assert snapshot.agent.id == agent.id and snapshot.size_bytes > 0
+        assert snapshot.sha256 == hashlib.sha256(snapshot.archive).hexdigest()
+        assert [e.command for e in snapshot.journal][-1].startswith("echo $GREETING")
+
+        resumed = await c.resume(agent.id)
+        assert resumed.status == AgentStatus.RUNNING
+
+        # import it back under a new id, as a migration target would (epoch + 1)
+        copy_id = "ag-copy-" + uuid.uuid4().hex[:8]
+        moved = snapshot.agent.model_copy(update={"id": copy_id, "epoch": snapshot.agent.epoch + 1})
+        imported = await c.import_(snapshot.model_copy(update={"agent": moved}))
+        assert imported.id == copy_id and imported.epoch == snapshot.agent.epoch + 1
+        again = collect([ch async for ch in c.exec_stream(copy_id, "cat f.txt")])
+        assert again.stdout == "hi\n"
+
+        killed = await c.kill(agent.id)
+        assert killed.status.is_final
+        await c.kill(copy_id)
+        assert {a.status.is_final for a in await c.list_agents(labels=labels)} == {True}
+
+    site.run(scenario(), timeout_s=180)
+
+
+def test_exec_streams_and_reports_timeout(site: Site) -> None:
+    async def scenario() -> None:
+        agent, _ = await site.client.spawn(SpawnConfig(labels=_label()))
+        chunks = [ch async for ch in site.client.exec_stream(agent.id, "echo start; sleep 30", timeout_s=1)]
+        result = collect(chunks)
+        assert result.timed_out and result.stdout == "start\n"
+        await site.client.kill(agent.id)
+
+    site.run(scenario())
+
+
+# --- authentication -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("token", ["", "wrong-token"])
+def test_bad_credentials_are_refused_with_no_side_effect(site: Site, token: str) -> None:
+    labels = _label()
+    intruder = GrpcClusterClient(site.endpoint, token=token)
+
+    async def scenario() -> None:
+        with pytest.raises(E.Unauthenticated):
+            await intruder.spawn(SpawnConfig(labels=labels))
+        with pytest.raises(E.Unauthenticated):
+            await intruder.list_agents()
+        with pytest.raises(E.Unauthenticated):
+            [ch async for ch in intruder.exec_stream("ag-x", "touch /tmp/pwned")]
+        async with site.channel() as channel:
+            stub = pb_grpc.ClusterFederationStub(channel)
+            md = bearer_metadata(token) if token else ()
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.SpawnAgent(pb.SpawnAgentRequest(spec=pb.AgentSpec(model="m", labels=labels)),
+                                      metadata=md)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+            async def one_chunk() -> AsyncIterator[pb.SnapshotChunk]:
+                yield pb.SnapshotChunk(data=b"x")
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.ImportAgent(one_chunk(), metadata=md)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        await intruder.close()
+        assert await site.client.list_agents(labels=labels) == []  # nothing was spawned
+
+    site.run(scenario())
+
+
+def test_health_answers_without_a_token(site: Site) -> None:
+    async def scenario() -> None:
+        async with site.channel() as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            for service in ("", SERVICE_NAME):
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    site.run(scenario())
+
+
+def test_reflection_lists_the_service(site: Site) -> None:
+    async def scenario() -> list[str]:
+        async with site.channel() as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+
+            async def ask() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+                yield reflection_pb2.ServerReflectionRequest(list_services="")
+            async for reply in stub.ServerReflectionInfo(ask(), timeout=10):
+                return [s.name for s in reply.list_services_response.service]
+        return []
+
+    assert SERVICE_NAME in site.run(scenario())
+
+
+# --- idempotency and validation -----------------------------------------------------------------
+
+def test_spawn_retried_with_the_same_key_returns_the_same_agent(site: Site) -> None:
+    key = "key-" + uuid.uuid4().hex
+    labels = _label()
+
+    async def scenario() -> None:
+        first, created1 = await site.client.spawn(SpawnConfig(labels=labels), idempotency_key=key)
+        second, created2 = await site.client.spawn(SpawnConfig(labels=labels), idempotency_key=key)
+        assert (created1, created2) == (True, False)
+        assert second.id == first.id
+        assert [a.id for a in await site.client.list_agents(labels=labels)] == [first.id]
+        await site.client.kill(first.id)
+
+    site.run(scenario())
+
+
+def test_invalid_input_is_invalid_argument_with_a_reason(site: Site) -> None:
+    labels = _label()
+
+    async def scenario() -> None:
+        with pytest.raises(E.InvalidArgument, match="env name"):
+            await site.client.spawn(SpawnConfig(labels=labels, env={"1BAD": "x"}))
+        with pytest.raises(E.InvalidArgument, match="agent id"):
+            await site.client.spawn(SpawnConfig(labels=labels), agent_id="../../etc")
+        with pytest.raises(E.NotFound):
+            await site.client.status("ag-does-not-exist")
+        async with site.channel() as channel:
+            stub = pb_grpc.ClusterFederationStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.SpawnAgent(pb.SpawnAgentRequest(spec=pb.AgentSpec(model="m", labels=labels,
+                                                                             env={"A B": "x"})),
+                                      metadata=bearer_metadata(TOKEN))
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "env name" in (info.value.details() or "")
+            assert ("godel-error", "InvalidArgument") in tuple(info.value.trailing_metadata() or ())
+        assert await site.client.list_agents(labels=labels) == []
+
+    site.run(scenario())
+
+
+# --- snapshot import over the wire -------------------------------------------------------------
+
+def _header(agent_id: str, archive: bytes, sha256: str | None = None) -> pb.SnapshotChunk:
+    from godel_ray.models import Agent
+
+    agent = Agent(id=agent_id, config=SpawnConfig(labels={"import": "test"}), status=AgentStatus.RUNNING)
+    return pb.SnapshotChunk(header=pb.SnapshotHeader(
+        agent=convert.agent_to_pb(agent), archive_size=len(archive),
+        sha256=hashlib.sha256(archive).hexdigest() if sha256 is None else sha256, taken_at=time.time()))
+
+
+def _hostile_archive() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = b"pwned"
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _good_archive() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = b"ok"
+        info = tarfile.TarInfo("ok.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case", ["data-first", "no-header", "two-headers", "bad-checksum", "truncated",
+                                  "oversize", "hostile"])
+def test_bad_imports_are_refused_and_leave_nothing(site: Site, case: str, tmp_path: Path) -> None:
+    agent_id = "ag-imp-" + uuid.uuid4().hex[:8]
+    good = _good_archive()
+    chunks: list[pb.SnapshotChunk] = {
+        "data-first": [pb.SnapshotChunk(data=good), _header(agent_id, good)],
+        "no-header": [pb.SnapshotChunk(data=good)],
+        "two-headers": [_header(agent_id, good), _header(agent_id, good), pb.SnapshotChunk(data=good)],
+        "bad-checksum": [_header(agent_id, good, sha256="0" * 64), pb.SnapshotChunk(data=good)],
+        "truncated": [_header(agent_id, good), pb.SnapshotChunk(data=good[:-3])],
+        "oversize": [_header(agent_id, good), pb.SnapshotChunk(data=good), pb.SnapshotChunk(data=b"more")],
+        "hostile": [_header(agent_id, _hostile_archive()), pb.SnapshotChunk(data=_hostile_archive())],
+    }[case]
+
+    async def scenario() -> None:
+        async with site.channel() as channel:
+            stub = pb_grpc.ClusterFederationStub(channel)
+
+            async def send() -> AsyncIterator[pb.SnapshotChunk]:
+                for chunk in chunks:
+                    yield chunk
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.ImportAgent(send(), metadata=bearer_metadata(TOKEN), timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+            assert info.value.details()
+        with pytest.raises(E.NotFound):
+            await site.client.status(agent_id)
+        assert agent_id not in [a.id for a in await site.client.list_agents()]
+
+    site.run(scenario())
+
+
+def test_a_good_raw_import_works(site: Site) -> None:
+    """The control for the refusals above: the same stream, well formed, is accepted."""
+    agent_id = "ag-imp-" + uuid.uuid4().hex[:8]
+    good = _good_archive()
+
+    async def scenario() -> None:
+        async with site.channel() as channel:
+            stub = pb_grpc.ClusterFederationStub(channel)
+
+            async def send() -> AsyncIterator[pb.SnapshotChunk]:
+                yield _header(agent_id, good)
+                yield pb.SnapshotChunk(data=good)
+            reply = await stub.ImportAgent(send(), metadata=bearer_metadata(TOKEN), timeout=60)
+            assert reply.agent.id == agent_id
+        result = collect([ch async for ch in site.client.exec_stream(agent_id, "cat ok.txt")])
+        assert result.stdout == "ok"
+        await site.client.kill(agent_id)
+
+    site.run(scenario())
