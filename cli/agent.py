@@ -7,14 +7,17 @@ load Ray; spawn, exec, kill and logs go through ``connect()``.
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.text import Text
-
 from godel_cli import render
 from godel_cli.render import JsonOption, StateDirOption
+from rich.text import Text
+
 from godel_ray.models import OutputStream
+
+if TYPE_CHECKING:
+    from godel_ray.proxy import StateReader, TransparentClusterProxy
 
 TIMED_OUT_EXIT_CODE = 124  # as timeout(1)
 
@@ -40,6 +43,7 @@ def spawn(model: Annotated[str | None, typer.Option("--model", help="Model name 
           state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """Spawn an agent; the balancer places it (see `swarmctl agent explain ID`)."""
     from godel_ray import config
+    from godel_ray.errors import GodelError
 
     spawn_config = config.build_spawn_config(
         model=model, labels=config.parse_labels(label), env=config.parse_env(env), timeout_s=timeout,
@@ -51,11 +55,10 @@ def spawn(model: Annotated[str | None, typer.Option("--model", help="Model name 
     if json_out:
         render.emit_json(agent)
         return
-    rule = ""
     try:
         rule = proxy.explain(agent.id).rule
-    except Exception:  # noqa: BLE001 - the rule is a courtesy; the spawn itself succeeded
-        pass
+    except GodelError:  # the rule is a courtesy; the spawn itself succeeded
+        rule = ""
     render.out().print(Text.assemble("spawned ", (agent.id, "bold"), " on ", (agent.cluster_id, "bold green"),
                                      f" ({rule})" if rule else ""))
 
@@ -158,13 +161,13 @@ def logs(agent_id: Annotated[str, typer.Argument(metavar="ID")],
     render.emit_json(entries) if json_out else render.out().print(render.journal_table(entries))
 
 
-def _reader(state_dir: str | None):  # type: ignore[no-untyped-def]
+def _reader(state_dir: str | None) -> StateReader:
     from godel_ray.proxy import StateReader
 
     return StateReader(state_dir)
 
 
-def _connect(state_dir: str | None):  # type: ignore[no-untyped-def]
+def _connect(state_dir: str | None) -> TransparentClusterProxy:
     from godel_ray.proxy import connect
 
     return connect(state_dir)

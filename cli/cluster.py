@@ -7,17 +7,20 @@ and never load Ray; commands that change something go through ``connect()``.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
-
 from godel_cli import render
 from godel_cli.render import JsonOption, StateDirOption
-from godel_ray.models import Cluster, Migration
+from rich.live import Live
+from rich.text import Text
+
+from godel_ray.models import Cluster, ClusterStats, Migration
+
+if TYPE_CHECKING:
+    from godel_ray.proxy import StateReader, TransparentClusterProxy
 
 app = typer.Typer(help="Register and inspect clusters; move agents between them.", no_args_is_help=True)
 
@@ -134,7 +137,7 @@ def health(watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh ev
 @render.guarded
 def stats(state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """Load, agents by status and free capacity per cluster (no Ray)."""
-    rows = _reader(state_dir).stats()
+    rows = _stats(_reader(state_dir))
     render.emit_json(rows) if json_out else render.out().print(render.stats_table(rows))
 
 
@@ -150,7 +153,7 @@ def regions(state_dir: StateDirOption = None, json_out: JsonOption = False) -> N
         render.emit_json(by_region)
         return
     status = {info.cluster.id: info.health.status for info in infos}
-    table = Table(title="regions", title_justify="left")
+    table = render.new_table("regions")
     table.add_column("REGION")
     table.add_column("CLUSTERS")
     for region_name, ids in sorted(by_region.items()):
@@ -244,13 +247,25 @@ def _follow_migration(migration: Migration, state_dir: str | None, *, show: bool
     return current
 
 
-def _reader(state_dir: str | None):  # type: ignore[no-untyped-def]
+def _stats(reader: StateReader) -> list[ClusterStats]:
+    """``ClusterStats`` from the store, as the balancer's ``stats()`` computes them, without Ray."""
+    by_cluster: dict[str, Counter[str]] = {}
+    for agent in reader.agents():
+        by_cluster.setdefault(agent.cluster_id, Counter())[agent.status.value] += 1
+    return [ClusterStats(cluster_id=info.cluster.id, status=info.health.status,
+                         agents_by_status=dict(by_cluster.get(info.cluster.id, {})),
+                         capacity=info.health.capacity, rtt_ms=info.health.rtt_ms,
+                         load=info.agents / info.cluster.max_agents if info.cluster.max_agents > 0 else 1.0)
+            for info in reader.clusters()]
+
+
+def _reader(state_dir: str | None) -> StateReader:
     from godel_ray.proxy import StateReader
 
     return StateReader(state_dir)
 
 
-def _connect(state_dir: str | None):  # type: ignore[no-untyped-def]
+def _connect(state_dir: str | None) -> TransparentClusterProxy:
     from godel_ray.proxy import connect
 
     return connect(state_dir)

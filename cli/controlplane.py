@@ -10,11 +10,10 @@ import shlex
 from typing import Annotated
 
 import typer
-from rich.table import Table
-from rich.text import Text
-
 from godel_cli import render
 from godel_cli.render import JsonOption, StateDirOption
+from rich.table import Table
+from rich.text import Text
 
 
 def register(app: typer.Typer) -> None:
@@ -26,7 +25,7 @@ def register(app: typer.Typer) -> None:
 
 @render.guarded
 def up(state_dir: StateDirOption = None,
-       num_cpus: Annotated[float | None, typer.Option("--num-cpus", min=0, help="CPUs of the local Ray cluster.")] = None,
+       num_cpus: Annotated[int | None, typer.Option("--num-cpus", min=0, help="CPUs of the local Ray cluster.")] = None,
        num_gpus: Annotated[int, typer.Option("--num-gpus", min=0, help="GPUs of the local Ray cluster.")] = 0,
        gpu_type: Annotated[str | None, typer.Option("--gpu-type", help="Accelerator type of those GPUs.")] = None,
        json_out: JsonOption = False) -> None:

@@ -6,12 +6,16 @@ No Ray: ``--follow`` polls the store (the balancer writes every event before it 
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-
 from godel_cli import render
 from godel_cli.render import JsonOption, StateDirOption
+
+from godel_ray.models import FederationEvent
+
+if TYPE_CHECKING:
+    from godel_ray.proxy import StateReader
 
 FOLLOW_POLL_S = 0.5
 PAGE = 1000
@@ -50,8 +54,8 @@ def events(follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep pri
             time.sleep(FOLLOW_POLL_S)
 
 
-def _all_since(reader, since: int) -> list:  # type: ignore[no-untyped-def]
-    out = []
+def _all_since(reader: StateReader, since: int) -> list[FederationEvent]:
+    out: list[FederationEvent] = []
     cursor = since
     while True:
         batch = reader.events(cursor, limit=PAGE)

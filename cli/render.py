@@ -22,14 +22,24 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from godel_ray import errors
 from godel_ray.models import (
-    Agent, AgentStatus, ClusterHealthState, ClusterInfo, ClusterStats, ClusterStatus, FederationEvent,
-    JournalEntry, Migration, MigrationPhase, PlacementDecision,
+    Agent,
+    AgentStatus,
+    ClusterHealthState,
+    ClusterInfo,
+    ClusterStats,
+    ClusterStatus,
+    FederationEvent,
+    JournalEntry,
+    Migration,
+    MigrationPhase,
+    PlacementDecision,
 )
 
 # ---------------------------------------------------------------- options shared by every command
@@ -44,10 +54,16 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable
 _CONSOLES: dict[str, Console] = {}
 
 
+PIPE_WIDTH = 250  # off a terminal, tables keep whole values (for grep, awk) instead of wrapping at 80
+
+
 def out() -> Console:
     """stdout console: colour only on a terminal (and never with NO_COLOR)."""
     if "out" not in _CONSOLES:
-        _CONSOLES["out"] = Console(highlight=False, soft_wrap=False)
+        console = Console(highlight=False, soft_wrap=False)
+        if not console.is_terminal and "COLUMNS" not in os.environ:
+            console = Console(highlight=False, soft_wrap=False, width=PIPE_WIDTH)
+        _CONSOLES["out"] = console
     return _CONSOLES["out"]
 
 
@@ -123,13 +139,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 def exit_code_for(exc: errors.GodelError) -> int:
     for cls in type(exc).__mro__:
         if cls in EXIT_CODES:
-            return EXIT_CODES[cls]  # type: ignore[index]
+            return EXIT_CODES[cls]
     return 1
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print ``error: message`` as one line on stderr and exit with ``code``."""
-    one_line = " ".join(str(message).split())
+    lines = [" ".join(line.split()) for line in str(message).splitlines() if line.strip()] or ["failed"]
+    # a header ending in ':' followed by one line per item reads as "header: a; b; c"
+    one_line = lines[0] + (" " if lines[0].endswith(":") else "; ") + "; ".join(lines[1:]) if len(lines) > 1 \
+        else lines[0]
     sys.stdout.flush()
     sys.stderr.write(f"error: {one_line}\n")
     sys.stderr.flush()
@@ -247,8 +266,13 @@ def kv(pairs: dict[str, str]) -> str:
 
 # ---------------------------------------------------------------- tables
 
+def new_table(title: str) -> Table:
+    """The one table style of swarmctl."""
+    return Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
+
+
 def clusters_table(infos: Iterable[ClusterInfo]) -> Table:
-    table = Table(title="clusters", title_justify="left")
+    table = new_table("clusters")
     for column in ("ID", "ENDPOINT", "REGION", "STATUS", "GPUS", "AGENTS", "COST", "RTT", "LAST HEARTBEAT"):
         table.add_column(column, no_wrap=column in ("ID", "STATUS"))
     for info in infos:
@@ -261,7 +285,7 @@ def clusters_table(infos: Iterable[ClusterInfo]) -> Table:
 
 
 def health_table(states: Iterable[ClusterHealthState]) -> Table:
-    table = Table(title="cluster health", title_justify="left")
+    table = new_table("cluster health")
     for column in ("CLUSTER", "STATUS", "RTT", "FAILS", "OKS", "LAST OK", "FREE CPUS", "FREE GPUS", "LAST ERROR"):
         table.add_column(column)
     for s in states:
@@ -273,7 +297,7 @@ def health_table(states: Iterable[ClusterHealthState]) -> Table:
 
 
 def stats_table(stats: Iterable[ClusterStats]) -> Table:
-    table = Table(title="cluster stats", title_justify="left")
+    table = new_table("cluster stats")
     for column in ("CLUSTER", "STATUS", "LOAD", "AGENTS", "CPUS FREE/TOTAL", "GPUS", "RTT"):
         table.add_column(column)
     for s in stats:
@@ -286,7 +310,7 @@ def stats_table(stats: Iterable[ClusterStats]) -> Table:
 
 
 def agents_table(agents: Iterable[Agent]) -> Table:
-    table = Table(title="agents", title_justify="left")
+    table = new_table("agents")
     for column in ("ID", "CLUSTER", "STATUS", "MODEL", "LABELS", "GPUS", "EPOCH", "CREATED"):
         table.add_column(column, no_wrap=column in ("ID", "STATUS"))
     for a in agents:
@@ -317,8 +341,7 @@ def agent_panel(agent: Agent) -> Table:
 def placement_table(decision: PlacementDecision) -> Table:
     """SkyPilot-optimizer style: every candidate with its factor scores, the chosen one marked."""
     factors = sorted({name for c in decision.candidates for name in c.factors})
-    table = Table(title=f"placement (priority {decision.priority.value}, rule {decision.rule or '-'})",
-                  title_justify="left")
+    table = new_table(f"placement (priority {decision.priority.value}, rule {decision.rule or '-'})")
     table.add_column("")
     table.add_column("CLUSTER", no_wrap=True)
     for name in factors:
@@ -334,7 +357,7 @@ def placement_table(decision: PlacementDecision) -> Table:
 
 
 def rejections_table(decision: PlacementDecision) -> Table:
-    table = Table(title="rejected", title_justify="left")
+    table = new_table("rejected")
     table.add_column("CLUSTER", no_wrap=True)
     table.add_column("REASON")
     for cluster_id, reason in sorted(decision.rejections.items()):
@@ -363,7 +386,7 @@ def migration_style(phase: MigrationPhase) -> str:
 
 
 def migrations_table(migrations: Iterable[Migration]) -> Table:
-    table = Table(title="migrations", title_justify="left")
+    table = new_table("migrations")
     for column in ("ID", "FROM", "TO", "PHASE", "REASON", "EPOCH", "BYTES", "DOWNTIME", "STARTED", "ERROR"):
         table.add_column(column)
     for m in migrations:
@@ -374,7 +397,7 @@ def migrations_table(migrations: Iterable[Migration]) -> Table:
 
 
 def journal_table(entries: Iterable[JournalEntry]) -> Table:
-    table = Table(title="journal", title_justify="left")
+    table = new_table("journal")
     for column in ("SEQ", "STARTED", "DURATION", "EXIT", "COMMAND"):
         table.add_column(column)
     for e in entries:
@@ -399,8 +422,34 @@ def event_line(event: FederationEvent) -> Text:
 
 
 __all__ = [
-    "EXIT_CODES", "JsonOption", "StateDirOption", "agent_panel", "agent_status", "agents_table", "ago",
-    "clusters_table", "cluster_status", "cost", "emit_json", "err", "event_line", "exit_code_for", "fail",
-    "guarded", "health_table", "interactive", "journal_table", "jsonable", "latency", "migrations_table",
-    "out", "placement_table", "print_placement", "rejections_table", "seconds", "size", "stats_table",
+    "EXIT_CODES",
+    "JsonOption",
+    "StateDirOption",
+    "agent_panel",
+    "agent_status",
+    "agents_table",
+    "ago",
+    "cluster_status",
+    "clusters_table",
+    "cost",
+    "emit_json",
+    "err",
+    "event_line",
+    "exit_code_for",
+    "fail",
+    "guarded",
+    "health_table",
+    "interactive",
+    "journal_table",
+    "jsonable",
+    "latency",
+    "migrations_table",
+    "new_table",
+    "out",
+    "placement_table",
+    "print_placement",
+    "rejections_table",
+    "seconds",
+    "size",
+    "stats_table",
 ]

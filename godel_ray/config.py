@@ -114,7 +114,7 @@ class ClusterRegistration(BaseModel):
 
     def to_cluster(self, base_dir: Path | None = None) -> Cluster:
         """The registry entry. Relative file paths resolve against ``base_dir`` (a YAML file's folder)."""
-        health: dict[str, float] = {}
+        health: dict[str, Any] = {}
         if self.heartbeat_interval_s is not None:
             health["heartbeat_interval_s"] = self.heartbeat_interval_s
         if self.heartbeat_timeout_s is not None:

@@ -19,7 +19,6 @@ import asyncio
 import logging
 import os
 import shutil
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -102,7 +101,8 @@ class AgentActor:
 
     def _refusal(self) -> FailedPrecondition:
         if self._moved:
-            return AgentMoved(f"agent {self._agent.id} was migrated away from here: resolve its location again",
+            return AgentMoved(f"agent {self._agent.id} was migrated away from here: resolve its location "
+                              "again",
                               agent_id=self._agent.id)
         return AgentNotRunning(
             f"agent {self._agent.id} is {self._agent.status.value}"
@@ -140,7 +140,8 @@ class AgentActor:
         await self._acquire()
         result: ExecResult | None = None
         try:
-            entry = JournalEntry(seq=(self._journal[-1].seq + 1) if self._journal else 1, command=command, started_at=now_s())
+            seq = (self._journal[-1].seq + 1) if self._journal else 1
+            entry = JournalEntry(seq=seq, command=command, started_at=now_s())
             self._journal.append(entry)
             control = ProcessControl()
             self._running = control
@@ -160,6 +161,9 @@ class AgentActor:
                     entry.exit_code = result.exit_code
                     entry.duration_s = result.duration_s
                     entry.timed_out = result.timed_out
+                else:  # cancelled (the caller left) or failed: record how the process ended
+                    entry.exit_code = control.exit_code
+                    entry.duration_s = now_s() - entry.started_at
         finally:
             self._lock.release()
         assert result is not None
@@ -197,7 +201,7 @@ class AgentActor:
         try:
             await asyncio.wait_for(self._lock.acquire(), timeout=10.0)
             self._lock.release()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("agent %s: running command did not stop in time", self._agent.id)
         for pgid in self._pgids:  # background children the commands left behind
             kill_process_group(pgid, SIGKILL)
@@ -238,7 +242,7 @@ def _placement() -> tuple[str, list[str]]:
         import ray
 
         return ray.get_runtime_context().get_node_id(), [str(g) for g in ray.get_gpu_ids()]
-    except Exception:  # not inside a Ray worker (plain-class tests)
+    except Exception:  # noqa: BLE001 - not inside a Ray worker (plain-class use)
         return "", []
 
 

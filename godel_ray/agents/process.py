@@ -41,6 +41,7 @@ class ProcessControl:
 
     pgid: int | None = None
     kill_reason: str = ""
+    exit_code: int | None = None  # set once the command has exited, even when nobody read the result
     _kill_requested: asyncio.Event = field(default_factory=asyncio.Event)
 
     def kill(self, reason: str) -> None:
@@ -53,7 +54,7 @@ async def _terminate_group(proc: asyncio.subprocess.Process, pgid: int) -> None:
     kill_process_group(pgid, signal.SIGTERM)
     try:
         await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     # SIGKILL the group even when the leader exited: its children may have ignored SIGTERM.
     kill_process_group(pgid, signal.SIGKILL)
@@ -109,6 +110,8 @@ async def run_streaming(command: str, *, cwd: str, env: dict[str, str], timeout_
         if waiter not in done:
             await _terminate_group(proc, pgid)
         await waiter
+        assert proc.returncode is not None
+        control.exit_code = TIMEOUT_EXIT_CODE if timed_out else _exit_code(proc.returncode)
         # The command has exited; children that still hold its pipes get a short grace.
         _, pending = await asyncio.wait(pumps, timeout=PIPE_DRAIN_GRACE_S)
         for task in pending:
@@ -148,10 +151,9 @@ async def run_streaming(command: str, *, cwd: str, env: dict[str, str], timeout_
             control.kill("exec stream closed")
             with contextlib.suppress(BaseException):
                 await asyncio.shield(supervisor)
-    assert proc.returncode is not None
-    exit_code = TIMEOUT_EXIT_CODE if timed_out else _exit_code(proc.returncode)
-    yield ExecChunk(result=ExecResult(exit_code=exit_code, duration_s=time.monotonic() - started,
+    assert control.exit_code is not None
+    yield ExecChunk(result=ExecResult(exit_code=control.exit_code, duration_s=time.monotonic() - started,
                                       timed_out=timed_out, truncated=truncated[0]))
 
 
-__all__ = ["KILL_GRACE_S", "ProcessControl", "TIMEOUT_EXIT_CODE", "kill_process_group", "run_streaming"]
+__all__ = ["KILL_GRACE_S", "TIMEOUT_EXIT_CODE", "ProcessControl", "kill_process_group", "run_streaming"]

@@ -210,8 +210,10 @@ class AgentRuntime:
 
     async def _resources(self) -> tuple[list[dict[str, float]], dict[str, float], dict[str, float]]:
         def read() -> tuple[list[dict[str, float]], dict[str, float], dict[str, float]]:
-            nodes = [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
-            return nodes, ray.cluster_resources(), ray.available_resources()
+            alive = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
+            total = ray.cluster_resources()  # type: ignore[no-untyped-call]
+            free = ray.available_resources()  # type: ignore[no-untyped-call]
+            return [dict(n.get("Resources", {})) for n in alive], total, free
 
         with rayapi.mapped("ray cluster"):
             return await asyncio.to_thread(read)
@@ -250,7 +252,7 @@ class AgentRuntime:
                                                   accelerator_type=accel, limits=self._limits)
             try:
                 started = await self._call(entry, "start", timeout_s=self._ready_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise ResourceExhausted(
                     f"agent {agent.id} was not placed within {self._ready_timeout_s:g} s on cluster "
                     f"{self.name}: the resources it needs ({_wants(agent.config, accel)}) exist but are busy",
@@ -274,7 +276,7 @@ class AgentRuntime:
             done = await handle.wait_done.remote()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of the actor ends the watch
             if entry.handle is handle and not entry.agent.status.is_final:
                 self._error(entry, exc)
             return
@@ -292,7 +294,7 @@ class AgentRuntime:
             entry.journal = await asyncio.wait_for(handle.journal.remote(), TERMINATE_TIMEOUT_S)
             final = await asyncio.wait_for(handle.terminate.remote(reason), TERMINATE_TIMEOUT_S)
             self._set_agent(entry, final)
-        except Exception as exc:  # already dead, or not answering: kill it regardless
+        except Exception as exc:  # noqa: BLE001 - already dead, or not answering: kill it regardless
             log.warning("agent %s: terminate failed (%s); killing its actor", entry.agent.id, exc)
         finally:
             with contextlib.suppress(Exception):
@@ -330,7 +332,8 @@ class AgentRuntime:
         if entry.handle is None and not entry.agent.status.is_final:
             # terminate did not answer: record the end ourselves
             self._set_agent(entry, entry.agent.model_copy(update={
-                "status": AgentStatus.TERMINATED, "status_reason": reason or "killed", "finished_at": now_s()}))
+                "status": AgentStatus.TERMINATED, "status_reason": reason or "killed",
+                "finished_at": now_s()}))
         self._emit("agent.killed", agent_id, reason=reason or "killed")
         return entry.agent
 
@@ -340,17 +343,24 @@ class AgentRuntime:
         timeout = validate_exec_timeout(timeout_s, self._limits)
         entry = self._live(agent_id, epoch)
         self._emit("command.started", agent_id, EventKind.COMMAND, command=command[:200])
+        finished = False
+        stream = entry.handle.exec.options(num_returns="streaming").remote(command, timeout)
         try:
-            stream = entry.handle.exec.options(num_returns="streaming").remote(command, timeout)
             async for ref in stream:
                 chunk: ExecChunk = await ref
                 if chunk.result is not None:
+                    finished = True
                     self._emit("command.finished", agent_id, EventKind.COMMAND,
                                exit_code=chunk.result.exit_code, duration_s=f"{chunk.result.duration_s:.3f}",
                                timed_out=chunk.result.timed_out)
                 yield chunk
         except rex.RayError as exc:  # before GodelError: Ray's dual RayTaskError(GodelError) is both
+            finished = True
             raise self._error(entry, exc) from None
+        finally:
+            if not finished:  # the caller went away mid-command: stop it (its process group dies)
+                with contextlib.suppress(Exception):
+                    ray.cancel(stream)
 
     async def status(self, agent_id: str) -> Agent:
         entry = self._entry(agent_id)
@@ -447,6 +457,10 @@ class AgentRuntime:
     @property
     def last_event_seq(self) -> int:
         return self._log.last_seq
+
+    def recent_events(self, since_seq: int = 0) -> list[FederationEvent]:
+        """The kept events newer than ``since_seq``, without waiting."""
+        return self._log.since(since_seq)
 
 
 def _wants(config: SpawnConfig, accel: str | None) -> str:

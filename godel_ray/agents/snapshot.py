@@ -45,7 +45,7 @@ class ArchiveSummary:
 class _CountingWriter(io.RawIOBase):
     """Counts the bytes of the uncompressed tar stream on their way into gzip; enforces the limit."""
 
-    def __init__(self, sink: IO[bytes], max_bytes: int) -> None:
+    def __init__(self, sink: IO[bytes] | gzip.GzipFile, max_bytes: int) -> None:
         self._sink = sink
         self._max_bytes = max_bytes
         self.count = 0
@@ -66,7 +66,7 @@ class _CountingWriter(io.RawIOBase):
 class _CountingReader:
     """Reads the decompressed stream and refuses to go past ``max_bytes`` (gzip bombs, lying headers)."""
 
-    def __init__(self, source: IO[bytes], max_bytes: int) -> None:
+    def __init__(self, source: IO[bytes] | gzip.GzipFile, max_bytes: int) -> None:
         self._source = source
         self._max_bytes = max_bytes
         self.count = 0
@@ -110,7 +110,7 @@ def pack_workdir(path: str, max_bytes: int) -> tuple[bytes, str]:
                     if stat.S_ISLNK(mode):
                         target = os.path.realpath(full)
                         if not _inside(root, target) or os.path.isabs(os.readlink(full)):
-                            log.warning("snapshot: skipping symlink %s: it points outside the workdir", arcname)
+                            log.warning("snapshot: skipping symlink %s: it leaves the workdir", arcname)
                             continue
                     elif not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
                         log.warning("snapshot: skipping special file %s", arcname)
@@ -202,7 +202,8 @@ def _check_resolved(root: str, norm: str, member: tarfile.TarInfo) -> None:
     """Re-check against the real filesystem: no write through a link that leads outside ``root``."""
     parent = os.path.realpath(os.path.join(root, os.path.dirname(norm)))
     if not _inside(root, parent):
-        raise SnapshotRejected(f"snapshot member {member.name!r} would be written outside the working directory")
+        raise SnapshotRejected(
+            f"snapshot member {member.name!r} would be written outside the working directory")
     if member.issym():
         target = os.path.realpath(os.path.join(parent, member.linkname))
         if not _inside(root, target):
@@ -211,7 +212,8 @@ def _check_resolved(root: str, norm: str, member: tarfile.TarInfo) -> None:
 
 
 def _walk_archive(data: bytes, sha256: str, max_bytes: int,
-                  on_member: Callable[[tarfile.TarFile, tarfile.TarInfo, str], None] | None) -> ArchiveSummary:
+                  on_member: Callable[[tarfile.TarFile, tarfile.TarInfo, str], None] | None,
+                  ) -> ArchiveSummary:
     if sha256_hex(data) != (sha256 or "").lower():
         raise SnapshotRejected("snapshot checksum mismatch: the archive was corrupted or altered in transit")
     seen: dict[str, bool] = {}
@@ -252,7 +254,8 @@ def unpack_archive(data: bytes, sha256: str, dest: str, max_bytes: int) -> Archi
     """
     dest = os.path.abspath(dest)
     if os.path.lexists(dest) and (not os.path.isdir(dest) or os.path.islink(dest) or os.listdir(dest)):
-        raise SnapshotRejected(f"cannot unpack a snapshot into {dest}: it exists and is not an empty directory")
+        raise SnapshotRejected(
+            f"cannot unpack a snapshot into {dest}: it exists and is not an empty directory")
     parent = os.path.dirname(dest)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".import-", dir=parent)

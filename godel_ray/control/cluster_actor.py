@@ -21,17 +21,30 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+
 from godel_ray.cluster_client import ClusterClient, collect
 from godel_ray.core.events import EventLog
 from godel_ray.core.health import HealthTracker
 from godel_ray.errors import FailedPrecondition
 from godel_ray.models import (
-    Agent, AgentSnapshot, AgentStatus, Cluster, ClusterHealthState, ClusterStatus, EventKind,
-    ExecChunk, ExecResult, FederationEvent, JournalEntry, SiteCapacity, SpawnConfig,
+    Agent,
+    AgentSnapshot,
+    AgentStatus,
+    Cluster,
+    ClusterHealthState,
+    ClusterStatus,
+    EventKind,
+    ExecChunk,
+    ExecResult,
+    FederationEvent,
+    JournalEntry,
+    SiteCapacity,
+    SpawnConfig,
 )
 
 log = logging.getLogger(__name__)
 
+LOCAL_HEARTBEAT_TIMEOUT_S = 10.0  # local's "heartbeat" reads Ray's resources in-process: not a network probe
 EVENT_RETRY_DELAY_S = 1.0  # after the event stream failed in a way the client did not retry
 LOCAL_WORKDIR = "agents/local"
 
@@ -148,7 +161,10 @@ class ClusterActor:
         settings = self.cluster.health
         started = time.monotonic()
         try:
-            capacity = await asyncio.wait_for(self.client.heartbeat(), settings.heartbeat_timeout_s)
+            timeout_s = settings.heartbeat_timeout_s
+            if self.cluster.is_local:
+                timeout_s = max(timeout_s, LOCAL_HEARTBEAT_TIMEOUT_S)
+            capacity = await asyncio.wait_for(self.client.heartbeat(), timeout_s)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # every failure counts against health, whatever it is
@@ -172,7 +188,7 @@ class ClusterActor:
             assert self._beat_now is not None
             try:
                 await asyncio.wait_for(self._beat_now.wait(), self.cluster.health.heartbeat_interval_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._beat_now.clear()
 

@@ -19,7 +19,10 @@ from typing import Any
 
 from godel_ray import settings
 from godel_ray.errors import (
-    ClusterUnavailable, ControlPlaneNotRunning, DeadlineExceeded, GodelError,
+    ClusterUnavailable,
+    ControlPlaneNotRunning,
+    DeadlineExceeded,
+    GodelError,
 )
 
 BALANCER_WHAT = "balancer"
@@ -105,14 +108,18 @@ def init_client(address: str, env: dict[str, str] | None = None) -> None:
     """Attach this process to the Ray cluster at ``address`` as a driver (token auth from ``env``)."""
     import ray
 
+    changed = False
     for key, value in (env or {}).items():
-        if key != "RAY_ADDRESS":
+        if key != "RAY_ADDRESS" and os.environ.get(key) != value:
             os.environ[key] = value
+            changed = True
     if ray.is_initialized():
         current = ray.get_runtime_context().gcs_address
         if current == address:
             return
         ray.shutdown()
+    if changed:
+        _reload_auth_config()
     with mapped("ray.init"):
         try:
             ray.init(address=address, namespace=settings.NAMESPACE, logging_level="ERROR",
@@ -120,6 +127,13 @@ def init_client(address: str, env: dict[str, str] | None = None) -> None:
         except ConnectionError as exc:
             raise ControlPlaneNotRunning(f"cannot reach the control plane's Ray at {address}: {exc}; "
                                          "run `swarmctl up`") from exc
+
+
+def _reload_auth_config() -> None:
+    """Ray reads RAY_AUTH_MODE/RAY_AUTH_TOKEN once per process (at import) and caches them: reload."""
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
+    reset_auth_token_state()
 
 
 __all__ = ["BALANCER_WHAT", "actor", "get", "init_client", "mapped", "translate"]

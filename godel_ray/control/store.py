@@ -14,11 +14,18 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from godel_ray.errors import ControlPlaneNotRunning
 from godel_ray.models import (
-    Agent, AgentStatus, Cluster, ClusterHealthState, FederationEvent, Migration, PlacementDecision,
+    Agent,
+    AgentStatus,
+    Cluster,
+    ClusterHealthState,
+    FederationEvent,
+    Migration,
+    PlacementDecision,
 )
 
 DB_FILE = "godel.db"
@@ -42,20 +49,17 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+@dataclass(frozen=True)
 class CheckpointRecord:
     """Where an agent's latest checkpoint lies (the blobs are files beside the database)."""
 
-    __slots__ = ("agent_id", "epoch", "taken_at", "archive_path", "meta_path", "sha256", "size_bytes")
-
-    def __init__(self, agent_id: str, epoch: int, taken_at: float, archive_path: str, meta_path: str,
-                 sha256: str, size_bytes: int) -> None:
-        self.agent_id = agent_id
-        self.epoch = epoch
-        self.taken_at = taken_at
-        self.archive_path = archive_path
-        self.meta_path = meta_path
-        self.sha256 = sha256
-        self.size_bytes = size_bytes
+    agent_id: str
+    epoch: int
+    taken_at: float
+    archive_path: str
+    meta_path: str
+    sha256: str
+    size_bytes: int
 
 
 class StateStore:

@@ -63,7 +63,7 @@ class EventLog:
         self._waiters.add(waiter)
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return []
         finally:
             self._waiters.discard(waiter)

@@ -32,6 +32,7 @@ class HealthTracker:
 
     def __init__(self, cluster_id: str, settings: HealthSettings, *, maintenance: bool = False,
                  initial: ClusterStatus = ClusterStatus.ACTIVE, offline_since: float | None = None) -> None:
+        """``initial`` and ``offline_since`` restore a tracker from the state store."""
         if initial is ClusterStatus.MAINTENANCE:
             maintenance, initial = True, ClusterStatus.ACTIVE
         self._settings = settings
@@ -83,13 +84,17 @@ class HealthTracker:
         failures = state.consecutive_failures
         if failures >= self._settings.offline_after and self._reachability is not ClusterStatus.OFFLINE:
             self._set_reachability(ClusterStatus.OFFLINE, now)
+        elif self._reachability is ClusterStatus.OFFLINE and state.offline_since is None:
+            state.offline_since = now  # restored as OFFLINE without a start time: count from here
         elif failures >= self._settings.degraded_after and self._reachability is ClusterStatus.ACTIVE:
             self._set_reachability(ClusterStatus.DEGRADED, now)
         return self._publish()
 
     def set_maintenance(self, on: bool, now: float) -> ClusterStatus | None:
-        """The operator's switch. ``now`` is unused today; kept so every input carries its time."""
-        del now
+        """The operator's switch. Handing back a cluster that is still offline restarts its
+        failover grace period now: the time it spent offline in maintenance was the operator's."""
+        if self._maintenance and not on and self._reachability is ClusterStatus.OFFLINE:
+            self._state.offline_since = now
         self._maintenance = on
         return self._publish()
 

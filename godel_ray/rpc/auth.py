@@ -64,8 +64,8 @@ def _reject(handler: grpc.RpcMethodHandler, details: str) -> grpc.RpcMethodHandl
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, details)
         yield  # pragma: no cover - makes this an async generator
 
-    kw = dict(request_deserializer=handler.request_deserializer,
-              response_serializer=handler.response_serializer)
+    kw = {"request_deserializer": handler.request_deserializer,
+          "response_serializer": handler.response_serializer}
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(streaming, **kw)
     if handler.request_streaming:
@@ -75,7 +75,7 @@ def _reject(handler: grpc.RpcMethodHandler, details: str) -> grpc.RpcMethodHandl
     return grpc.unary_unary_rpc_method_handler(unary, **kw)
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Require ``authorization: Bearer <token>`` on every non-public RPC (constant-time compare)."""
 
     def __init__(self, token: str) -> None:
@@ -88,12 +88,12 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        method: str = handler_call_details.method or ""  # type: ignore[attr-defined]
+        method: str = handler_call_details.method or ""
         handler = await continuation(handler_call_details)
         if handler is None or method.startswith(PUBLIC_METHOD_PREFIXES):
             return handler
         presented = ""
-        for key, value in handler_call_details.invocation_metadata or ():  # type: ignore[attr-defined]
+        for key, value in handler_call_details.invocation_metadata or ():
             if key == AUTH_METADATA_KEY:
                 presented = value if isinstance(value, str) else value.decode(errors="replace")
         if not presented:

@@ -31,7 +31,13 @@ import grpc.aio
 from godel_ray.core.endpoint import Endpoint, parse_endpoint
 from godel_ray.errors import ClusterUnavailable, InvalidArgument
 from godel_ray.models import (
-    Agent, AgentSnapshot, AgentStatus, ExecChunk, FederationEvent, SiteCapacity, SpawnConfig,
+    Agent,
+    AgentSnapshot,
+    AgentStatus,
+    ExecChunk,
+    FederationEvent,
+    SiteCapacity,
+    SpawnConfig,
 )
 from godel_ray.rpc import convert
 from godel_ray.rpc.auth import bearer_metadata
@@ -115,7 +121,7 @@ class GrpcClusterClient:
                 self._channel = grpc.aio.secure_channel(self.endpoint.target, creds, options=channel_options())
             else:
                 self._channel = grpc.aio.insecure_channel(self.endpoint.target, options=channel_options())
-            self._stub_obj = pb_grpc.ClusterFederationStub(self._channel)
+            self._stub_obj = pb_grpc.ClusterFederationStub(self._channel)  # type: ignore[no-untyped-call]
         return self._stub_obj
 
     async def _unary(self, call: Callable[[], Awaitable[T]], *, retry: bool) -> T:
@@ -123,7 +129,7 @@ class GrpcClusterClient:
         attempts = RETRY_ATTEMPTS if retry else 1
         for attempt in range(attempts):
             try:
-                with rpc_errors(self._name):
+                with rpc_errors(self._name, self._tls):
                     return await call()
             except ClusterUnavailable as exc:
                 if attempt == attempts - 1 or exc.fields.get("tls"):
@@ -159,7 +165,7 @@ class GrpcClusterClient:
             request, timeout=command_timeout_s + self.call_timeout_s + EXEC_DEADLINE_MARGIN_S,
             metadata=self._metadata)
         try:
-            with rpc_errors(self._name):
+            with rpc_errors(self._name, self._tls):
                 async for message in call:
                     yield convert.exec_chunk_from_pb(message)
         finally:
@@ -200,7 +206,7 @@ class GrpcClusterClient:
 
             call = self._stub().StreamEvents(requests(), metadata=self._metadata)
             try:
-                with rpc_errors(self._name):
+                with rpc_errors(self._name, self._tls):
                     async for message in call:
                         failures = 0
                         if message.seq <= last_seq:
@@ -223,7 +229,7 @@ class GrpcClusterClient:
                       + LIMITS.max_snapshot_bytes / SNAPSHOT_MIN_BYTES_PER_S)
         call = self._stub().ExportAgent(request, timeout=deadline_s, metadata=self._metadata)
         try:
-            with rpc_errors(self._name):
+            with rpc_errors(self._name, self._tls):
                 snapshot = await assemble_snapshot(call.__aiter__(), cluster_id=self.cluster_id)
         finally:
             call.cancel()

@@ -13,12 +13,21 @@ regions, latency/cost caps, ``idempotency_key`` which travels in the request) an
 from __future__ import annotations
 
 from godel_ray.models import (
-    Agent, AgentStatus, EventKind, ExecChunk, ExecResult, FederationEvent, JournalEntry,
-    OutputStream, RestartPolicy, SiteCapacity, SpawnConfig,
+    Agent,
+    AgentStatus,
+    EventKind,
+    ExecChunk,
+    ExecResult,
+    FederationEvent,
+    JournalEntry,
+    OutputStream,
+    RestartPolicy,
+    SiteCapacity,
+    SpawnConfig,
 )
 from godel_ray.rpc.gen import federation_pb2 as pb
 
-_AGENT_STATUS_TO_PB: dict[AgentStatus, int] = {
+_AGENT_STATUS_TO_PB: dict[AgentStatus, pb.AgentStatus] = {
     AgentStatus.PENDING: pb.AGENT_STATUS_PENDING,
     AgentStatus.RUNNING: pb.AGENT_STATUS_RUNNING,
     AgentStatus.MIGRATING: pb.AGENT_STATUS_MIGRATING,
@@ -26,27 +35,27 @@ _AGENT_STATUS_TO_PB: dict[AgentStatus, int] = {
     AgentStatus.FAILED: pb.AGENT_STATUS_FAILED,
     AgentStatus.TERMINATED: pb.AGENT_STATUS_TERMINATED,
 }
-_AGENT_STATUS_FROM_PB = {v: k for k, v in _AGENT_STATUS_TO_PB.items()}
+_AGENT_STATUS_FROM_PB: dict[int, AgentStatus] = {int(v): k for k, v in _AGENT_STATUS_TO_PB.items()}
 
-_RESTART_TO_PB: dict[RestartPolicy, int] = {
+_RESTART_TO_PB: dict[RestartPolicy, pb.RestartPolicy] = {
     RestartPolicy.NEVER: pb.RESTART_POLICY_NEVER,
     RestartPolicy.CHECKPOINT: pb.RESTART_POLICY_CHECKPOINT,
 }
-_RESTART_FROM_PB = {v: k for k, v in _RESTART_TO_PB.items()}
+_RESTART_FROM_PB: dict[int, RestartPolicy] = {int(v): k for k, v in _RESTART_TO_PB.items()}
 
-_STREAM_TO_PB: dict[OutputStream, int] = {
+_STREAM_TO_PB: dict[OutputStream, pb.OutputStream] = {
     OutputStream.STDOUT: pb.OUTPUT_STREAM_STDOUT,
     OutputStream.STDERR: pb.OUTPUT_STREAM_STDERR,
 }
-_STREAM_FROM_PB = {v: k for k, v in _STREAM_TO_PB.items()}
+_STREAM_FROM_PB: dict[int, OutputStream] = {int(v): k for k, v in _STREAM_TO_PB.items()}
 
-_EVENT_KIND_TO_PB: dict[EventKind, int] = {
+_EVENT_KIND_TO_PB: dict[EventKind, pb.EventKind] = {
     EventKind.AGENT: pb.EVENT_KIND_AGENT,
     EventKind.COMMAND: pb.EVENT_KIND_COMMAND,
     EventKind.CLUSTER: pb.EVENT_KIND_CLUSTER,
     EventKind.MIGRATION: pb.EVENT_KIND_MIGRATION,
 }
-_EVENT_KIND_FROM_PB = {v: k for k, v in _EVENT_KIND_TO_PB.items()}
+_EVENT_KIND_FROM_PB: dict[int, EventKind] = {int(v): k for k, v in _EVENT_KIND_TO_PB.items()}
 
 
 def _none_if_zero(value: float) -> float | None:
@@ -55,7 +64,7 @@ def _none_if_zero(value: float) -> float | None:
 
 # --- enums -------------------------------------------------------------------------------------
 
-def agent_status_to_pb(status: AgentStatus | None) -> int:
+def agent_status_to_pb(status: AgentStatus | None) -> pb.AgentStatus:
     return pb.AGENT_STATUS_UNSPECIFIED if status is None else _AGENT_STATUS_TO_PB[status]
 
 

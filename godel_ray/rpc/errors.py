@@ -57,6 +57,9 @@ CLASS_BY_CODE: dict[grpc.StatusCode, type[E.GodelError]] = {
 }
 
 _TLS_MARKERS = ("ssl", "tls", "handshake", "tsi_", "certificate")
+# Reasons a connection never reached TLS at all: not a handshake refusal.
+_TRANSPORT_MARKERS = ("connection refused", "dns", "name resolution", "deadline", "timeout",
+                      "no route", "network is unreachable")
 
 
 # --- server side -------------------------------------------------------------------------------
@@ -122,19 +125,27 @@ def status_errors(method: F) -> F:
 
 def _trailing(exc: grpc.RpcError) -> dict[str, str]:
     try:
-        md = exc.trailing_metadata()  # type: ignore[attr-defined]
+        md = exc.trailing_metadata()
     except Exception:  # noqa: BLE001 - some RpcErrors carry none
         return {}
     return {str(k): str(v) for k, v in (md or ())}
 
 
-def is_tls_refusal(details: str) -> bool:
+def is_tls_refusal(details: str, tls_channel: bool = False) -> bool:
+    """Whether an UNAVAILABLE ``details`` means TLS refused us.
+
+    A server that requires a client certificate (mTLS) just closes the socket when there is none:
+    on a TLS channel, a connect that reached the server but failed is a handshake refusal.
+    """
     lower = details.lower()
-    return any(marker in lower for marker in _TLS_MARKERS)
+    if any(marker in lower for marker in _TLS_MARKERS):
+        return True
+    return (tls_channel and "failed to connect" in lower
+            and not any(marker in lower for marker in _TRANSPORT_MARKERS))
 
 
-def from_rpc_error(exc: grpc.RpcError, endpoint: str) -> E.GodelError:
-    """Build the GodelError for a failed call to ``endpoint``."""
+def from_rpc_error(exc: grpc.RpcError, endpoint: str, tls_channel: bool = False) -> E.GodelError:
+    """Build the GodelError for a failed call to ``endpoint`` (over TLS when ``tls_channel``)."""
     code: grpc.StatusCode = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details: str = (exc.details() if hasattr(exc, "details") else "") or ""
     trailing = _trailing(exc)
@@ -148,10 +159,11 @@ def from_rpc_error(exc: grpc.RpcError, endpoint: str) -> E.GodelError:
             fields = {}
         return cls(details or cls.__name__, **fields)
     if code == grpc.StatusCode.UNAVAILABLE:
-        if is_tls_refusal(details):
+        if is_tls_refusal(details, tls_channel):
             return E.ClusterUnavailable(
-                f"TLS handshake refused talking to site {endpoint}: check the CA (--tls-ca) and the "
-                f"client certificate ({details})", endpoint=endpoint, tls=True)
+                f"TLS handshake refused by site {endpoint}: check the CA (--tls-ca) and, for a site "
+                f"that requires client certificates, the client certificate and key ({details})",
+                endpoint=endpoint, tls=True)
         return E.ClusterUnavailable(f"site {endpoint} is unavailable: {details}", endpoint=endpoint)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return E.DeadlineExceeded(f"call to site {endpoint} ran past its deadline", endpoint=endpoint)
@@ -162,12 +174,12 @@ def from_rpc_error(exc: grpc.RpcError, endpoint: str) -> E.GodelError:
 
 
 @contextmanager
-def rpc_errors(endpoint: str) -> Iterator[None]:
+def rpc_errors(endpoint: str, tls_channel: bool = False) -> Iterator[None]:
     """Map every ``grpc.RpcError`` raised inside to the GodelError tree (``raise ... from exc``)."""
     try:
         yield
     except grpc.RpcError as exc:
-        raise from_rpc_error(exc, endpoint) from exc
+        raise from_rpc_error(exc, endpoint, tls_channel) from exc
 
 
 __all__ = [

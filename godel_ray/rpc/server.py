@@ -64,7 +64,7 @@ class SiteConfig(BaseModel):
     cost_per_hour: float = Field(0.0, ge=0)
     max_agents: int = Field(100, ge=1)
     ray_address: str | None = None
-    num_cpus: float | None = Field(None, ge=0)
+    num_cpus: int | None = Field(None, ge=0)
     num_gpus: int = Field(0, ge=0)
     gpu_type: str | None = None
     tls_cert: str | None = None
@@ -175,7 +175,8 @@ async def build_server(runtime: Any, *, token: str | None, host: str = "127.0.0.
         ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
         ("grpc.http2.max_ping_strikes", 0),
     ])
-    pb_grpc.add_ClusterFederationServicer_to_server(ClusterFederationServicer(runtime, cluster_id), server)
+    pb_grpc.add_ClusterFederationServicer_to_server(  # type: ignore[no-untyped-call]
+        ClusterFederationServicer(runtime, cluster_id), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -201,10 +202,7 @@ def _say(line: str) -> None:
 
 async def serve(config: SiteConfig) -> None:
     """Run the site until SIGTERM/SIGINT (see the module docstring)."""
-    import ray
-
     from godel_ray import raycluster
-    from godel_ray.agents.runtime import AgentRuntime
 
     token = check_safety(config)
     credentials = _server_credentials(config) if config.tls else None
@@ -215,6 +213,7 @@ async def serve(config: SiteConfig) -> None:
         workdir_root = tempfile.mkdtemp(prefix=f"godel-site-{config.name}-")
     runtime: Any = None
     server: grpc.aio.Server | None = None
+    ray: Any = None
     try:
         address = config.ray_address
         if address is None:
@@ -224,6 +223,12 @@ async def serve(config: SiteConfig) -> None:
             _say(f"ray head session {head.pid}")
             os.environ.update(head.env())
             address = head.address
+        # Ray reads its auth settings from the environment when it is first imported: import it
+        # only now, after head.env() is in place.
+        import ray
+
+        from godel_ray.agents.runtime import AgentRuntime
+
         ray.init(address=address, namespace=SITE_NAMESPACE, logging_level="ERROR", log_to_driver=False)
         runtime = AgentRuntime(config.name, workdir_root, region=config.region,
                                cost_per_hour=config.cost_per_hour, max_agents=config.max_agents)
@@ -247,7 +252,7 @@ async def serve(config: SiteConfig) -> None:
             await server.stop(None)
         if runtime is not None:
             await runtime.close()
-        if ray.is_initialized():
+        if ray is not None and ray.is_initialized():
             ray.shutdown()
         if head is not None:
             await asyncio.to_thread(head.stop)

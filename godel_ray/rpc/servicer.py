@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import AsyncIterator
+from typing import TypeAlias
 
 import grpc.aio
 
@@ -28,7 +29,7 @@ from godel_ray.rpc.gen import federation_pb2 as pb
 from godel_ray.rpc.gen import federation_pb2_grpc as pb_grpc
 from godel_ray.settings import LIMITS, Limits
 
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = grpc.aio.ServicerContext
 
 
 def snapshot_chunks(snapshot: AgentSnapshot, chunk_bytes: int = LIMITS.snapshot_chunk_bytes

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import typer
+from godel_cli import render
+from godel_cli.main import app
 from rich.console import Console
 from typer.testing import CliRunner
 
-from godel_cli import render
-from godel_cli.main import app
 from godel_ray import config, errors
 from godel_ray.models import Agent, CandidateScore, ClusterStatus, PlacementDecision, SpawnConfig
 
@@ -251,3 +251,9 @@ def test_godel_errors_map_to_one_line_and_unexpected_ones_hint_at_debug(monkeypa
         broken()
     err = capsys.readouterr().err
     assert "Traceback" in err and err.rstrip().splitlines()[-1].startswith("error: unexpected KeyError")
+
+
+def test_multi_line_messages_become_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(typer.Exit):
+        render.fail("no cluster can take this agent (1 GPU):\n  cpu: no GPU\n  gpu: status offline\n", 7)
+    assert capsys.readouterr().err == "error: no cluster can take this agent (1 GPU): cpu: no GPU; gpu: status offline\n"

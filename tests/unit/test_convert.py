@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 
 from godel_ray.models import (
-    Agent, AgentStatus, EventKind, ExecChunk, ExecResult, FederationEvent, JournalEntry, OutputStream,
-    RestartPolicy, SiteCapacity, SpawnConfig,
+    Agent,
+    AgentStatus,
+    EventKind,
+    ExecChunk,
+    ExecResult,
+    FederationEvent,
+    JournalEntry,
+    OutputStream,
+    RestartPolicy,
+    SiteCapacity,
+    SpawnConfig,
 )
 from godel_ray.rpc import convert
 from godel_ray.rpc.gen import federation_pb2 as pb

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 
@@ -316,6 +317,8 @@ def test_decision_records_every_candidate_and_rejection() -> None:
     assert [c.score for c in decision.candidates] == sorted((c.score for c in decision.candidates), reverse=True)
     dumped = decision.model_dump(mode="json")  # the record survives serialisation (state store, --json)
     assert type(decision).model_validate(dumped) == decision
+    assert pickle.loads(pickle.dumps(decision)) == decision  # and Ray's pickling across actors
+    assert decision.candidates[0].model_fields_set == {"cluster_id", "score", "factors"}
     assert dumped["candidates"][0]["factors"].keys() >= {FACTOR_LATENCY, FACTOR_COST, FACTOR_AVAILABILITY}
 
 

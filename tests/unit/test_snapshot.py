@@ -129,7 +129,10 @@ def test_wrong_checksum_is_rejected(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("garbage", [b"", b"not a tar at all", gzip.compress(b"\x01" * 2000), b"\x1f\x8b\x08garbage"])
+GARBAGE = [b"", b"not a tar at all", gzip.compress(b"\x01" * 2000), b"\x1f\x8b\x08garbage"]
+
+
+@pytest.mark.parametrize("garbage", GARBAGE)
 def test_garbage_is_rejected_as_corrupt(garbage: bytes, tmp_path: Path) -> None:
     with pytest.raises(SnapshotRejected, match="corrupt"):
         unpack_archive(garbage, sha256_hex(garbage), str(tmp_path / "dest"), LIMIT)

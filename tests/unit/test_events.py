@@ -1,0 +1,56 @@
+"""EventLog: increasing sequence numbers, resume from a seq, bounded capacity, waiting readers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from godel_ray.core.events import EventLog
+from godel_ray.models import EventKind, FederationEvent
+
+
+def ev(type_: str) -> FederationEvent:
+    return FederationEvent(kind=EventKind.AGENT, type=type_)
+
+
+def test_append_assigns_increasing_seq_from_one() -> None:
+    log = EventLog()
+    stored = [log.append(ev(f"e{i}")) for i in range(3)]
+    assert [e.seq for e in stored] == [1, 2, 3] and log.last_seq == 3
+    assert [e.type for e in log.since(0)] == ["e0", "e1", "e2"]
+    assert [e.seq for e in log.since(2)] == [3]
+    assert log.since(3) == [] and log.since(99) == []
+
+
+def test_capacity_keeps_the_newest_and_shows_the_gap() -> None:
+    log = EventLog(capacity=3)
+    for i in range(5):
+        log.append(ev(f"e{i}"))
+    assert len(log) == 3
+    assert [e.seq for e in log.since(0)] == [3, 4, 5]  # first seq > 1: the reader sees it missed two
+    assert [e.seq for e in log.since(3)] == [4, 5]
+
+
+def test_wait_since_returns_when_an_event_arrives() -> None:
+    async def go() -> tuple[list[FederationEvent], list[FederationEvent]]:
+        log = EventLog()
+        log.append(ev("old"))
+        waiter = asyncio.create_task(log.wait_since(1, timeout_s=30))
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        log.append(ev("new"))
+        got = await waiter
+        empty = await log.wait_since(2, timeout_s=0.01)
+        return got, empty
+
+    got, empty = asyncio.run(go())
+    assert [(e.seq, e.type) for e in got] == [(2, "new")]
+    assert empty == []
+
+
+def test_wait_since_returns_at_once_when_something_is_newer() -> None:
+    async def go() -> list[FederationEvent]:
+        log = EventLog()
+        log.append(ev("a"))
+        return await log.wait_since(0, timeout_s=30)
+
+    assert [e.type for e in asyncio.run(go())] == ["a"]
