@@ -10,16 +10,14 @@ app = typer.Typer(name="swarmctl", help="Federate long-lived agents across Ray c
 
 def _register() -> None:
     # Each group lives in its own module; import here so `swarmctl --help` lists them all.
-    from godel_cli import site
-    app.add_typer(site.app, name="site")
-    try:
-        from godel_cli import agent, cluster, controlplane, events
-    except ImportError:  # groups not built yet
-        return
+    from godel_cli import agent, cluster, controlplane, demo, events, site
+
     controlplane.register(app)
+    app.add_typer(site.app, name="site")
     app.add_typer(cluster.app, name="cluster")
     app.add_typer(agent.app, name="agent")
     events.register(app)
+    demo.register(app)
 
 
 _register()

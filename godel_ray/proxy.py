@@ -12,6 +12,7 @@ Importing this module does not import Ray: ``connect`` does.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,11 +20,26 @@ from typing import Any
 
 from godel_ray import settings
 from godel_ray.errors import (
-    AgentMoved, AgentNotFound, ClusterUnavailable, ControlPlaneNotRunning, StaleEpoch,
+    AgentMoved,
+    AgentNotFound,
+    ClusterUnavailable,
+    ControlPlaneNotRunning,
+    StaleEpoch,
 )
 from godel_ray.models import (
-    Agent, AgentStatus, Cluster, ClusterHealthState, ClusterInfo, ClusterStats, ExecChunk, ExecResult,
-    FederationEvent, JournalEntry, Migration, PlacementDecision, SpawnConfig,
+    Agent,
+    AgentStatus,
+    Cluster,
+    ClusterHealthState,
+    ClusterInfo,
+    ClusterStats,
+    ExecChunk,
+    ExecResult,
+    FederationEvent,
+    JournalEntry,
+    Migration,
+    PlacementDecision,
+    SpawnConfig,
 )
 
 REROUTE_ATTEMPTS = 3  # re-resolutions of an agent's location before giving up
@@ -127,17 +143,17 @@ class ClusterRegistry(_SyncBalancer):
         info: ClusterInfo = self._call("update_cluster", cluster_id, changes)
         return info
 
-    def list(self) -> list[ClusterInfo]:
+    def list(self) -> builtins.list[ClusterInfo]:
         return list(self._call("list_clusters", retry=True))
 
     def get(self, cluster_id: str) -> ClusterInfo:
         info: ClusterInfo = self._call("get_cluster", cluster_id, retry=True)
         return info
 
-    def health(self) -> list[ClusterHealthState]:
+    def health(self) -> builtins.list[ClusterHealthState]:
         return list(self._call("health", retry=True))
 
-    def stats(self) -> list[ClusterStats]:
+    def stats(self) -> builtins.list[ClusterStats]:
         return list(self._call("stats", retry=True))
 
     def plan(self, config: SpawnConfig) -> PlacementDecision:
@@ -227,7 +243,7 @@ class TransparentClusterProxy(_SyncBalancer):
         return agent
 
     def list(self, *, status: AgentStatus | str | None = None, labels: dict[str, str] | None = None,
-             cluster: str | None = None, model: str | None = None) -> list[Agent]:
+             cluster: str | None = None, model: str | None = None) -> builtins.list[Agent]:
         return list(self._call("list_agents", _status_value(status), labels, cluster, model, retry=True))
 
     def kill(self, agent_id: str) -> Agent:
@@ -239,7 +255,7 @@ class TransparentClusterProxy(_SyncBalancer):
         decision: PlacementDecision = self._call("explain", agent_id, retry=True)
         return decision
 
-    def journal(self, agent_id: str) -> list[JournalEntry]:
+    def journal(self, agent_id: str) -> builtins.list[JournalEntry]:
         return list(self._call("journal", agent_id, retry=True))
 
     def migrate(self, agent_id: str, target: str, *, wait: bool = True) -> Migration:
@@ -247,14 +263,14 @@ class TransparentClusterProxy(_SyncBalancer):
         self._core.forget(agent_id)
         return migration
 
-    def migrations(self, agent_id: str | None = None) -> list[Migration]:
+    def migrations(self, agent_id: str | None = None) -> builtins.list[Migration]:
         return list(self._call("migrations", agent_id, retry=True))
 
     def events(self, since_seq: int = 0, *, follow: bool = False, poll_s: float = 0.5
                ) -> Iterator[FederationEvent]:
         seq = since_seq
         while True:
-            batch: list[FederationEvent] = self._call("events_since", seq, EVENTS_PAGE, retry=True)
+            batch: builtins.list[FederationEvent] = self._call("events_since", seq, EVENTS_PAGE, retry=True)
             yield from batch
             if batch:
                 seq = batch[-1].seq
@@ -304,17 +320,17 @@ class AsyncClusterRegistry(_AsyncBalancer):
         info: ClusterInfo = await self._call("update_cluster", cluster_id, changes)
         return info
 
-    async def list(self) -> list[ClusterInfo]:
+    async def list(self) -> builtins.list[ClusterInfo]:
         return list(await self._call("list_clusters", retry=True))
 
     async def get(self, cluster_id: str) -> ClusterInfo:
         info: ClusterInfo = await self._call("get_cluster", cluster_id, retry=True)
         return info
 
-    async def health(self) -> list[ClusterHealthState]:
+    async def health(self) -> builtins.list[ClusterHealthState]:
         return list(await self._call("health", retry=True))
 
-    async def stats(self) -> list[ClusterStats]:
+    async def stats(self) -> builtins.list[ClusterStats]:
         return list(await self._call("stats", retry=True))
 
     async def plan(self, config: SpawnConfig) -> PlacementDecision:
@@ -398,7 +414,7 @@ class AsyncTransparentClusterProxy(_AsyncBalancer):
         return agent
 
     async def list(self, *, status: AgentStatus | str | None = None, labels: dict[str, str] | None = None,
-                   cluster: str | None = None, model: str | None = None) -> list[Agent]:
+                   cluster: str | None = None, model: str | None = None) -> builtins.list[Agent]:
         return list(await self._call("list_agents", _status_value(status), labels, cluster, model, retry=True))
 
     async def kill(self, agent_id: str) -> Agent:
@@ -410,7 +426,7 @@ class AsyncTransparentClusterProxy(_AsyncBalancer):
         decision: PlacementDecision = await self._call("explain", agent_id, retry=True)
         return decision
 
-    async def journal(self, agent_id: str) -> list[JournalEntry]:
+    async def journal(self, agent_id: str) -> builtins.list[JournalEntry]:
         return list(await self._call("journal", agent_id, retry=True))
 
     async def migrate(self, agent_id: str, target: str, *, wait: bool = True) -> Migration:
@@ -418,14 +434,14 @@ class AsyncTransparentClusterProxy(_AsyncBalancer):
         self._core.forget(agent_id)
         return migration
 
-    async def migrations(self, agent_id: str | None = None) -> list[Migration]:
+    async def migrations(self, agent_id: str | None = None) -> builtins.list[Migration]:
         return list(await self._call("migrations", agent_id, retry=True))
 
     async def events(self, since_seq: int = 0, *, follow: bool = False, poll_s: float = 0.5
                      ) -> AsyncIterator[FederationEvent]:
         seq = since_seq
         while True:
-            batch: list[FederationEvent] = await self._call("events_since", seq, EVENTS_PAGE, retry=True)
+            batch: builtins.list[FederationEvent] = await self._call("events_since", seq, EVENTS_PAGE, retry=True)
             for event in batch:
                 yield event
             if batch:
@@ -457,13 +473,13 @@ class StateReader:
     def _health(self, cluster_id: str) -> ClusterHealthState:
         return self._store.health(cluster_id) or ClusterHealthState(cluster_id=cluster_id)
 
-    def clusters(self) -> list[ClusterInfo]:
+    def clusters(self) -> builtins.list[ClusterInfo]:
         counts = self._store.active_counts()
         return [ClusterInfo(cluster=c, health=self._health(c.id), agents=counts.get(c.id, 0))
                 for c in self._store.clusters()]
 
     def agents(self, *, status: AgentStatus | str | None = None, labels: dict[str, str] | None = None,
-               cluster: str | None = None, model: str | None = None) -> list[Agent]:
+               cluster: str | None = None, model: str | None = None) -> builtins.list[Agent]:
         wanted = AgentStatus(status) if status is not None else None
         return [a for a in self._store.agents(cluster_id=cluster, status=wanted)
                 if (model is None or a.config.model == model)
@@ -483,13 +499,13 @@ class StateReader:
             raise AgentNotFound(f"no placement decision is recorded for agent {agent_id!r}", agent_id=agent_id)
         return decision
 
-    def migrations(self, agent_id: str | None = None) -> list[Migration]:
+    def migrations(self, agent_id: str | None = None) -> builtins.list[Migration]:
         return self._store.migrations(agent_id)
 
-    def events(self, since_seq: int = 0, limit: int = 1000) -> list[FederationEvent]:
+    def events(self, since_seq: int = 0, limit: int = 1000) -> builtins.list[FederationEvent]:
         return self._store.events(since_seq, limit)
 
-    def health(self) -> list[ClusterHealthState]:
+    def health(self) -> builtins.list[ClusterHealthState]:
         return [self._health(c.id) for c in self._store.clusters()]
 
 

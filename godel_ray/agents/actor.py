@@ -46,8 +46,10 @@ class AgentActor:
 
     def __init__(self, agent: Agent, workdir_root: str, archive: bytes | None = None,
                  journal: list[JournalEntry] | None = None, sha256: str = "",
-                 limits: Limits = LIMITS) -> None:
+                 limits: Limits = LIMITS, pooled: bool = False) -> None:
         self._agent = agent.model_copy(deep=True)
+        self._pooled = pooled  # a warm-pool member: idle until ``adopt`` gives it an identity
+        self._adopted = False
         self._workdir = os.path.join(workdir_root, agent.id)
         self._archive = archive
         self._sha256 = sha256
@@ -79,6 +81,32 @@ class AgentActor:
             if self._agent.config.timeout_s is not None:
                 self._lifetime_task = asyncio.create_task(self._lifetime())
         return self.info()
+
+    async def adopt(self, agent: Agent, workdir_root: str, archive: bytes | None = None,
+                    journal: list[JournalEntry] | None = None, sha256: str = "") -> Agent:
+        """Give a warm-pool member its identity (id, config, env, workdir, epoch), then ``start``.
+
+        Only once, only on a pool member that was never started: a second adopt is refused, so
+        one actor can never serve two agents.
+        """
+        if not self._pooled or self._adopted or self._agent.status != AgentStatus.PENDING:
+            raise FailedPrecondition(f"actor {self._agent.id} is not an idle warm-pool member: "
+                                     "it cannot adopt agent " + agent.id)
+        self._adopted = True
+        self._agent = agent.model_copy(deep=True)
+        self._workdir = os.path.join(workdir_root, agent.id)
+        self._archive = archive
+        self._sha256 = sha256
+        self._journal = list(journal or [])
+        return await self.start()
+
+    def origin(self) -> dict[str, int | bool]:
+        """Where this actor came from: its process id and whether it was a warm-pool member."""
+        return {"pid": os.getpid(), "pooled": self._pooled, "adopted": self._adopted}
+
+    def ready(self) -> bool:
+        """Answers once the actor's process is up (the warm pool waits for it)."""
+        return True
 
     async def _lifetime(self) -> None:
         timeout_s = self._agent.config.timeout_s
@@ -263,17 +291,20 @@ def actor_options(agent: Agent, accelerator_type: str | None = None) -> dict[str
 
 def create_agent_actor(agent: Agent, workdir_root: str, archive: bytes | None = None,
                        journal: list[JournalEntry] | None = None, *, sha256: str = "",
-                       accelerator_type: str | None = None, limits: Limits = LIMITS) -> Any:
+                       accelerator_type: str | None = None, limits: Limits = LIMITS,
+                       pooled: bool = False) -> Any:
     """The one place ``ray.remote`` and actor options are applied. Returns the actor handle.
 
     ``accelerator_type`` is the GPU type exactly as the cluster advertises it (the runtime resolves
     "A100" to "nvidia-a100"); it defaults to ``agent.config.gpu_type``. Call ``start`` on the handle
-    and await it: that is where the workdir is created or restored from ``archive``.
+    and await it: that is where the workdir is created or restored from ``archive``. With
+    ``pooled`` the actor is a warm-pool member: ``agent`` is a placeholder and ``adopt`` (not
+    ``start``) later gives it its real identity.
     """
     import ray
 
     cls = ray.remote(AgentActor).options(**actor_options(agent, accelerator_type))
-    return cls.remote(agent, workdir_root, archive, journal, sha256, limits)
+    return cls.remote(agent, workdir_root, archive, journal, sha256, limits, pooled)
 
 
 __all__ = ["AgentActor", "actor_options", "create_agent_actor"]

@@ -143,7 +143,7 @@ class MultiClusterLoadBalancer:
             import ray
 
             cpus = int(ray.cluster_resources().get("CPU", 0))
-        except Exception:
+        except Exception:  # noqa: BLE001 - not inside Ray (plain-class tests): use the default
             cpus = 0
         return cpus if cpus > 0 else DEFAULT_LOCAL_MAX_AGENTS
 

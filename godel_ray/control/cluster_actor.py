@@ -105,7 +105,7 @@ class ClusterActor:
                 return int(reader.meta(site_cursor_key(self.cluster.id), 0))  # type: ignore[call-overload]
             finally:
                 reader.close()
-        except Exception:  # no store yet: start from the beginning
+        except Exception:  # noqa: BLE001 - no store yet: start from the beginning
             return 0
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -167,7 +167,7 @@ class ClusterActor:
             capacity = await asyncio.wait_for(self.client.heartbeat(), timeout_s)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # every failure counts against health, whatever it is
+        except Exception as exc:  # noqa: BLE001 - every failure counts against health
             before = self.tracker.state.status
             after = self.tracker.on_failure(f"{type(exc).__name__}: {exc}"[:500], time.time())
         else:
@@ -213,7 +213,7 @@ class ClusterActor:
                     self.buffer.append(event.model_copy(update={"cluster_id": self.cluster.id}))
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a control loop never dies
                 log.warning("cluster %s: event stream failed (%s); resuming after seq %d",
                             self.cluster.id, exc, self.site_seq)
             await asyncio.sleep(EVENT_RETRY_DELAY_S)

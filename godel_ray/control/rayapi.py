@@ -101,7 +101,8 @@ def actor(name: str, what: str = "") -> Any:
         if what == BALANCER_WHAT:
             raise ControlPlaneNotRunning(
                 "the control plane's balancer is not running: run `swarmctl up`") from exc
-        raise ClusterUnavailable(f"{what or name} has no actor running", cluster_id=what) from exc
+        raise ClusterUnavailable(f"{what or name} has no actor running: is it registered? (`swarmctl cluster list`)",
+                                 cluster_id=what.removeprefix("cluster ")) from exc
 
 
 def init_client(address: str, env: dict[str, str] | None = None) -> None:

@@ -5,6 +5,7 @@ registration, placement and spill-over, exec, restarts of the balancer and of th
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,8 +17,14 @@ import pytest
 from godel_ray import settings
 from godel_ray.control import controlplane
 from godel_ray.errors import (
-    AlreadyExists, ClusterNotFound, ClusterUnavailable, DeadlineExceeded, GodelError, InvalidArgument,
-    NoPlacement, Unauthenticated,
+    AlreadyExists,
+    ClusterNotFound,
+    ClusterUnavailable,
+    DeadlineExceeded,
+    GodelError,
+    InvalidArgument,
+    NoPlacement,
+    Unauthenticated,
 )
 from godel_ray.models import AgentStatus, Cluster, ExecChunk, SpawnConfig
 from godel_ray.proxy import StateReader, TransparentClusterProxy, connect
@@ -143,6 +150,22 @@ def test_gpu_agent_lands_on_gpu_site_and_never_elsewhere(plane: Plane) -> None:
     assert plan.chosen == "gpu-east" and "local" in plan.rejections
 
 
+def test_asyncio_twin(plane: Plane) -> None:
+    aio = plane.proxy.aio()
+
+    async def scenario() -> tuple[Any, list[ExecChunk], list[str], str]:
+        result = await aio.exec(plane.agents["remote"], "echo async")
+        chunks = [c async for c in aio.exec_stream(plane.agents["local"], "echo streamed")]
+        clusters = sorted(c.cluster.id for c in await aio.registry.list())
+        status = (await aio.status(plane.agents["gpu"])).status.value
+        return result, chunks, clusters, status
+
+    result, chunks, clusters, status = asyncio.run(scenario())
+    assert result.stdout == "async\n"
+    assert chunks[-1].result is not None and "".join(c.data for c in chunks[:-1]) == "streamed\n"
+    assert clusters == ["cpu-west", "gpu-east", "local"] and status == "running"
+
+
 def test_list_filters_idempotency_kill_journal_events(plane: Plane) -> None:
     proxy = plane.proxy
     assert [a.id for a in proxy.list(cluster="local")] == [plane.agents["local"]]
@@ -159,9 +182,11 @@ def test_list_filters_idempotency_kill_journal_events(plane: Plane) -> None:
 
     journal = proxy.journal(plane.agents["local"])
     assert [(e.command, e.exit_code) for e in journal] == [
-        ("echo kept > notes.txt && cat notes.txt", 0), ("echo out; echo err 1>&2; exit 3", 3)]
-    remote_journal = wait_for(lambda: proxy.journal(plane.agents["remote"]), "the remote journal mirror")
-    assert [e.command for e in remote_journal] == ["echo remote-$GODEL_MODEL", "echo a; echo b"]
+        ("echo kept > notes.txt && cat notes.txt", 0), ("echo out; echo err 1>&2; exit 3", 3),
+        ("echo streamed", 0)]
+    remote_journal = wait_for(lambda: j if len(j := proxy.journal(plane.agents["remote"])) == 3 else None,
+                              "the remote journal mirror of 3 commands")
+    assert [e.command for e in remote_journal] == ["echo remote-$GODEL_MODEL", "echo a; echo b", "echo async"]
     types = {e.type for e in proxy.events()}
     assert {"cluster.registered", "agent.placed", "agent.spawned"} <= types
 

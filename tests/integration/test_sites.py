@@ -152,9 +152,8 @@ def _poll(check: Callable[[], bool], deadline_s: float = POLL_DEADLINE_S) -> boo
 # --- refusals before anything starts (no Ray needed) ------------------------------------------------
 
 def _serve(args: list[str]) -> Any:
-    from typer.testing import CliRunner
-
     from godel_cli.main import app
+    from typer.testing import CliRunner
 
     return CliRunner().invoke(app, ["site", "serve", *args])
 

@@ -9,8 +9,17 @@ import pytest
 from godel_ray.control.store import CheckpointRecord, StateStore
 from godel_ray.errors import ControlPlaneNotRunning
 from godel_ray.models import (
-    Agent, AgentStatus, Cluster, ClusterHealthState, ClusterStatus, EventKind, FederationEvent, Migration,
-    PlacementDecision, SiteCapacity, SpawnConfig,
+    Agent,
+    AgentStatus,
+    Cluster,
+    ClusterHealthState,
+    ClusterStatus,
+    EventKind,
+    FederationEvent,
+    Migration,
+    PlacementDecision,
+    SiteCapacity,
+    SpawnConfig,
 )
 
 
