@@ -164,7 +164,7 @@ class ClusterRegistry(_SyncBalancer):
         info: ClusterInfo = self._call("set_maintenance", cluster_id, on)
         return info
 
-    def regions(self) -> dict[str, list[str]]:
+    def regions(self) -> dict[str, builtins.list[str]]:
         return dict(self._call("regions", retry=True))
 
 
@@ -341,7 +341,7 @@ class AsyncClusterRegistry(_AsyncBalancer):
         info: ClusterInfo = await self._call("set_maintenance", cluster_id, on)
         return info
 
-    async def regions(self) -> dict[str, list[str]]:
+    async def regions(self) -> dict[str, builtins.list[str]]:
         return dict(await self._call("regions", retry=True))
 
 

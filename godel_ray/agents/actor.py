@@ -68,6 +68,8 @@ class AgentActor:
 
     async def start(self) -> Agent:
         """Create (or restore) the working directory and start the lifetime clock. Idempotent."""
+        if self._pooled and not self._adopted:
+            raise FailedPrecondition(f"actor {self._agent.id} is an idle warm-pool member: adopt it first")
         if self._agent.status == AgentStatus.PENDING:
             if self._archive is not None:
                 archive, self._archive = self._archive, None

@@ -135,14 +135,14 @@ class MultiClusterLoadBalancer:
                                            max_agents=self._local_max_agents()))
         for cluster in self.store.clusters():
             self._actors[cluster.id] = factory.cluster_actor(cluster, str(self.state_dir))
-            self._cursors[cluster.id] = int(self.store.meta(f"buffer_seq:{cluster.id}", 0))  # type: ignore[call-overload]
+            self._cursors[cluster.id] = self.store.meta_int(f"buffer_seq:{cluster.id}")
 
     @staticmethod
     def _local_max_agents() -> int:
         try:
             import ray
 
-            cpus = int(ray.cluster_resources().get("CPU", 0))
+            cpus = int(ray.cluster_resources().get("CPU", 0))  # type: ignore[no-untyped-call]
         except Exception:  # noqa: BLE001 - not inside Ray (plain-class tests): use the default
             cpus = 0
         return cpus if cpus > 0 else DEFAULT_LOCAL_MAX_AGENTS
@@ -534,12 +534,13 @@ class MultiClusterLoadBalancer:
         self._reserved[chosen] = self._reserved.get(chosen, 0) + 1
         try:
             try:
-                agent, _created = await self._call(chosen, "spawn", config, agent_id=agent_id,
-                                                   idempotency_key=key, epoch=1, timeout_s=SPAWN_TIMEOUT_S)
+                spawned: tuple[Agent, bool] = await self._call(
+                    chosen, "spawn", config, agent_id=agent_id, idempotency_key=key, epoch=1,
+                    timeout_s=SPAWN_TIMEOUT_S)
             except GodelError:
                 await self._cleanup_half_spawn(chosen, agent_id)
                 raise
-            agent = agent.model_copy(update={"cluster_id": chosen})
+            agent = spawned[0].model_copy(update={"cluster_id": chosen})
             self.store.put_spawn(agent, decision, key)
         finally:
             self._reserved[chosen] -= 1

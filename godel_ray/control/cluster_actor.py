@@ -64,7 +64,7 @@ def make_client(cluster: Cluster, state_dir: str | Path) -> ClusterClient:
 
         root = Path(state_dir) / LOCAL_WORKDIR
         root.mkdir(parents=True, exist_ok=True)
-        return AgentRuntime(cluster.id, str(root), region=cluster.region,  # type: ignore[return-value]
+        return AgentRuntime(cluster.id, str(root), region=cluster.region,
                             cost_per_hour=cluster.cost_per_hour, max_agents=cluster.max_agents)
     from godel_ray.rpc.auth import read_token_file
     from godel_ray.rpc.client import GrpcClusterClient
@@ -102,7 +102,7 @@ class ClusterActor:
 
             reader = StateStore.reader(self.state_dir)
             try:
-                return int(reader.meta(site_cursor_key(self.cluster.id), 0))  # type: ignore[call-overload]
+                return reader.meta_int(site_cursor_key(self.cluster.id))
             finally:
                 reader.close()
         except Exception:  # noqa: BLE001 - no store yet: start from the beginning
@@ -126,6 +126,8 @@ class ClusterActor:
         """A new registry entry for this cluster (maintenance, limits, health settings)."""
         await self.start()
         self.cluster = cluster
+        if cluster.is_local and hasattr(self.client, "max_agents"):
+            self.client.max_agents = cluster.max_agents  # the in-process runtime enforces its own limit
         self.set_maintenance_now(cluster.maintenance)
 
     async def close(self) -> None:

@@ -98,8 +98,8 @@ def up(state_dir: str | os.PathLike[str] | None = None, *, num_cpus: float | Non
        gpu_type: str | None = None) -> ControlPlaneInfo:
     """Start the control plane (or attach to the running one) and wait until the balancer answers."""
     root = _dir(state_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    os.chmod(root, 0o700)
+    if not root.exists():
+        root.mkdir(mode=0o700, parents=True)  # holds the Ray token
     head = read_head(root)
     started = head is None
     if head is None:

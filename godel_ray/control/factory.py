@@ -34,7 +34,7 @@ def balancer(state_dir: str) -> Any:
 
     cls = ray.remote(MultiClusterLoadBalancer)
     with rayapi.mapped(rayapi.BALANCER_WHAT):
-        return cls.options(  # type: ignore[attr-defined]
+        return cls.options(
             name=settings.BALANCER_NAME, namespace=settings.NAMESPACE, lifetime="detached",
             max_restarts=-1, max_task_retries=0, num_cpus=0, get_if_exists=True,
             max_concurrency=BALANCER_MAX_CONCURRENCY,
@@ -54,7 +54,7 @@ def cluster_actor(cluster: Cluster, state_dir: str) -> Any:
 
     cls = ray.remote(ClusterActor)
     with rayapi.mapped(f"cluster {cluster.id}"):
-        return cls.options(  # type: ignore[attr-defined]
+        return cls.options(
             name=cluster_actor_name(cluster.id), namespace=settings.NAMESPACE, lifetime="detached",
             max_restarts=-1, max_task_retries=0, num_cpus=0, get_if_exists=True,
             max_concurrency=CLUSTER_ACTOR_MAX_CONCURRENCY,

@@ -13,6 +13,7 @@ gets, ``init_client(address, env)`` to attach a driver.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -123,7 +124,7 @@ def init_client(address: str, env: dict[str, str] | None = None) -> None:
         _reload_auth_config()
     with mapped("ray.init"):
         try:
-            ray.init(address=address, namespace=settings.NAMESPACE, logging_level="ERROR",
+            ray.init(address=address, namespace=settings.NAMESPACE, logging_level=logging.ERROR,
                      log_to_driver=False)
         except ConnectionError as exc:
             raise ControlPlaneNotRunning(f"cannot reach the control plane's Ray at {address}: {exc}; "

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from godel_ray.errors import ControlPlaneNotRunning
 from godel_ray.models import (
@@ -107,7 +108,7 @@ class StateStore:
 
     # --- plumbing -------------------------------------------------------------------------------
 
-    def _rows(self, sql: str, args: Iterable[object] = ()) -> list[tuple[object, ...]]:
+    def _rows(self, sql: str, args: Iterable[object] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return list(self._db.execute(sql, tuple(args)).fetchall())
 
@@ -163,7 +164,7 @@ class StateStore:
 
     def agents(self, *, cluster_id: str | None = None,
                status: AgentStatus | None = None) -> list[Agent]:
-        sql, args = "SELECT json FROM agents WHERE 1=1", []
+        sql, args = "SELECT json FROM agents WHERE 1=1", list[object]()
         if cluster_id is not None:
             sql += " AND cluster_id = ?"
             args.append(cluster_id)
@@ -179,12 +180,12 @@ class StateStore:
         rows = self._rows(
             f"SELECT cluster_id, COUNT(*) FROM agents WHERE status NOT IN ({','.join('?' * len(final))}) "
             "GROUP BY cluster_id", final)
-        return {str(r[0]): int(r[1]) for r in rows}  # type: ignore[call-overload]
+        return {str(r[0]): int(r[1]) for r in rows}
 
     def counts_by_status(self, cluster_id: str) -> dict[str, int]:
         rows = self._rows("SELECT status, COUNT(*) FROM agents WHERE cluster_id = ? GROUP BY status",
                           (cluster_id,))
-        return {str(r[0]): int(r[1]) for r in rows}  # type: ignore[call-overload]
+        return {str(r[0]): int(r[1]) for r in rows}
 
     # --- placement decisions --------------------------------------------------------------------
 
@@ -239,7 +240,7 @@ class StateStore:
 
     def events(self, since_seq: int = 0, limit: int = 1000, *, agent_id: str | None = None,
                types: tuple[str, ...] | None = None) -> list[FederationEvent]:
-        sql, args = "SELECT json FROM events WHERE seq > ?", [since_seq]
+        sql, args = "SELECT json FROM events WHERE seq > ?", list[object]([since_seq])
         if agent_id is not None:
             sql += " AND agent_id = ?"
             args.append(agent_id)
@@ -251,7 +252,7 @@ class StateStore:
 
     def last_event_seq(self) -> int:
         rows = self._rows("SELECT MAX(seq) FROM events")
-        return int(rows[0][0] or 0)  # type: ignore[call-overload]
+        return int(rows[0][0] or 0)
 
     # --- idempotency ----------------------------------------------------------------------------
 
@@ -289,7 +290,7 @@ class StateStore:
     def checkpoint(self, agent_id: str) -> CheckpointRecord | None:
         rows = self._rows("SELECT agent_id, epoch, taken_at, archive_path, meta_path, sha256, size_bytes "
                           "FROM checkpoints WHERE agent_id = ?", (agent_id,))
-        return CheckpointRecord(*rows[0]) if rows else None  # type: ignore[arg-type]
+        return CheckpointRecord(*rows[0]) if rows else None
 
     def delete_checkpoint(self, agent_id: str) -> None:
         self._write("DELETE FROM checkpoints WHERE agent_id = ?", (agent_id,))
@@ -302,6 +303,10 @@ class StateStore:
     def meta(self, key: str, default: object = None) -> object:
         rows = self._rows("SELECT value FROM meta WHERE key = ?", (key,))
         return json.loads(str(rows[0][0])) if rows else default
+
+    def meta_int(self, key: str, default: int = 0) -> int:
+        value = self.meta(key, default)
+        return value if isinstance(value, int) else default
 
 
 __all__ = ["DB_FILE", "CheckpointRecord", "StateStore"]
