@@ -63,7 +63,7 @@ def spawn(model: Annotated[str | None, typer.Option("--model", help="Model name 
                                      f" ({rule})" if rule else ""))
 
 
-@app.command("exec", context_settings={"allow_interspersed_args": False})
+@app.command("exec")
 @render.guarded
 def exec_(agent_id: Annotated[str, typer.Argument(metavar="AGENT_ID")],
           command: Annotated[list[str], typer.Argument(metavar="-- CMD...", help="Shell command (joined by spaces).")],

@@ -341,7 +341,7 @@ def agent_panel(agent: Agent) -> Table:
 def placement_table(decision: PlacementDecision) -> Table:
     """SkyPilot-optimizer style: every candidate with its factor scores, the chosen one marked."""
     factors = sorted({name for c in decision.candidates for name in c.factors})
-    table = new_table(f"placement (priority {decision.priority.value}, rule {decision.rule or '-'})")
+    table = new_table("placement candidates")
     table.add_column("")
     table.add_column("CLUSTER", no_wrap=True)
     for name in factors:
@@ -372,7 +372,8 @@ def print_placement(decision: PlacementDecision) -> None:
     if decision.rejections:
         console.print(rejections_table(decision))
     if decision.chosen:
-        console.print(Text.assemble("chosen: ", (decision.chosen, "bold green"), f" ({decision.rule})"))
+        console.print(Text.assemble("chosen: ", (decision.chosen, "bold green"),
+                                    f" (rule {decision.rule or '-'}, priority {decision.priority.value})"))
     else:
         console.print(Text("no cluster fits", style="bold red"))
 

@@ -26,6 +26,8 @@ def serve(
     region: Annotated[str | None, typer.Option("--region", help="Region reported to the federation.")] = None,
     cost: Annotated[float | None, typer.Option("--cost", help="Cost in USD per hour.")] = None,
     max_agents: Annotated[int | None, typer.Option("--max-agents", help="Most agents hosted at once.")] = None,
+    warm_pool_size: Annotated[int | None, typer.Option(
+        "--warm-pool-size", help="Idle pre-started agents kept ready (default resources).")] = None,
     ray_address: Annotated[str | None, typer.Option(
         "--ray-address", help="Attach to this Ray cluster instead of starting one.")] = None,
     num_cpus: Annotated[int | None, typer.Option("--num-cpus", help="CPUs of the Ray head started here.")] = None,
@@ -45,7 +47,8 @@ def serve(
     try:
         site_config = SiteConfig.load(
             config, port=port, auth_token_file=_str(auth_token_file), host=host, name=name, region=region,
-            cost_per_hour=cost, max_agents=max_agents, ray_address=ray_address, num_cpus=num_cpus,
+            cost_per_hour=cost, max_agents=max_agents, warm_pool_size=warm_pool_size,
+            ray_address=ray_address, num_cpus=num_cpus,
             num_gpus=num_gpus, gpu_type=gpu_type, tls_cert=_str(tls_cert), tls_key=_str(tls_key),
             tls_client_ca=_str(tls_client_ca), insecure=insecure or None)
         code = run(site_config)

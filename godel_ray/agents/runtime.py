@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ import ray.exceptions as rex
 from godel_ray import settings
 from godel_ray.agents import snapshot as snap
 from godel_ray.agents.actor import create_agent_actor
+from godel_ray.agents.pool import WarmPool, normalise_gpu_type, pool_sizes
 from godel_ray.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.control import rayapi
 from godel_ray.core.events import EventLog
@@ -54,11 +56,17 @@ READY_TIMEOUT_S = 60.0  # an actor not ready by then is killed: its resources ar
 TERMINATE_TIMEOUT_S = 15.0
 EVENT_WAIT_S = 30.0
 GPU_TYPE_PREFIX = "accelerator_type:"
+LOCAL_WARM_POOL_ENV = "GODEL_LOCAL_WARM_POOL"  # warm pool size of the ``local`` runtime when not given
 
 
-def normalise_gpu_type(name: str) -> str:
-    """``"nvidia-a100"``, ``"NVIDIA-A100"`` and ``"A100"`` all normalise to ``"a100"``."""
-    return name.strip().lower().removeprefix("nvidia-")
+def default_warm_pool_size(name: str) -> int:
+    """``$GODEL_LOCAL_WARM_POOL`` for the runtime named ``local``; 0 otherwise (or when unset/invalid)."""
+    raw = os.environ.get(LOCAL_WARM_POOL_ENV, "") if name == "local" else ""
+    try:
+        return max(0, int(raw)) if raw.strip() else 0
+    except ValueError:
+        log.warning("ignoring %s=%r: not an integer", LOCAL_WARM_POOL_ENV, raw)
+        return 0
 
 
 def resolve_gpu_type(requested: str, advertised: list[str]) -> str | None:
@@ -121,7 +129,8 @@ class AgentRuntime:
 
     def __init__(self, name: str, workdir_root: str, *, region: str = "", cost_per_hour: float = 0.0,
                  max_agents: int = 100, limits: Limits = LIMITS,
-                 ready_timeout_s: float = READY_TIMEOUT_S) -> None:
+                 ready_timeout_s: float = READY_TIMEOUT_S, warm_pool_size: int | None = None,
+                 warm_pool_gpu: dict[str, int] | None = None) -> None:
         self.name = name
         self.workdir_root = workdir_root
         self.region = region
@@ -134,6 +143,10 @@ class AgentRuntime:
         self._key_locks: dict[str, asyncio.Lock] = {}
         self._log = EventLog()
         self._closed = False
+        if warm_pool_size is None:
+            warm_pool_size = default_warm_pool_size(name)
+        self.pool = WarmPool(name, workdir_root, pool_sizes(warm_pool_size, warm_pool_gpu), limits=limits,
+                             ready_timeout_s=ready_timeout_s)
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -237,13 +250,39 @@ class AgentRuntime:
         if self._active_count() >= self.max_agents:
             raise ResourceExhausted(f"cluster {self.name} already runs its maximum of {self.max_agents} "
                                     "agents: kill some or raise --max-agents", cluster_id=self.name)
-        nodes, _, _ = await self._resources()
+        self.pool.start()
+        agent = agent.model_copy(update={"cluster_id": self.name, "status": AgentStatus.PENDING,
+                                         "status_reason": "", "finished_at": None})
+        claimed = self.pool.claim(agent.config)  # a pre-started actor with exactly these resources
+        if claimed is not None:
+            entry = _Entry(agent=agent, journal=list(journal or []), handle=claimed[0])
+            self._agents[agent.id] = entry
+            try:
+                started = await self._call(entry, "adopt", agent, self.workdir_root, archive, journal, sha256,
+                                           timeout_s=self._ready_timeout_s)
+            except (GodelError, TimeoutError) as exc:  # the member died meanwhile: start a fresh actor
+                log.warning("agent %s: warm-pool actor unusable (%s); starting a fresh one", agent.id, exc)
+                with contextlib.suppress(Exception):
+                    ray.kill(claimed[0], no_restart=True)
+                self._agents.pop(agent.id, None)
+                if previous is not None:
+                    self._agents[agent.id] = previous
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    ray.kill(claimed[0], no_restart=True)
+                self._restore(agent.id, previous)
+                raise
+            else:
+                return self._started(entry, started)
+        nodes, _, free = await self._resources()
         problem, accel = placement_problem(agent.config, nodes)
         if problem is not None:
             raise ResourceExhausted(f"cannot place agent {agent.id} on cluster {self.name}: {problem}",
                                     cluster_id=self.name, agent_id=agent.id)
-        agent = agent.model_copy(update={"cluster_id": self.name, "status": AgentStatus.PENDING,
-                                         "status_reason": "", "finished_at": None})
+        if self.pool.idle_count and (free.get("CPU", 0.0) + 1e-9 < agent.config.cpus
+                                     or free.get("GPU", 0.0) + 1e-9 < agent.config.num_gpus):
+            await self.pool.evict(agent.config.cpus - free.get("CPU", 0.0),
+                                  max(0, agent.config.num_gpus - int(free.get("GPU", 0.0))))
         entry = _Entry(agent=agent, journal=list(journal or []))
         self._agents[agent.id] = entry  # reserves a max_agents slot while the actor starts
         try:
@@ -261,11 +300,17 @@ class AgentRuntime:
             if entry.handle is not None:
                 with contextlib.suppress(Exception):
                     ray.kill(entry.handle, no_restart=True)
-            if previous is not None:
-                self._agents[agent.id] = previous
-            else:
-                self._agents.pop(agent.id, None)
+            self._restore(agent.id, previous)
             raise
+        return self._started(entry, started)
+
+    def _restore(self, agent_id: str, previous: _Entry | None) -> None:
+        if previous is not None:
+            self._agents[agent_id] = previous
+        else:
+            self._agents.pop(agent_id, None)
+
+    def _started(self, entry: _Entry, started: Agent) -> Agent:
         entry.agent = started.model_copy(update={"cluster_id": self.name})
         entry.watcher = asyncio.create_task(self._watch(entry, entry.handle))
         return entry.agent
@@ -382,9 +427,13 @@ class AgentRuntime:
         return sorted(out, key=lambda a: (a.created_at, a.id))
 
     async def heartbeat(self) -> SiteCapacity:
+        """Capacity; resources held by idle warm-pool members count as free (a spawn claims or
+        evicts them), and idle members never reduce ``available_agents``."""
+        self.pool.start()
         _, total, free = await self._resources()
         types = gpu_types_of(total)
-        free_gpu = free.get("GPU", 0.0)
+        pool_cpus, pool_gpus = self.pool.held()
+        free_gpu = free.get("GPU", 0.0) + sum(pool_gpus.values())
         active = self._active_count()
         return SiteCapacity(
             name=self.name, region=self.region, cost_per_hour=self.cost_per_hour,
@@ -392,7 +441,8 @@ class AgentRuntime:
             available_agents=max(0, self.max_agents - active), gpu_types=types,
             free_gpus={t: min(free_gpu, free.get(GPU_TYPE_PREFIX + t, 0.0)) for t in types},
             total_gpus=total.get("GPU", 0.0), total_cpus=total.get("CPU", 0.0),
-            free_cpus=free.get("CPU", 0.0), version=settings.VERSION)
+            free_cpus=min(total.get("CPU", 0.0), free.get("CPU", 0.0) + pool_cpus),
+            warm_pool=self.pool.idle_count, version=settings.VERSION)
 
     async def events(self, since_seq: int = 0) -> AsyncIterator[FederationEvent]:
         seq = since_seq
@@ -437,6 +487,7 @@ class AgentRuntime:
 
     async def close(self) -> None:
         self._closed = True
+        await self.pool.close()
         live = [e for e in self._agents.values() if e.handle is not None]
         for entry in live:
             if entry.watcher is not None:
@@ -470,4 +521,5 @@ def _wants(config: SpawnConfig, accel: str | None) -> str:
     return text
 
 
-__all__ = ["AgentRuntime", "normalise_gpu_type", "placement_problem", "resolve_gpu_type"]
+__all__ = ["AgentRuntime", "default_warm_pool_size", "normalise_gpu_type", "placement_problem",
+           "resolve_gpu_type"]

@@ -63,6 +63,7 @@ class SiteConfig(BaseModel):
     region: str = "default"
     cost_per_hour: float = Field(0.0, ge=0)
     max_agents: int = Field(100, ge=1)
+    warm_pool_size: int = Field(0, ge=0)  # pre-started idle agents with the default resources
     ray_address: str | None = None
     num_cpus: int | None = Field(None, ge=0)
     num_gpus: int = Field(0, ge=0)
@@ -231,7 +232,9 @@ async def serve(config: SiteConfig) -> None:
 
         ray.init(address=address, namespace=SITE_NAMESPACE, logging_level="ERROR", log_to_driver=False)
         runtime = AgentRuntime(config.name, workdir_root, region=config.region,
-                               cost_per_hour=config.cost_per_hour, max_agents=config.max_agents)
+                               cost_per_hour=config.cost_per_hour, max_agents=config.max_agents,
+                               warm_pool_size=config.warm_pool_size)
+        runtime.pool.start()
         server, port, health = await build_server(runtime, token=token, host=config.host, port=config.port,
                                                   credentials=credentials, cluster_id=config.name)
         stop = asyncio.Event()

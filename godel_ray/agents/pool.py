@@ -1,0 +1,266 @@
+"""``WarmPool``: pre-started idle ``AgentActor``s, claimed at spawn so a spawn skips a Ray worker start.
+
+A pool is keyed by the exact resources its members hold, ``PoolKey(cpus, gpus, gpu_type)``: the
+default pool holds ``warm_pool_size`` members with the default agent resources, and each opt-in GPU
+pool (``warm_pool_gpu={"nvidia-a100": 1}``) holds members with one GPU of that type. A spawn whose
+resources match a key exactly claims an idle member, which ``adopt``s the agent's identity; the
+pool then refills in the background.
+
+Invariants:
+- a member is handed out at most once: ``claim`` pops it synchronously on the runtime's event
+  loop (no ``await`` between looking and taking), and the actor itself refuses a second ``adopt``;
+- idle members hold real Ray resources: ``held()`` reports them so the runtime's capacity counts
+  them as claimable, and ``evict`` frees them when a spawn of other resources needs the room
+  (refill then pauses for ``EVICT_PAUSE_S`` so it does not take the room back);
+- refill starts a member only when Ray has free resources for it; a member not ready within
+  ``ready_timeout_s`` is killed; idle members never count against ``max_agents``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from godel_ray.agents.actor import create_agent_actor
+from godel_ray.models import Agent, SpawnConfig, new_agent_id
+from godel_ray.settings import LIMITS, Limits
+
+log = logging.getLogger(__name__)
+
+REFILL_RETRY_S = 5.0  # a pool short of members looks for free resources again this often
+EVICT_PAUSE_S = 30.0  # after an eviction, refill waits this long (the spawn that needed room goes first)
+READY_TIMEOUT_S = 60.0
+GPU_TYPE_PREFIX = "accelerator_type:"
+DEFAULT_CPUS = SpawnConfig().cpus
+
+
+def normalise_gpu_type(name: str) -> str:
+    """``"nvidia-a100"``, ``"NVIDIA-A100"`` and ``"A100"`` all normalise to ``"a100"``."""
+    return name.strip().lower().removeprefix("nvidia-")
+
+
+@dataclass(frozen=True)
+class PoolKey:
+    """The exact resources of a pool's members; ``gpu_type`` normalised (None: no GPU type)."""
+
+    cpus: float
+    gpus: int = 0
+    gpu_type: str | None = None
+
+    @classmethod
+    def of(cls, config: SpawnConfig) -> PoolKey:
+        gpu_type = normalise_gpu_type(config.gpu_type) if config.needs_gpu and config.gpu_type else None
+        return cls(float(config.cpus), config.num_gpus, gpu_type)
+
+
+def pool_sizes(default_size: int = 0, gpu_sizes: dict[str, int] | None = None, *,
+               cpus: float = DEFAULT_CPUS) -> dict[PoolKey, int]:
+    """The pools of a runtime: ``default_size`` default agents, plus one-GPU agents per GPU type."""
+    sizes = {PoolKey(float(cpus)): default_size} if default_size > 0 else {}
+    for gpu_type, size in (gpu_sizes or {}).items():
+        if size > 0:
+            sizes[PoolKey(float(cpus), 1, normalise_gpu_type(gpu_type))] = size
+    return sizes
+
+
+@dataclass
+class _Member:
+    handle: Any
+    key: PoolKey
+    accelerator_type: str | None  # the GPU type as the cluster spells it
+
+
+class WarmPool:
+    """Idle pre-started agent actors per ``PoolKey``, refilled by one background task."""
+
+    def __init__(self, name: str, workdir_root: str, sizes: dict[PoolKey, int], *,
+                 limits: Limits = LIMITS, ready_timeout_s: float = READY_TIMEOUT_S) -> None:
+        self.name = name
+        self.sizes = {k: v for k, v in sizes.items() if v > 0}
+        self._workdir_root = workdir_root
+        self._limits = limits
+        self._ready_timeout_s = ready_timeout_s
+        self._idle: dict[PoolKey, list[_Member]] = {k: [] for k in self.sizes}
+        self._accel: dict[PoolKey, str | None] = {}
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._paused_until = 0.0
+        self._closed = False
+        self.claimed = 0  # spawns served from the pool, for stats
+
+    # --- what the runtime reads ----------------------------------------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.sizes)
+
+    @property
+    def idle_count(self) -> int:
+        return sum(len(members) for members in self._idle.values())
+
+    def held(self) -> tuple[float, dict[str, float]]:
+        """Resources idle members hold: (CPUs, GPUs by advertised type)."""
+        cpus, gpus = 0.0, {}
+        for key, members in self._idle.items():
+            cpus += key.cpus * len(members)
+            accel = self._accel.get(key)
+            if key.gpus and accel and members:
+                gpus[accel] = gpus.get(accel, 0.0) + key.gpus * len(members)
+        return cpus, gpus
+
+    # --- claim / evict -------------------------------------------------------------------------
+
+    def claim(self, config: SpawnConfig) -> tuple[Any, str | None] | None:
+        """Pop an idle member whose resources match ``config`` exactly: (handle, accelerator type)."""
+        members = self._idle.get(PoolKey.of(config))
+        if not members:
+            return None
+        member = members.pop()  # synchronous: no other coroutine can take the same member
+        self.claimed += 1
+        self.wake()
+        return member.handle, member.accelerator_type
+
+    async def evict(self, cpus: float, gpus: int = 0) -> int:
+        """Kill idle members until they freed ``cpus`` CPUs and ``gpus`` GPUs (or none are left)."""
+        freed_cpus, freed_gpus, count = 0.0, 0, 0
+        for key in sorted(self._idle, key=lambda k: (k.gpus > 0) != (gpus > 0)):
+            members = self._idle[key]
+            while members and (freed_cpus < cpus or freed_gpus < gpus):
+                member = members.pop()
+                _kill(member.handle)
+                freed_cpus += key.cpus
+                freed_gpus += key.gpus
+                count += 1
+        if count:
+            self._paused_until = time.monotonic() + EVICT_PAUSE_S
+            log.info("cluster %s: evicted %d warm-pool member(s) to make room", self.name, count)
+        return count
+
+    # --- refill --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the refill task on the running loop (idempotent; nothing when no pool is set)."""
+        if not self.enabled or self._closed or (self._task is not None and not self._task.done()):
+            return
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._refill_loop(), name=f"warm-pool-{self.name}")
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def wait_full(self, timeout_s: float) -> int:
+        """Wait (bounded) until every pool is full; return the idle count then."""
+        self.start()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(len(self._idle[k]) < n for k, n in self.sizes.items()):
+            await asyncio.sleep(0.05)
+        return self.idle_count
+
+    async def _refill_loop(self) -> None:
+        assert self._wake is not None
+        while not self._closed:
+            self._wake.clear()
+            try:
+                await self._refill_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the loop must not die: retry later
+                log.warning("cluster %s: warm-pool refill failed: %s", self.name, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), REFILL_RETRY_S)
+
+    async def _refill_once(self) -> None:
+        if time.monotonic() < self._paused_until:
+            return
+        short = {k: n - len(self._idle[k]) for k, n in self.sizes.items() if len(self._idle[k]) < n}
+        if not short:
+            return
+        total, free = await asyncio.to_thread(_resources)
+        starts: list[tuple[PoolKey, str | None]] = []
+        for key, missing in short.items():
+            accel = self._resolve(key, total)
+            if key.gpu_type is not None and accel is None:
+                continue  # the cluster has no such GPU type: nothing to pre-start
+            for _ in range(missing):
+                if not _take(free, key, accel):
+                    break
+                starts.append((key, accel))
+        members = await asyncio.gather(*(self._start_member(k, a) for k, a in starts))
+        for member in members:
+            if member is None:
+                continue
+            if self._closed:
+                _kill(member.handle)
+            else:
+                self._idle[member.key].append(member)
+
+    def _resolve(self, key: PoolKey, total: dict[str, float]) -> str | None:
+        if key.gpu_type is None:
+            return None
+        if key not in self._accel:
+            advertised = [k[len(GPU_TYPE_PREFIX):] for k in total if k.startswith(GPU_TYPE_PREFIX)]
+            match = next((a for a in sorted(advertised) if normalise_gpu_type(a) == key.gpu_type), None)
+            if match is None:
+                log.warning("cluster %s: no GPU type %s here; its warm pool stays empty", self.name, key.gpu_type)
+            self._accel[key] = match
+        return self._accel[key]
+
+    async def _start_member(self, key: PoolKey, accel: str | None) -> _Member | None:
+        config = SpawnConfig(cpus=key.cpus, requires_gpu=key.gpus > 0, gpu_count=max(1, key.gpus),
+                             gpu_type=accel)
+        placeholder = Agent(id=f"warm-{new_agent_id()}", config=config)
+        handle = create_agent_actor(placeholder, self._workdir_root, accelerator_type=accel,
+                                    limits=self._limits, pooled=True)
+        try:
+            await asyncio.wait_for(handle.ready.remote(), self._ready_timeout_s)
+        except BaseException as exc:
+            _kill(handle)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            log.warning("cluster %s: a warm-pool member did not start: %s", self.name, exc)
+            return None
+        return _Member(handle, key, accel)
+
+    async def close(self) -> None:
+        """Stop refilling and kill every idle member."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        for members in self._idle.values():
+            while members:
+                _kill(members.pop().handle)
+
+
+def _resources() -> tuple[dict[str, float], dict[str, float]]:
+    return ray.cluster_resources(), ray.available_resources()  # type: ignore[no-untyped-call]
+
+
+def _take(free: dict[str, float], key: PoolKey, accel: str | None) -> bool:
+    """Reserve ``key``'s resources in ``free`` (a local copy) when they fit."""
+    need = {"CPU": key.cpus}
+    if key.gpus:
+        need["GPU"] = float(key.gpus)
+    if accel:
+        need[GPU_TYPE_PREFIX + accel] = 0.001
+    if any(free.get(name, 0.0) + 1e-9 < amount for name, amount in need.items()):
+        return False
+    for name, amount in need.items():
+        free[name] = free.get(name, 0.0) - amount
+    return True
+
+
+def _kill(handle: Any) -> None:
+    with contextlib.suppress(Exception):
+        ray.kill(handle, no_restart=True)
+
+
+__all__ = ["PoolKey", "WarmPool", "normalise_gpu_type", "pool_sizes"]
