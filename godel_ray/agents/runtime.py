@@ -32,7 +32,7 @@ import ray.exceptions as rex
 
 from godel_ray import settings
 from godel_ray.agents import snapshot as snap
-from godel_ray.agents.actor import create_agent_actor
+from godel_ray.agents.actor import GPU_TYPE_RESOURCE_UNITS, create_agent_actor
 from godel_ray.agents.pool import WarmPool, normalise_gpu_type, pool_sizes
 from godel_ray.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.control import rayapi
@@ -439,13 +439,16 @@ class AgentRuntime:
             name=self.name, region=self.region, cost_per_hour=self.cost_per_hour,
             max_agents=self.max_agents, active_agents=active,
             available_agents=max(0, self.max_agents - active), gpu_types=types,
-            free_gpus={t: min(free_gpu, free.get(GPU_TYPE_PREFIX + t, 0.0)) for t in types},
+            free_gpus={t: min(free_gpu, free.get(GPU_TYPE_PREFIX + t, 0.0)
+                              + pool_gpus.get(t, 0.0) * GPU_TYPE_RESOURCE_UNITS) for t in types},
             total_gpus=total.get("GPU", 0.0), total_cpus=total.get("CPU", 0.0),
             free_cpus=min(total.get("CPU", 0.0), free.get("CPU", 0.0) + pool_cpus),
             warm_pool=self.pool.idle_count, version=settings.VERSION)
 
     async def events(self, since_seq: int = 0) -> AsyncIterator[FederationEvent]:
-        seq = since_seq
+        # A cursor past our last event comes from an earlier life of this site (its log restarts at 1
+        # with the process): replay everything rather than skip events until the numbers catch up.
+        seq = since_seq if since_seq <= self._log.last_seq else 0
         while True:
             for event in await self._log.wait_since(seq, EVENT_WAIT_S):
                 seq = event.seq

@@ -211,7 +211,7 @@ class ClusterActor:
         while True:
             try:
                 async for event in self.client.events(self.site_seq):
-                    self.site_seq = max(self.site_seq, event.seq)
+                    self.site_seq = event.seq  # in order; may drop after a site restart
                     self.buffer.append(event.model_copy(update={"cluster_id": self.cluster.id}))
             except asyncio.CancelledError:
                 raise

@@ -207,8 +207,13 @@ class GrpcClusterClient:
             call = self._stub().StreamEvents(requests(), metadata=self._metadata)
             try:
                 with rpc_errors(self._name, self._tls):
+                    start = last_seq
                     async for message in call:
                         failures = 0
+                        if message.seq <= start:
+                            # The site answers only seq > since_seq, unless it restarted and its
+                            # log began again at 1: follow the new numbering.
+                            last_seq = 0
                         if message.seq <= last_seq:
                             continue  # already delivered before a reconnect
                         last_seq = message.seq

@@ -1,0 +1,284 @@
+"""``MigrationExecutor``: the shell that carries out ``MigrationMachine``'s actions for the balancer.
+
+The machine (``godel_ray.core.migration``) decides; this class performs each action against the
+source and target ClusterActors, reports the outcome back, and persists the ``Migration`` record
+and a ``migration.<phase>`` event after every step. What each action does here:
+
+    Freeze + Export  source ``export(agent_id, epoch=epoch_from, freeze=True)``: one call; the
+                     snapshot travels BY VALUE to the balancer (Freeze is reported when it returns,
+                     Export right after with the bytes)
+    Transfer         ``ray.put`` of the snapshot (agent at ``epoch_to``) in the balancer: the
+                     balancer owns the object-store copy, so the source's death cannot take it along
+    Import           target ``import_(ref)``: Ray resolves the ObjectRef on the target's side
+    Verify           target ``status``: same id, ``epoch_to``, running
+    Commit           the agent row with the target cluster and ``epoch_to``: THE commit point
+    KillSource       source ``kill(epoch=epoch_from, reason=migrated)``: its waiting commands fail
+                     with ``AgentMoved`` and the proxy retries them at the new location
+    Resume           rollback: source ``resume``
+    DeleteTarget     rollback: target ``kill(epoch=epoch_to)`` (no copy there counts as done)
+
+The cooldown is recorded on every attempt that passed validation (state store ``meta``).
+``downtime_s`` is measured from the freeze request to the commit: an upper bound, since it also
+counts the wait for a command that was running when the freeze came.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from godel_ray.cluster_client import KILL_REASON_MIGRATED
+from godel_ray.control.store import StateStore
+from godel_ray.core.migration import (
+    Action,
+    Commit,
+    DeleteTarget,
+    Event,
+    Export,
+    Finish,
+    Freeze,
+    Import,
+    KillSource,
+    MigrationMachine,
+    Resume,
+    StepFailed,
+    StepSucceeded,
+    Transfer,
+    Verify,
+    validate_migration,
+)
+from godel_ray.core.placement import ClusterView
+from godel_ray.errors import AgentNotFound, ClusterNotFound, GodelError, StaleEpoch
+from godel_ray.models import Agent, AgentSnapshot, AgentStatus, EventKind, Migration, MigrationPhase
+
+log = logging.getLogger(__name__)
+
+MIGRATION_COOLDOWN_S = 30.0  # between two attempts to move the same agent
+EXPORT_TIMEOUT_S = 600.0  # freeze waits for the running command, then the workdir is packed
+IMPORT_TIMEOUT_S = 600.0  # a new actor may need a fresh worker process, then the workdir is unpacked
+STEP_TIMEOUT_S = 30.0  # verify, kill, resume
+COOLDOWN_KEY = "migration_attempt:"
+
+# call(cluster_id, method, *args, timeout_s=..., **kwargs): a ClusterActor call, errors as GodelErrors
+ClusterCall = Callable[..., Awaitable[Any]]
+# emit(kind, type, cluster_id, agent_id, **data): append to the merged event log
+Emit = Callable[..., None]
+
+
+def _ray_put(value: object) -> Any:
+    import ray
+
+    from godel_ray.control import rayapi
+
+    with rayapi.mapped("object store"):
+        return ray.put(value)
+
+
+class MigrationExecutor:
+    """Runs migrations for the balancer (the single writer of the state store).
+
+    Invariants: at most one migration per agent at a time (``in_progress``); the record is
+    persisted after every step, so ``migrations()`` shows the live phase; the agent row changes
+    cluster only at Commit; the snapshot's object-store copy is owned by this process.
+    """
+
+    def __init__(self, store: StateStore, call: ClusterCall, emit: Emit, *,
+                 cooldown_s: float = MIGRATION_COOLDOWN_S, clock: Callable[[], float] = time.time,
+                 put: Callable[[object], Any] = _ray_put, local_id: str = "local") -> None:
+        self.store = store
+        self._call = call
+        self._emit = emit
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self._put = put
+        self._local_id = local_id
+        self.in_progress: set[str] = set()
+        self._tasks: dict[str, asyncio.Task[Migration]] = {}
+
+    # --- validation and start ---------------------------------------------------------------
+
+    def last_attempt_at(self, agent_id: str) -> float | None:
+        value = self.store.meta(COOLDOWN_KEY + agent_id)
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def validate(self, agent: Agent | None, source: ClusterView | None, target: ClusterView | None,
+                 target_id: str) -> None:
+        """Refuse a move that must not start (unknown agent or cluster, same cluster, no capacity
+        or GPU type on the target, cooldown with the time left, already migrating)."""
+        if agent is not None and source is None:
+            raise ClusterNotFound(f"agent {agent.id}'s cluster {agent.cluster_id!r} is no longer registered",
+                                  agent_id=agent.id, cluster_id=agent.cluster_id)
+        source_view = source if source is not None else target
+        if source_view is None:  # unknown agent and unknown target: validate_migration names the agent
+            raise AgentNotFound("agent not found: nothing to migrate (swarmctl agent list shows known agents)")
+        validate_migration(agent, source_view, target, target_id=target_id,
+                           last_attempt_at=self.last_attempt_at(agent.id) if agent else None,
+                           cooldown_s=self.cooldown_s, now=self._clock(),
+                           in_progress=agent is not None and agent.id in self.in_progress,
+                           local_id=self._local_id)
+
+    def begin(self, agent: Agent, target_id: str, *, reason: str = "manual") -> Migration:
+        """Record the attempt (cooldown starts now), the Migration, and mark the agent migrating."""
+        now = self._clock()
+        self.in_progress.add(agent.id)
+        self.store.put_meta(COOLDOWN_KEY + agent.id, now)
+        migration = Migration(agent_id=agent.id, source=agent.cluster_id, target=target_id,
+                              epoch_from=agent.epoch, epoch_to=agent.epoch + 1, reason=reason, started_at=now)
+        self.store.put_migration(migration)
+        self.store.put_agent(agent.model_copy(update={"status": AgentStatus.MIGRATING,
+                                                      "status_reason": f"migrating to {target_id}"}))
+        self._emit(EventKind.MIGRATION, "migration.started", agent.cluster_id, agent.id,
+                   migration_id=migration.id, source=migration.source, target=target_id)
+        return migration
+
+    def start(self, migration: Migration, previous: Agent) -> asyncio.Task[Migration]:
+        """Run ``migration`` in the background; the task is kept until it ends."""
+        task = asyncio.create_task(self.run(migration, previous), name=f"migration-{migration.id}")
+        self._tasks[migration.id] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(migration.id, None))
+        return task
+
+    # --- the shell loop ---------------------------------------------------------------------
+
+    async def run(self, migration: Migration, previous: Agent) -> Migration:
+        """Carry the migration to COMPLETED or ROLLED_BACK. ``previous`` is the agent row before
+        ``begin`` (restored on rollback). Never raises for a failed step: the record says why."""
+        state = _Run(previous=previous)
+        machine = MigrationMachine(migration, self._clock())
+        try:
+            actions = machine.start(self._clock())
+            self._persist(machine)
+            while actions:
+                action = actions.pop(0)
+                if isinstance(action, Finish):
+                    self._finish(machine, action.outcome, state)
+                    break
+                event = await self._execute(action, machine.migration, state)
+                actions.extend(machine.handle(event, self._clock()))
+                self._persist(machine)
+        except BaseException as exc:
+            # A bug or a cancellation mid-protocol: leave the record truthful, never a silent loss.
+            if not machine.done:
+                machine.migration.error = f"{machine.migration.error}; aborted: {exc!r}".lstrip("; ")
+                if not machine.committed:
+                    self._restore_row(state.previous)
+                self.store.put_migration(machine.migration)
+            raise
+        finally:
+            self.in_progress.discard(migration.agent_id)
+        return machine.migration
+
+    async def _execute(self, action: Action, m: Migration, state: _Run) -> Event:
+        try:
+            bytes_moved = await self._perform(action, m, state)
+        except (GodelError, OSError, ValueError) as exc:
+            log.warning("migration %s: %s failed: %s", m.id, action.step, exc)
+            return StepFailed(action.step, f"{type(exc).__name__}: {exc}"[:500])
+        return StepSucceeded(action.step, bytes_moved)
+
+    async def _perform(self, action: Action, m: Migration, state: _Run) -> int:
+        """Do ``action``; return the bytes it moved (0 when none). Raise to report a failure."""
+        if isinstance(action, Freeze):
+            state.snapshot = await self._call(action.cluster_id, "export", action.agent_id, epoch=m.epoch_from,
+                                              freeze=True, timeout_s=EXPORT_TIMEOUT_S)
+            return 0
+        if isinstance(action, Export):
+            if state.snapshot is None:
+                raise ValueError("no snapshot came back from the source")
+            return state.snapshot.size_bytes
+        if isinstance(action, Transfer):
+            snapshot = state.snapshot
+            if snapshot is None:
+                raise ValueError("no snapshot to transfer")
+            moved = snapshot.model_copy(update={"agent": snapshot.agent.model_copy(
+                update={"epoch": m.epoch_to, "cluster_id": m.target})})
+            state.ref = await asyncio.to_thread(self._put, moved)
+            state.snapshot, state.size = None, snapshot.size_bytes  # the object store holds it now
+            return state.size
+        if isinstance(action, Import):
+            await self._call(action.cluster_id, "import_", state.ref, timeout_s=IMPORT_TIMEOUT_S)
+            state.ref = None  # nothing needs the object any more: let Ray free it
+            return state.size
+        if isinstance(action, Verify):
+            there: Agent = await self._call(action.cluster_id, "status", action.agent_id, timeout_s=STEP_TIMEOUT_S)
+            if (there.id, there.epoch, there.status) != (action.agent_id, action.epoch_to, AgentStatus.RUNNING):
+                raise ValueError(f"the imported copy answers id={there.id} epoch={there.epoch} "
+                                 f"status={there.status.value}, expected epoch {action.epoch_to} running")
+            state.verified = there
+            return 0
+        if isinstance(action, Commit):
+            self._commit(action, state)
+            return 0
+        if isinstance(action, KillSource):
+            await self._call(action.cluster_id, "kill", action.agent_id, epoch=action.epoch_from,
+                             reason=KILL_REASON_MIGRATED, timeout_s=STEP_TIMEOUT_S)
+            return 0
+        if isinstance(action, Resume):
+            await self._call(action.cluster_id, "resume", action.agent_id, epoch=m.epoch_from,
+                             timeout_s=STEP_TIMEOUT_S)
+            return 0
+        if isinstance(action, DeleteTarget):
+            try:
+                await self._call(action.cluster_id, "kill", action.agent_id, epoch=action.epoch_to,
+                                 reason="migration rolled back", timeout_s=STEP_TIMEOUT_S)
+            except (AgentNotFound, StaleEpoch):
+                pass  # no partial copy at epoch_to there: nothing to delete
+            return 0
+        raise ValueError(f"unknown migration action {action!r}")
+
+    def _commit(self, action: Commit, state: _Run) -> None:
+        """THE commit point: the agent row now names the target and ``epoch_to``."""
+        there = state.verified
+        row = state.previous.model_copy(update={
+            "cluster_id": action.cluster_id, "epoch": action.epoch_to, "status": AgentStatus.RUNNING,
+            "status_reason": "", "node_id": there.node_id if there else "",
+            "gpu_ids": list(there.gpu_ids) if there else []})
+        self.store.put_agent(row)
+
+    def _restore_row(self, previous: Agent) -> None:
+        current = self.store.agent(previous.id)
+        if current is not None and current.cluster_id == previous.cluster_id and current.status is AgentStatus.MIGRATING:
+            self.store.put_agent(previous)
+
+    def _persist(self, machine: MigrationMachine) -> None:
+        m = machine.migration
+        self.store.put_migration(m)
+        stamp = m.phases[-1]
+        cluster = m.target if machine.committed else m.source
+        data = {"migration_id": m.id, "source": m.source, "target": m.target, "bytes": str(m.bytes_moved)}
+        if m.error:
+            data["error"] = m.error[:300]
+        self._emit(EventKind.MIGRATION, f"migration.{stamp.phase.value}", cluster, m.agent_id, **data)
+
+    def _finish(self, machine: MigrationMachine, outcome: MigrationPhase, state: _Run) -> None:
+        m = machine.migration
+        committed_at = next((s.at for s in m.phases if s.phase is MigrationPhase.CLEANING_UP), None)
+        freeze_at = next((s.at for s in m.phases if s.phase is MigrationPhase.FREEZING), None)
+        if committed_at is not None and freeze_at is not None:
+            m.downtime_s = max(0.0, committed_at - freeze_at)
+        if outcome is MigrationPhase.ROLLED_BACK:
+            self._restore_row(state.previous)
+        self.store.put_migration(m)
+        log.info("migration %s of %s %s -> %s: %s (%d bytes, downtime %s s)%s", m.id, m.agent_id, m.source,
+                 m.target, outcome.value, m.bytes_moved, m.downtime_s, f": {m.error}" if m.error else "")
+
+    async def close(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+
+
+class _Run:
+    """What one migration carries between its steps."""
+
+    def __init__(self, previous: Agent) -> None:
+        self.previous = previous
+        self.snapshot: AgentSnapshot | None = None
+        self.ref: Any = None
+        self.size = 0
+        self.verified: Agent | None = None
+
+
+__all__ = ["COOLDOWN_KEY", "MIGRATION_COOLDOWN_S", "MigrationExecutor"]
