@@ -78,7 +78,7 @@ def _record(what: str, method: str, value: float, tags: dict[str, str]) -> None:
         metrics = _get()
         if metrics is not None:
             getattr(metrics[what], method)(value, tags=tags)
-    except Exception as exc:  # metrics must never break the operation they describe
+    except Exception as exc:  # noqa: BLE001 -- metrics must never break the operation they describe
         if what not in _warned:
             _warned.add(what)
             log.warning("metric %s not recorded (%s: %s); further failures are silent", what,

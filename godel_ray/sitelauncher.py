@@ -67,7 +67,13 @@ class SiteProcess:
 
 def start_site(tmp_dir: Path, name: str, *, num_cpus: float = 4, num_gpus: int = 0,
                gpu_type: str | None = None, extra: list[str] | None = None,
-               token: str | None = None, port: int = 0) -> SiteProcess:
+               token: str | None = None, port: int = 0, host: str | None = None,
+               prefix_cmd: list[str] | None = None) -> SiteProcess:
+    """Start ``swarmctl site serve`` and wait for its ``listening on`` line.
+
+    ``host`` binds a non-loopback address (with ``--insecure``: tests only); ``prefix_cmd`` runs the
+    server under a wrapper, e.g. ``["ip", "netns", "exec", NS]`` to put it in a network namespace.
+    """
     tmp_dir.mkdir(parents=True, exist_ok=True)
     token_file = tmp_dir / f"{name}.token"
     token = write_token(token_file, token)
@@ -76,7 +82,10 @@ def start_site(tmp_dir: Path, name: str, *, num_cpus: float = 4, num_gpus: int =
             "--num-gpus", str(num_gpus)]
     if gpu_type:
         args += ["--gpu-type", gpu_type]
+    if host:
+        args += ["--host", host, "--insecure"]
     args += extra or []
+    args = [*(prefix_cmd or []), *args]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
         env.pop(key, None)

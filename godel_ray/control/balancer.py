@@ -17,8 +17,12 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from godel_ray import metrics
+from godel_ray.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.control import factory, rayapi
 from godel_ray.control.cluster_actor import LOCAL_WORKDIR, make_client, site_cursor_key
+from godel_ray.control.failover import Failover
+from godel_ray.control.migrator import MigrationExecutor, cooldown_from_env
 from godel_ray.control.store import CheckpointRecord, StateStore
 from godel_ray.core.endpoint import parse_endpoint
 from godel_ray.core.placement import ClusterView, no_placement_message, place
@@ -61,6 +65,8 @@ CONTROL_LOOP_INTERVAL_S = 1.0
 CONTROL_CALL_TIMEOUT_S = 5.0  # one health/drain call to a ClusterActor
 PROBE_TIMEOUT_S = 10.0  # registration's reachability check
 RECONCILE_TIMEOUT_S = 30.0  # one cluster's ListAgents at startup
+ORPHAN_SWEEP_INTERVAL_S = 5.0  # how often every cluster's agents are checked against the table
+ORPHAN_REASON = "orphan: its spawn was never acknowledged (the balancer restarted mid-spawn)"
 SPAWN_TIMEOUT_S = 180.0  # a new agent actor may need a fresh worker process
 CLEANUP_TIMEOUT_S = 10.0  # best-effort kill of a half-spawned agent
 CHECKPOINT_DIR = "checkpoints"
@@ -128,6 +134,8 @@ class MultiClusterLoadBalancer:
         self._cursors: dict[str, int] = {}  # per cluster: last ClusterActor buffer seq drained
         self._reserved: dict[str, int] = {}  # spawns in flight, per cluster (counted by placement)
         self._inflight_keys: dict[str, asyncio.Future[Agent]] = {}
+        self._spawning: set[str] = set()  # agent ids this balancer is creating now: not orphans
+        self._last_sweep = time.monotonic()
         self._ready: asyncio.Task[None] | None = None
         self._loop_task: asyncio.Task[None] | None = None
         if self.store.cluster(LOCAL_ID) is None:
@@ -136,6 +144,11 @@ class MultiClusterLoadBalancer:
         for cluster in self.store.clusters():
             self._actors[cluster.id] = factory.cluster_actor(cluster, str(self.state_dir))
             self._cursors[cluster.id] = self.store.meta_int(f"buffer_seq:{cluster.id}")
+        self.migrator = MigrationExecutor(self.store, self._call, self._emit, cooldown_s=cooldown_from_env(),
+                                          local_id=LOCAL_ID)
+        self.failover = Failover(self.store, self.state_dir, self._call, self._emit, views=self._views,
+                                 health=self._health.get, busy=lambda: set(self.migrator.in_progress),
+                                 local_id=LOCAL_ID)
 
     @staticmethod
     def _local_max_agents() -> int:
@@ -157,6 +170,10 @@ class MultiClusterLoadBalancer:
     async def _startup(self) -> None:
         await asyncio.gather(*(self._start_actor(cid) for cid in list(self._actors)))
         await asyncio.gather(*(self._reconcile(c) for c in self.store.clusters()))
+        try:
+            await self.migrator.recover_unfinished()
+        except Exception:
+            log.exception("recovering unfinished migrations failed; carrying on")
         self._loop_task = asyncio.create_task(self._control_loop())
 
     async def _start_actor(self, cluster_id: str) -> None:
@@ -199,10 +216,44 @@ class MultiClusterLoadBalancer:
                 await self._restore(agent)
             else:
                 self._mark_failed(agent, f"not found on cluster {cluster.id} after restart")
+        await self._remove_orphans(cluster.id, list(present.values()))
+
+    async def _remove_orphans(self, cluster_id: str, present: list[Agent]) -> None:
+        """Kill live agents ``cluster_id`` hosts that the table does not know.
+
+        Only a spawn the balancer died in the middle of leaves such an agent: its row was never
+        written, so its spawn was never acknowledged, and nobody holds its id. Adopting it would
+        hand out an agent nobody asked for; killing it is the safe rule. Spawns in flight in this
+        balancer (``_spawning``) are not orphans.
+        """
+        for there in present:
+            if there.status.is_final or there.id in self._spawning or self.store.agent(there.id) is not None:
+                continue
+            try:
+                await self._call(cluster_id, "kill", there.id, reason=ORPHAN_REASON, timeout_s=CLEANUP_TIMEOUT_S)
+            except AgentNotFound:
+                pass
+            except GodelError as exc:
+                log.warning("cluster %s: orphan agent %s not removed yet: %s", cluster_id, there.id, exc)
+                continue
+            self._emit(EventKind.AGENT, "agent.orphan_removed", cluster_id, there.id, reason=ORPHAN_REASON)
+            log.warning("cluster %s: killed orphan agent %s (%s)", cluster_id, there.id, ORPHAN_REASON)
+
+    async def _sweep_orphans(self, cluster_id: str) -> None:
+        try:
+            present: list[Agent] = await self._call(cluster_id, "list_agents", timeout_s=CONTROL_CALL_TIMEOUT_S)
+        except GodelError as exc:
+            log.info("cluster %s: orphan sweep skipped: %s", cluster_id, exc)
+            return
+        if cluster_id in self._actors:
+            await self._remove_orphans(cluster_id, present)
 
     def _update_from_site(self, agent: Agent, there: Agent) -> Agent:
         if there.epoch < agent.epoch:
             return agent  # a stale copy: the table's location is newer
+        current = self.store.agent(agent.id)
+        if current is not None and (current.cluster_id, current.epoch) != (agent.cluster_id, agent.epoch):
+            return current  # moved (migration commit, failover) while we asked the old location
         updated = agent.model_copy(update={
             "status": there.status, "status_reason": there.status_reason, "epoch": there.epoch,
             "started_at": there.started_at, "finished_at": there.finished_at, "node_id": there.node_id,
@@ -277,7 +328,12 @@ class MultiClusterLoadBalancer:
         while True:
             started = time.monotonic()
             try:
-                await asyncio.gather(*(self._poll_cluster(cid) for cid in list(self._actors)))
+                polls = [self._poll_cluster(cid) for cid in list(self._actors)]
+                if started - self._last_sweep >= ORPHAN_SWEEP_INTERVAL_S:
+                    self._last_sweep = started
+                    polls += [self._sweep_orphans(cid) for cid in list(self._actors)]
+                await asyncio.gather(*polls)
+                await self.failover.tick()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -314,6 +370,8 @@ class MultiClusterLoadBalancer:
         agent = self.store.agent(event.agent_id)
         if agent is None or agent.cluster_id != cluster_id or agent.status.is_final:
             return  # unknown, or an event from a copy that moved away
+        if event.data.get("reason") == KILL_REASON_MIGRATED:
+            return  # the end of a copy that moved away (it may have moved back here since)
         epoch = event.data.get("epoch")
         if epoch and epoch.isdigit() and int(epoch) < agent.epoch:
             return
@@ -532,6 +590,7 @@ class MultiClusterLoadBalancer:
         agent_id = new_agent_id()
         decision = decision.model_copy(update={"agent_id": agent_id})
         self._reserved[chosen] = self._reserved.get(chosen, 0) + 1
+        self._spawning.add(agent_id)
         try:
             try:
                 spawned: tuple[Agent, bool] = await self._call(
@@ -544,7 +603,9 @@ class MultiClusterLoadBalancer:
             self.store.put_spawn(agent, decision, key)
         finally:
             self._reserved[chosen] -= 1
+            self._spawning.discard(agent_id)
         self._emit(EventKind.AGENT, "agent.placed", chosen, agent.id, rule=decision.rule)
+        metrics.record_placement(chosen, decision.rule)
         return agent
 
     async def _cleanup_half_spawn(self, cluster_id: str, agent_id: str) -> None:
@@ -632,12 +693,20 @@ class MultiClusterLoadBalancer:
         return self.store.events(since_seq, limit)
 
     async def migrate(self, agent_id: str, target: str, wait: bool = True) -> Migration:
-        """Seam for the migration orchestrator (godel_ray.core.migration); not wired in yet."""
+        """Move a live agent to ``target`` (``godel_ray.control.migrator``): exactly once, rolled back
+        on any failure before the commit. ``wait=False`` returns the record as started; poll
+        ``migrations``. Refusals (unknown agent or cluster, same cluster, no capacity, cooldown,
+        already migrating) raise before anything happens."""
         await self._ensure_ready()
-        self._agent(agent_id)
-        self._cluster(target)
-        raise FailedPrecondition("not yet: live migration is not wired into the balancer in this build",
-                                 agent_id=agent_id, cluster_id=target)
+        agent = self.store.agent(agent_id)
+        views = {v.cluster.id: v for v in self._views()}
+        self.migrator.validate(agent, views.get(agent.cluster_id) if agent else None, views.get(target), target)
+        assert agent is not None  # validate refused an unknown agent
+        migration = self.migrator.begin(agent, target)
+        task = self.migrator.start(migration, agent)
+        if not wait:
+            return migration.model_copy(deep=True)
+        return await asyncio.shield(task)
 
     async def migrations(self, agent_id: str | None = None) -> list[Migration]:
         await self._ensure_ready()

@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from godel_ray import metrics
 from godel_ray.cluster_client import ClusterClient, collect
 from godel_ray.core.events import EventLog
 from godel_ray.core.health import HealthTracker
@@ -174,10 +175,12 @@ class ClusterActor:
             after = self.tracker.on_failure(f"{type(exc).__name__}: {exc}"[:500], time.time())
         else:
             rtt_ms = (time.monotonic() - started) * 1000.0
+            metrics.set_heartbeat_rtt(self.cluster.id, rtt_ms)
             before = self.tracker.state.status
             after = self.tracker.on_success(rtt_ms, capacity, time.time())
         if after is not None and after != before:
             self._emit_status(before, after)
+        metrics.set_cluster_status(self.cluster.id, self.tracker.state.status)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -256,7 +259,9 @@ class ClusterActor:
     async def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None,
                    epoch: int = 0) -> ExecResult:
         """The whole command in one actor call (the proxy's ``exec``: one round trip, not one per chunk)."""
+        started = time.monotonic()
         chunks = [c async for c in self.client.exec_stream(agent_id, command, timeout_s=timeout_s, epoch=epoch)]
+        metrics.observe_exec_latency(self.cluster.id, time.monotonic() - started)
         return collect(chunks)
 
     async def status(self, agent_id: str) -> Agent:

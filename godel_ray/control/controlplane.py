@@ -57,7 +57,8 @@ def env_for_clients(state_dir: str | os.PathLike[str] | None = None) -> dict[str
     head = read_head(state_dir)
     if head is None:
         raise ControlPlaneNotRunning(f"no control plane at {_dir(state_dir)}: run `swarmctl up` first")
-    return head.env()
+    # `ray job submit` reads the job server (the dashboard) from RAY_API_SERVER_ADDRESS before RAY_ADDRESS.
+    return {**head.env(), **({"RAY_API_SERVER_ADDRESS": head.dashboard_url} if head.dashboard_url else {})}
 
 
 def _write_private(path: Path, text: str) -> None:

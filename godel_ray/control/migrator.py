@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from godel_ray import metrics
 from godel_ray.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.control.store import StateStore
 from godel_ray.core.migration import (
@@ -66,6 +68,20 @@ COOLDOWN_KEY = "migration_attempt:"
 ClusterCall = Callable[..., Awaitable[Any]]
 # emit(kind, type, cluster_id, agent_id, **data): append to the merged event log
 Emit = Callable[..., None]
+
+
+COOLDOWN_ENV = "GODEL_MIGRATION_COOLDOWN_S"
+
+
+def cooldown_from_env(default_s: float = MIGRATION_COOLDOWN_S) -> float:
+    """The cooldown between two migrations of one agent: ``$GODEL_MIGRATION_COOLDOWN_S`` or 30 s."""
+    raw = os.environ.get(COOLDOWN_ENV, "")
+    try:
+        value = float(raw) if raw else default_s
+    except ValueError:
+        log.warning("%s=%r is not a number of seconds; using %g", COOLDOWN_ENV, raw, default_s)
+        return default_s
+    return max(0.0, value)
 
 
 def _ray_put(value: object) -> Any:
@@ -146,10 +162,32 @@ class MigrationExecutor:
     async def run(self, migration: Migration, previous: Agent) -> Migration:
         """Carry the migration to COMPLETED or ROLLED_BACK. ``previous`` is the agent row before
         ``begin`` (restored on rollback). Never raises for a failed step: the record says why."""
-        state = _Run(previous=previous)
         machine = MigrationMachine(migration, self._clock())
+        self.in_progress.add(migration.agent_id)
+        return await self._drive(machine, machine.start(self._clock()), _Run(previous=previous))
+
+    async def recover_unfinished(self) -> list[Migration]:
+        """After a balancer restart: finish each persisted migration that had not ended, from its
+        phase (roll back before the commit point, clean up after it). Returns what it finished."""
+        out: list[Migration] = []
+        for migration in self.store.migrations():
+            if migration.finished_at is not None or migration.reason != "manual":
+                continue
+            row = self.store.agent(migration.agent_id)
+            if row is None:
+                continue
+            committed = (row.cluster_id, row.epoch) == (migration.target, migration.epoch_to)
+            previous = row if committed else row.model_copy(update={
+                "status": AgentStatus.RUNNING, "status_reason": "", "cluster_id": migration.source,
+                "epoch": migration.epoch_from})
+            machine = MigrationMachine(migration, self._clock())
+            self.in_progress.add(migration.agent_id)
+            actions = machine.recover(self._clock(), committed_in_store=committed)
+            out.append(await self._drive(machine, actions, _Run(previous=previous)))
+        return out
+
+    async def _drive(self, machine: MigrationMachine, actions: list[Action], state: _Run) -> Migration:
         try:
-            actions = machine.start(self._clock())
             self._persist(machine)
             while actions:
                 action = actions.pop(0)
@@ -168,7 +206,7 @@ class MigrationExecutor:
                 self.store.put_migration(machine.migration)
             raise
         finally:
-            self.in_progress.discard(migration.agent_id)
+            self.in_progress.discard(machine.migration.agent_id)
         return machine.migration
 
     async def _execute(self, action: Action, m: Migration, state: _Run) -> Event:
@@ -262,6 +300,7 @@ class MigrationExecutor:
         if outcome is MigrationPhase.ROLLED_BACK:
             self._restore_row(state.previous)
         self.store.put_migration(m)
+        metrics.record_migration(outcome.value, m.downtime_s)
         log.info("migration %s of %s %s -> %s: %s (%d bytes, downtime %s s)%s", m.id, m.agent_id, m.source,
                  m.target, outcome.value, m.bytes_moved, m.downtime_s, f": {m.error}" if m.error else "")
 
@@ -281,4 +320,4 @@ class _Run:
         self.verified: Agent | None = None
 
 
-__all__ = ["COOLDOWN_KEY", "MIGRATION_COOLDOWN_S", "MigrationExecutor"]
+__all__ = ["COOLDOWN_ENV", "COOLDOWN_KEY", "MIGRATION_COOLDOWN_S", "MigrationExecutor", "cooldown_from_env"]

@@ -12,6 +12,7 @@ regions, latency/cost caps, ``idempotency_key`` which travels in the request) an
 
 from __future__ import annotations
 
+from godel_ray.errors import InvalidArgument
 from godel_ray.models import (
     Agent,
     AgentStatus,
@@ -69,10 +70,15 @@ def agent_status_to_pb(status: AgentStatus | None) -> pb.AgentStatus:
 
 
 def agent_status_from_pb(value: int) -> AgentStatus | None:
-    """``UNSPECIFIED`` reads as ``None`` (e.g. "any status" in ListAgents)."""
+    """``UNSPECIFIED`` reads as ``None`` (e.g. "any status" in ListAgents); an unknown number (proto3
+    enums are open) is ``InvalidArgument``."""
     if value == pb.AGENT_STATUS_UNSPECIFIED:
         return None
-    return _AGENT_STATUS_FROM_PB[value]
+    status = _AGENT_STATUS_FROM_PB.get(value)
+    if status is None:
+        known = ", ".join(str(int(v)) for v in _AGENT_STATUS_TO_PB.values())
+        raise InvalidArgument(f"agent status {value} is unknown: use 0 (any) or one of {known}", field="status")
+    return status
 
 
 def restart_policy_from_pb(value: int) -> RestartPolicy:

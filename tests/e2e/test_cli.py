@@ -136,6 +136,10 @@ def test_registration_and_refusals(federation: Federation) -> None:
     assert "label" in cli.fails("agent", "spawn", "--label", "not-a-pair")
     assert cli.cluster_ids() == {"local", "cpu", "gpu"}, "a refused registration leaves nothing behind"
 
+    plan = cli.json("cluster", "plan", "--gpu-type", GPU_TYPE)
+    assert plan["chosen"] == "gpu" and {"local", "cpu"} <= set(plan["rejections"])
+    assert "gpu" in cli.ok("cluster", "plan", "--gpu-type", GPU_TYPE).stdout
+
 
 def test_placement_exec_and_filters(federation: Federation) -> None:
     cli = federation.cli
@@ -171,6 +175,19 @@ def test_placement_exec_and_filters(federation: Federation) -> None:
     assert len(by_model) == 1 and by_model[0]["model"] == "m-1" and by_model[0]["cluster_id"] == "cpu"
     status = cli.json("agent", "status", gpu_agent["id"])
     assert status["cluster_id"] == "gpu" and status["migrations"] == []
+
+
+def test_maintenance_and_guarded_removal(federation: Federation) -> None:
+    cli = federation.cli
+    assert cli.json("cluster", "maintenance", "cpu", "on")["health"]["status"] == "maintenance"
+    assert cli.health("cpu")["status"] == "maintenance"
+    assert "cpu" in cli.fails("agent", "spawn", "--cluster", "cpu")
+    cli.ok("cluster", "maintenance", "cpu", "off")
+    poll("cpu active after maintenance", lambda: cli.health("cpu")["status"] == "active")
+    pinned = cli.json("agent", "spawn", "--cluster", "cpu")
+    assert "--force" in cli.fails("cluster", "remove", "cpu"), "agents live there"
+    assert cli.json("agent", "kill", pinned["id"])["status"] == "terminated"
+    assert "cpu" in cli.cluster_ids()
 
 
 def test_site_death_and_return(federation: Federation, tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -257,3 +257,24 @@ def test_multi_line_messages_become_one_line(capsys: pytest.CaptureFixture[str])
     with pytest.raises(typer.Exit):
         render.fail("no cluster can take this agent (1 GPU):\n  cpu: no GPU\n  gpu: status offline\n", 7)
     assert capsys.readouterr().err == "error: no cluster can take this agent (1 GPU): cpu: no GPU; gpu: status offline\n"
+
+
+def test_read_only_commands_never_import_ray_or_grpc(tmp_path: Path) -> None:
+    """The light path: list/health/status read SQLite only (a fresh interpreter, a real state file)."""
+    import subprocess
+    import sys
+
+    from godel_ray.control.store import StateStore
+
+    StateStore.for_state_dir(tmp_path).close()
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from godel_cli.main import app\n"
+        f"for args in (['cluster', 'list'], ['cluster', 'health'], ['cluster', 'stats'], ['agent', 'list'],\n"
+        f"             ['events'], ['status'], ['agent', 'status', 'ag-none']):\n"
+        f"    r = CliRunner().invoke(app, [*args, '--state-dir', {str(tmp_path)!r}, '--json'])\n"
+        "    assert r.exit_code in (0, 3), (args, r.exit_code, r.output)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'grpc')))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout

@@ -1,0 +1,85 @@
+"""``python -m bench [--quick] [--json FILE] [--only exec,spawn,...]``: every figure next to its floor.
+
+Starts a federation on this machine (control plane + two sites), measures each figure and the raw
+Ray / gRPC / pipe floor it is compared with in the same run, prints the table, writes the JSON,
+and stops everything it started. A missed target is reported, never an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+import traceback
+from importlib import metadata
+
+from bench.stats import Row, render
+from bench.suite import BENCHES, Federation, Options, default_scale_n, workspace
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("ray", "grpcio", "godel-ray", "pydantic"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "?"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and 30 agents at scale")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON here")
+    parser.add_argument("--only", metavar="NAMES", help=f"comma-separated subset of: {','.join(BENCHES)}")
+    parser.add_argument("--scale", type=int, default=None, help="agents in the scale test (default 200, quick 30)")
+    args = parser.parse_args(argv)
+    names = list(BENCHES) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
+    scale_n, scale_note = default_scale_n(args.scale or (30 if args.quick else 200))
+    opt = Options(quick=args.quick, scale_n=scale_n)
+    notes = [scale_note] if scale_note and "scale" in names else []
+
+    root = workspace()
+    rows: list[Row] = []
+    started = time.monotonic()
+    print(f"bench: {', '.join(names)} ({'quick' if args.quick else 'full'}) on {os.cpu_count()} cores; "
+          "starting the control plane and two sites...", file=sys.stderr, flush=True)
+    fed = Federation(root)
+    try:
+        for name in names:
+            t0 = time.monotonic()
+            try:
+                rows += BENCHES[name](fed, opt)
+            except Exception as exc:  # noqa: BLE001 - one failing figure must not lose the others
+                traceback.print_exc()
+                notes.append(f"{name}: failed: {type(exc).__name__}: {str(exc)[:200]}")
+            print(f"bench: {name} done in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+    finally:
+        fed.close()
+        shutil.rmtree(root, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    print(f"\ngodel-ray bench, {date}, {os.cpu_count()} cores, {platform.machine()}, "
+          f"{'quick' if args.quick else 'full'} run in {elapsed:.0f} s")
+    print(render(rows))
+    for note in notes:
+        print(f"- {note}")
+    if args.json:
+        report = {"date": date, "cpu_count": os.cpu_count(), "machine": platform.machine(),
+                  "versions": _versions(), "quick": args.quick, "elapsed_s": elapsed,
+                  "rows": [r.to_json() for r in rows], "notes": notes}
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

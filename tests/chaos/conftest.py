@@ -1,0 +1,112 @@
+"""Chaos-suite fixtures: one control plane for the whole folder, fast health settings, polling helpers,
+and views of what each cluster really hosts (to check the agent table against reality).
+
+Every case says in its docstring what it proves. Nothing here sleeps a fixed time: ``wait_for`` polls
+with a deadline. Processes are stopped by their session ids, never by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from godel_ray.control import controlplane
+from godel_ray.errors import GodelError
+from godel_ray.models import Agent, Cluster, HealthSettings
+from godel_ray.proxy import TransparentClusterProxy, connect
+from godel_ray.sitelauncher import SiteProcess
+
+T = TypeVar("T")
+WAIT_S = 120.0
+POLL_S = 0.2
+# Fast health so that faults show within seconds: beat every 0.5 s, 1 s deadline per beat.
+FAST_HEALTH = HealthSettings(heartbeat_interval_s=0.5, heartbeat_timeout_s=1.0, degraded_after=2,
+                             offline_after=4, recover_after=3, grace_period_s=600.0)
+
+
+def wait_for(probe: Callable[[], T | None], what: str, timeout_s: float = WAIT_S) -> T:
+    """Poll ``probe`` until it returns a truthy value (a GodelError counts as not yet)."""
+    deadline = time.monotonic() + timeout_s
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+            if value:
+                return value
+        except GodelError as exc:
+            last = exc
+        time.sleep(POLL_S)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} (last error: {last})")
+
+
+@dataclass
+class ChaosPlane:
+    """The running control plane of the chaos folder; ``proxy`` is replaced after a restart."""
+
+    state_dir: Path
+    proxy: TransparentClusterProxy
+
+    def reconnect(self) -> TransparentClusterProxy:
+        self.proxy = connect(self.state_dir)
+        return self.proxy
+
+    def register(self, site: SiteProcess, health: HealthSettings = FAST_HEALTH, **extra: Any) -> None:
+        self.proxy.registry.register(Cluster(id=site.name, endpoint=site.endpoint, region="chaos",
+                                             auth_token_file=str(site.token_file), health=health, **extra))
+
+
+@pytest.fixture(scope="session")
+def chaos_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosPlane]:
+    """One control plane (4 CPUs, no warm pool: every live AgentActor is an agent) for the folder."""
+    os.environ["GODEL_LOCAL_WARM_POOL"] = "0"
+    state_dir = tmp_path_factory.mktemp("chaos-state")
+    controlplane.up(state_dir, num_cpus=4)
+    try:
+        yield ChaosPlane(state_dir=state_dir, proxy=connect(state_dir))
+    finally:
+        controlplane.down(state_dir)
+
+
+# --- what clusters really host -----------------------------------------------------------------------
+
+def site_agents(site: SiteProcess) -> list[Agent]:
+    """The site's own ``ListAgents`` (straight over gRPC, not through the control plane)."""
+    from godel_ray.rpc.client import GrpcClusterClient
+
+    async def listing() -> list[Agent]:
+        client = GrpcClusterClient(site.endpoint, token=site.token, cluster_id=site.name)
+        try:
+            return await client.list_agents()
+        finally:
+            await client.close()
+
+    return asyncio.run(listing())
+
+
+def local_agents() -> list[Agent]:
+    """The ``local`` runtime's own agent table (through its ClusterActor, not the balancer)."""
+    from godel_ray.control import factory, rayapi
+
+    agents: list[Agent] = rayapi.get(factory.cluster_actor_handle("local").list_agents.remote(),
+                                     timeout_s=30, what="cluster local")
+    return agents
+
+
+def live_agent_actors() -> int:
+    """How many ``AgentActor`` Ray actors are alive or starting on the control plane's own Ray cluster."""
+    import ray
+
+    actors = ray._private.state.actors()  # the GCS actor table directly: no dashboard round trip
+    return sum(1 for a in actors.values()
+               if a.get("ActorClassName", "").endswith("AgentActor") and a.get("State") != "DEAD")
+
+
+def live(agents: list[Agent]) -> list[Agent]:
+    return [a for a in agents if not a.status.is_final]

@@ -1,0 +1,213 @@
+"""Every wrong credential is refused, and a refused call changes nothing.
+
+Two real site processes (``swarmctl site serve``, each with its own Ray cluster), loopback only:
+``tls`` serves TLS with a test CA and token A; ``mtls`` requires a client certificate and token B.
+The refusals: no token, a wrong token, the other site's token (UNAUTHENTICATED), plaintext to a
+TLS site and a client without a certificate to an mTLS site ("TLS handshake refused"). After each,
+the site lists its agents with the right credentials: nothing was spawned. Last, the control
+plane's ``swarmctl cluster add`` with a wrong token fails and registers nothing, while the same
+command with the right token succeeds (so the refusal was about the token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from godel_ray import errors as E
+from godel_ray.control import controlplane
+from godel_ray.models import SpawnConfig
+from godel_ray.proxy import StateReader
+from godel_ray.rpc.client import GrpcClusterClient
+from godel_ray.sitelauncher import write_token
+from tests.integration.test_sites import Pki, _make_pki
+
+pytestmark = [pytest.mark.chaos, pytest.mark.ray]
+T = TypeVar("T")
+CALL_TIMEOUT_S = 60.0
+CLI_TIMEOUT_S = 120.0
+
+
+@dataclass
+class AuthSites:
+    tls: Any  # SiteProcess: TLS + token A
+    mtls: Any  # SiteProcess: mTLS + token B
+    pki: Pki
+
+    def client(self, site: Any, *, token: str | None = None, scheme: str = "grpcs", ca: bool = True,
+               cert: bool | None = None) -> GrpcClusterClient:
+        """A client for ``site``; by default with the right token, CA and (for mtls) certificate."""
+        cert = (site is self.mtls) if cert is None else cert
+        kw: dict[str, Any] = {}
+        if ca:
+            kw["tls_ca_file"] = str(self.pki.ca)
+        if cert:
+            kw["tls_cert_file"], kw["tls_key_file"] = str(self.pki.client_cert), str(self.pki.client_key)
+        return GrpcClusterClient(f"{scheme}://{site.endpoint}", token=site.token if token is None else token, **kw)
+
+
+@pytest.fixture(scope="module")
+def auth_sites(site_factory: Callable[..., Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthSites]:
+    pki = _make_pki(tmp_path_factory.mktemp("auth-pki"))
+    tls = ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
+    site_tls = site_factory("auth-tls", num_cpus=2, extra=tls)
+    site_mtls = site_factory("auth-mtls", num_cpus=2, extra=[*tls, "--tls-client-ca", str(pki.ca)])
+    assert site_tls.token != site_mtls.token
+    yield AuthSites(tls=site_tls, mtls=site_mtls, pki=pki)
+
+
+def run(make: Callable[[], Awaitable[T]], timeout_s: float = 120.0) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(make(), timeout_s)
+    return asyncio.run(bounded())
+
+
+async def _attempt_everything(client: GrpcClusterClient, labels: dict[str, str]) -> list[E.GodelError]:
+    """Try a spawn, an exec, a list and a heartbeat; return the error each raised (all must raise)."""
+    errors: list[E.GodelError] = []
+    attempts: list[Callable[[], Awaitable[Any]]] = [
+        lambda: client.spawn(SpawnConfig(labels=labels, cpus=0.05)),
+        lambda: _drain(client.exec_stream("ag-intruder", "touch /tmp/godel-pwned")),
+        lambda: client.list_agents(),
+        lambda: client.heartbeat(),
+    ]
+    for attempt in attempts:
+        try:
+            await asyncio.wait_for(attempt(), CALL_TIMEOUT_S)
+        except E.GodelError as err:
+            errors.append(err)
+        else:
+            raise AssertionError(f"{client} was served without valid credentials")
+    return errors
+
+
+async def _drain(stream: Any) -> list[Any]:
+    return [chunk async for chunk in stream]
+
+
+def _refused_with_no_side_effect(sites: AuthSites, site: Any, make_intruder: Callable[[], GrpcClusterClient],
+                                 expected: type[E.GodelError], match: str) -> None:
+    labels = {"intruder": uuid.uuid4().hex[:10]}
+
+    async def scenario() -> tuple[list[E.GodelError], list[Any]]:
+        intruder, owner = make_intruder(), sites.client(site)
+        try:
+            errors = await _attempt_everything(intruder, labels)
+            return errors, await owner.list_agents(labels=labels)
+        finally:
+            await intruder.close()
+            await owner.close()
+
+    errors, spawned = run(scenario)
+    for err in errors:
+        assert isinstance(err, expected), f"{type(err).__name__}: {err}"
+        assert match in str(err), str(err)
+    assert spawned == [], "a refused spawn left an agent behind"
+
+
+# --- bearer tokens -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["no-token", "wrong-token", "other-sites-token"])
+@pytest.mark.parametrize("target", ["tls", "mtls"])
+def test_bad_tokens_are_unauthenticated_and_change_nothing(auth_sites: AuthSites, case: str, target: str) -> None:
+    """Over a valid TLS (or mTLS) channel, a missing, wrong or other site's token is refused with
+    UNAUTHENTICATED for spawn, exec, list and heartbeat, and no agent appears."""
+    site = getattr(auth_sites, target)
+    other = auth_sites.mtls if site is auth_sites.tls else auth_sites.tls
+    token = {"no-token": "", "wrong-token": "wrong-" + uuid.uuid4().hex, "other-sites-token": other.token}[case]
+    _refused_with_no_side_effect(auth_sites, site, lambda: auth_sites.client(site, token=token),
+                                 E.Unauthenticated, "")
+
+
+# --- transport security --------------------------------------------------------------------------
+
+def test_plaintext_to_a_tls_site_is_refused(auth_sites: AuthSites) -> None:
+    """A plaintext client with the right token never reaches the TLS site's service."""
+    site = auth_sites.tls
+    _refused_with_no_side_effect(auth_sites, site, lambda: auth_sites.client(site, scheme="grpc", ca=False),
+                                 E.ClusterUnavailable, "")
+
+
+def test_tls_without_the_ca_is_refused(auth_sites: AuthSites) -> None:
+    """A TLS client that does not trust the site's CA refuses the handshake (right token or not)."""
+    site = auth_sites.tls
+    _refused_with_no_side_effect(auth_sites, site, lambda: auth_sites.client(site, ca=False),
+                                 E.ClusterUnavailable, "TLS handshake refused")
+
+
+def test_mtls_without_a_client_certificate_is_refused(auth_sites: AuthSites) -> None:
+    """The mTLS site refuses a client with the right token and CA but no certificate."""
+    site = auth_sites.mtls
+    _refused_with_no_side_effect(auth_sites, site, lambda: auth_sites.client(site, cert=False),
+                                 E.ClusterUnavailable, "TLS handshake refused")
+
+
+def test_right_credentials_are_served(auth_sites: AuthSites) -> None:
+    """The control case: the right token (and certificate, for mtls) is served on both sites."""
+    async def scenario() -> list[str]:
+        names = []
+        for site in (auth_sites.tls, auth_sites.mtls):
+            client = auth_sites.client(site)
+            try:
+                names.append((await client.heartbeat()).name)
+                assert isinstance(await client.list_agents(), list)
+            finally:
+                await client.close()
+        return names
+
+    assert run(scenario) == ["auth-tls", "auth-mtls"]
+
+
+# --- the control plane ---------------------------------------------------------------------------
+
+def _swarmctl(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "godel_cli.main", *args, "--state-dir", str(state_dir)],
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+
+
+def test_cluster_add_with_a_wrong_token_registers_nothing(auth_sites: AuthSites,
+                                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`swarmctl cluster add` probes the site with the token file: a wrong token (or a missing client
+    certificate for mtls) fails with a message and nothing is registered; the right one succeeds."""
+    state_dir = tmp_path_factory.mktemp("auth-plane")
+    wrong = state_dir / "wrong.token"
+    write_token(wrong, "wrong-" + uuid.uuid4().hex)
+    tls, mtls, pki = auth_sites.tls, auth_sites.mtls, auth_sites.pki
+    ca = ["--tls-ca", str(pki.ca)]
+    cert = ["--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]
+    info = controlplane.up(state_dir, num_cpus=1)
+    try:
+        assert info.running
+        refused = {
+            "wrong token": _swarmctl(state_dir, "cluster", "add", "impostor", f"grpcs://{tls.endpoint}",
+                                     "--auth-token-file", str(wrong), *ca),
+            "other site's token": _swarmctl(state_dir, "cluster", "add", "impostor2", f"grpcs://{tls.endpoint}",
+                                            "--auth-token-file", str(mtls.token_file), *ca),
+            "no client certificate": _swarmctl(state_dir, "cluster", "add", "impostor3",
+                                               f"grpcs://{mtls.endpoint}", "--auth-token-file",
+                                               str(mtls.token_file), *ca),
+        }
+        for case, result in refused.items():
+            assert result.returncode != 0, f"{case}: {result.stdout}{result.stderr}"
+            output = result.stdout + result.stderr
+            assert "error" in output.lower(), f"{case}: {output}"
+            assert tls.token not in output and mtls.token not in output, f"{case} leaked a token"
+        reader = StateReader(state_dir)
+        assert [c.cluster.id for c in reader.clusters()] == ["local"]
+        assert not any(e.type == "cluster.registered" and e.cluster_id.startswith("impostor")
+                       for e in reader.events())
+
+        good = _swarmctl(state_dir, "cluster", "add", "auth-mtls", f"grpcs://{mtls.endpoint}",
+                         "--auth-token-file", str(mtls.token_file), *ca, *cert)
+        assert good.returncode == 0, good.stdout + good.stderr
+        assert sorted(c.cluster.id for c in StateReader(state_dir).clusters()) == ["auth-mtls", "local"]
+    finally:
+        controlplane.down(state_dir)

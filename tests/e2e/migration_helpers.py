@@ -1,0 +1,87 @@
+"""Helpers shared by the migration and failover end-to-end tests: a control plane with real sites."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from godel_ray.control import controlplane
+from godel_ray.control.migrator import COOLDOWN_ENV
+from godel_ray.errors import GodelError
+from godel_ray.models import Agent, Cluster, HealthSettings, Migration
+from godel_ray.proxy import TransparentClusterProxy, connect
+
+T = TypeVar("T")
+WAIT_S = 180.0
+FAST_HEALTH = HealthSettings(heartbeat_interval_s=0.5, heartbeat_timeout_s=1, offline_after=3, grace_period_s=2)
+
+
+def wait_for(probe: Callable[[], T | None], what: str, timeout_s: float = WAIT_S, poll_s: float = 0.1) -> T:
+    """Poll ``probe`` until it returns a truthy value (GodelErrors count as not yet)."""
+    deadline = time.monotonic() + timeout_s
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+            if value:
+                return value
+        except GodelError as exc:
+            last = exc
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out waiting for {what} (last error: {last})")
+
+
+@contextmanager
+def control_plane(state_dir: Path, *, cooldown_s: float = 0.0) -> Iterator[TransparentClusterProxy]:
+    """``controlplane.up`` with a short migration cooldown; always ``down`` at the end."""
+    before = os.environ.get(COOLDOWN_ENV)
+    os.environ[COOLDOWN_ENV] = str(cooldown_s)  # the Ray head, hence the balancer, inherits it
+    try:
+        info = controlplane.up(state_dir, num_cpus=2)
+        assert info.running
+        yield connect(state_dir)
+    finally:
+        controlplane.down(state_dir)
+        if before is None:
+            os.environ.pop(COOLDOWN_ENV, None)
+        else:
+            os.environ[COOLDOWN_ENV] = before
+
+
+def register(proxy: TransparentClusterProxy, site: Any) -> None:
+    proxy.registry.register(Cluster(id=site.name, endpoint=site.endpoint, region=site.name,
+                                    auth_token_file=str(site.token_file), health=FAST_HEALTH))
+
+
+def site_agents(site: Any) -> list[Agent]:
+    """The site's own ``ListAgents`` over gRPC (the federation's table is not asked)."""
+    from godel_ray.rpc.client import GrpcClusterClient
+
+    async def go() -> list[Agent]:
+        client = GrpcClusterClient(site.endpoint, token=site.token, cluster_id=site.name)
+        try:
+            return await client.list_agents()
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def live_copies(site: Any, agent_id: str) -> list[Agent]:
+    return [a for a in site_agents(site) if a.id == agent_id and not a.status.is_final]
+
+
+def finished(proxy: TransparentClusterProxy, migration_id: str) -> Migration | None:
+    for m in proxy.migrations():
+        if m.id == migration_id and m.finished_at is not None:
+            return m
+    return None
+
+
+def phase_of(proxy: TransparentClusterProxy, migration_id: str) -> str:
+    return next(m.phase.value for m in proxy.migrations() if m.id == migration_id)

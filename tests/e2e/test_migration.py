@@ -1,0 +1,157 @@
+"""Live migration end to end on real sites (separate processes, each with its own Ray cluster):
+local -> remote -> remote -> local with files, journal, id and labels intact; commands during the
+move; refusals; and faults: the target dies during import, the agent stays exactly once."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from godel_ray.errors import AgentNotFound, ClusterNotFound, InvalidArgument
+from godel_ray.models import AgentStatus, ExecChunk, ExecResult, MigrationPhase, SpawnConfig
+from godel_ray.proxy import TransparentClusterProxy
+from tests.e2e.migration_helpers import (
+    control_plane,
+    finished,
+    live_copies,
+    phase_of,
+    register,
+    site_agents,
+    wait_for,
+)
+
+pytestmark = pytest.mark.ray
+
+
+@dataclass
+class Plane:
+    state_dir: Path
+    proxy: TransparentClusterProxy
+    sites: dict[str, Any]
+    agent_id: str = ""
+    moves: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory: pytest.TempPathFactory, site_factory: Any) -> Iterator[Plane]:
+    state_dir = tmp_path_factory.mktemp("godel-migration")
+    sites = {name: site_factory(name, num_cpus=2) for name in ("west", "east")}
+    with control_plane(state_dir) as proxy:
+        for site in sites.values():
+            register(proxy, site)
+        yield Plane(state_dir=state_dir, proxy=proxy, sites=sites)
+
+
+def _copies_everywhere(plane: Plane, agent_id: str) -> dict[str, int]:
+    return {name: len(live_copies(site, agent_id)) for name, site in plane.sites.items() if site.proc.poll() is None}
+
+
+def test_local_to_remote_with_a_running_and_a_waiting_command(plane: Plane) -> None:
+    proxy = plane.proxy
+    agent = proxy.spawn(SpawnConfig(model="m", labels={"team": "mig"}, cluster="local"))
+    assert agent.cluster_id == "local"
+    plane.agent_id = agent.id
+    assert proxy.exec(agent.id, "echo kept > notes.txt").exit_code == 0
+    local_pwd = proxy.exec(agent.id, "pwd").stdout.strip()
+
+    chunks: list[ExecChunk] = []
+    first_chunk = threading.Event()
+
+    def stream() -> None:
+        for chunk in proxy.exec_stream(agent.id, "echo begin; sleep 2; echo end"):
+            chunks.append(chunk)
+            first_chunk.set()
+
+    streamer = threading.Thread(target=stream)
+    streamer.start()
+    assert first_chunk.wait(60), "the streaming command never started"
+    started = proxy.migrate(agent.id, "west", wait=False)
+    assert started.source == "local" and started.target == "west" and started.finished_at is None
+    # the freeze waits for the streaming command: a command sent now waits and is served by the new copy
+    wait_for(lambda: proxy.status(agent.id).status is AgentStatus.MIGRATING, "the source to freeze", poll_s=0.02)
+    waiting: list[ExecResult] = []
+    sender = threading.Thread(target=lambda: waiting.append(proxy.exec(agent.id, "pwd; cat notes.txt")))
+    sender.start()
+
+    done = wait_for(lambda: finished(proxy, started.id), "the migration to finish")
+    streamer.join(60)
+    sender.join(60)
+    assert done.phase is MigrationPhase.COMPLETED, done.error
+    assert (done.epoch_from, done.epoch_to) == (agent.epoch, agent.epoch + 1)
+    assert done.bytes_moved > 0 and done.downtime_s is not None
+    assert [s.phase for s in done.phases][-3:] == [MigrationPhase.COMMITTING, MigrationPhase.CLEANING_UP,
+                                                    MigrationPhase.COMPLETED]
+    # the running command finished on the source, whole
+    assert chunks[-1].result is not None and chunks[-1].result.exit_code == 0
+    assert "".join(c.data for c in chunks if c.result is None) == "begin\nend\n"
+    # the waiting command ran after the move, on the new copy, and saw the files
+    assert len(waiting) == 1 and waiting[0].exit_code == 0
+    new_pwd, notes = waiting[0].stdout.splitlines()
+    assert notes == "kept" and new_pwd != local_pwd
+
+    moved = proxy.status(agent.id)
+    assert (moved.id, moved.cluster_id, moved.epoch) == (agent.id, "west", agent.epoch + 1)
+    assert moved.config.labels == {"team": "mig"} and moved.status is AgentStatus.RUNNING
+    assert [a.id for a in proxy.list()].count(agent.id) == 1
+    assert [a.epoch for a in live_copies(plane.sites["west"], agent.id)] == [agent.epoch + 1]
+    types = {e.type for e in proxy.events() if e.agent_id == agent.id}
+    assert {"migration.started", "migration.committing", "migration.completed"} <= types
+    plane.moves.append(done.id)
+
+
+def test_remote_to_remote_then_remote_to_local(plane: Plane) -> None:
+    proxy, agent_id = plane.proxy, plane.agent_id
+    assert agent_id, "needs the agent of the previous test"
+    to_east = proxy.migrate(agent_id, "east")
+    assert to_east.phase is MigrationPhase.COMPLETED, to_east.error
+    assert proxy.exec(agent_id, "cat notes.txt").stdout == "kept\n"
+    assert live_copies(plane.sites["west"], agent_id) == []
+    assert [a.epoch for a in live_copies(plane.sites["east"], agent_id)] == [to_east.epoch_to]
+    assert proxy.exec(agent_id, "echo more >> notes.txt").exit_code == 0
+
+    home = proxy.migrate(agent_id, "local")
+    assert home.phase is MigrationPhase.COMPLETED, home.error
+    agent = proxy.status(agent_id)
+    assert (agent.cluster_id, agent.epoch, agent.config.labels) == ("local", home.epoch_to, {"team": "mig"})
+    assert proxy.exec(agent_id, "cat notes.txt").stdout == "kept\nmore\n"
+    assert _copies_everywhere(plane, agent_id) == {"west": 0, "east": 0}
+    journal = [e.command for e in proxy.journal(agent_id)]
+    assert journal[0] == "echo kept > notes.txt" and "echo more >> notes.txt" in journal
+    history = proxy.migrations(agent_id)
+    assert [(m.source, m.target) for m in history] == [("local", "west"), ("west", "east"), ("east", "local")]
+    assert [a.id for a in proxy.list(labels={"team": "mig"})] == [agent_id]
+
+
+def test_refusals_are_clear_and_change_nothing(plane: Plane) -> None:
+    proxy, agent_id = plane.proxy, plane.agent_id
+    with pytest.raises(InvalidArgument, match="already runs on local"):
+        proxy.migrate(agent_id, "local")
+    with pytest.raises(ClusterNotFound, match="not registered"):
+        proxy.migrate(agent_id, "nowhere")
+    with pytest.raises(AgentNotFound):
+        proxy.migrate("ag-000000000000", "west")
+    assert len(proxy.migrations(agent_id)) == 3
+    assert proxy.status(agent_id).cluster_id == "local"
+
+
+def test_target_dies_during_import_rolls_back_exactly_once(plane: Plane) -> None:
+    proxy, doomed = plane.proxy, plane.sites["east"]  # the last test: east dies here
+    agent = proxy.spawn(SpawnConfig(model="big", labels={"fault": "import"}, cluster="local"))
+    setup = proxy.exec(agent.id, "echo safe > notes.txt && head -c 48000000 /dev/urandom > big.bin")
+    assert setup.exit_code == 0
+    started = proxy.migrate(agent.id, "east", wait=False)
+    wait_for(lambda: phase_of(proxy, started.id) == MigrationPhase.IMPORTING.value, "the import to start",
+             poll_s=0.02)
+    doomed.kill()
+    done = wait_for(lambda: finished(proxy, started.id), "the rollback")
+    assert done.phase is MigrationPhase.ROLLED_BACK and "import failed" in done.error
+    back = proxy.status(agent.id)
+    assert (back.cluster_id, back.epoch, back.status) == ("local", agent.epoch, AgentStatus.RUNNING)
+    assert proxy.exec(agent.id, "cat notes.txt && wc -c < big.bin").stdout == "safe\n48000000\n"
+    assert [a.id for a in proxy.list()].count(agent.id) == 1
+    assert all(a.id != agent.id for a in site_agents(plane.sites["west"]))  # east died with its Ray cluster
