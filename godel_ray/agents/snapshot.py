@@ -89,6 +89,9 @@ def _inside(root: str, path: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+SNAPSHOT_GZIP_LEVEL = 1
+
+
 def pack_workdir(path: str, max_bytes: int) -> tuple[bytes, str]:
     """Tar.gz the contents of directory ``path`` (names relative to it); return ``(archive, sha256)``.
 
@@ -98,7 +101,9 @@ def pack_workdir(path: str, max_bytes: int) -> tuple[bytes, str]:
     """
     root = os.path.realpath(path)
     buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
+    # Level 1: on the migration path compression costs downtime; a workdir of already-compressed
+    # or random data gains nothing from the default level 9, which ran at a few MB/s here.
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=SNAPSHOT_GZIP_LEVEL) as gz:
         counter = _CountingWriter(gz, max_bytes)
         with tarfile.open(fileobj=counter, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             for dirpath, dirnames, filenames in os.walk(root):

@@ -66,7 +66,8 @@ def make_client(cluster: Cluster, state_dir: str | Path) -> ClusterClient:
         root = Path(state_dir) / LOCAL_WORKDIR
         root.mkdir(parents=True, exist_ok=True)
         return AgentRuntime(cluster.id, str(root), region=cluster.region,
-                            cost_per_hour=cluster.cost_per_hour, max_agents=cluster.max_agents)
+                            cost_per_hour=cluster.cost_per_hour, max_agents=cluster.max_agents,
+                            warm_pool_size=cluster.warm_pool_size or None)  # None: GODEL_LOCAL_WARM_POOL
     from godel_ray.rpc.auth import read_token_file
     from godel_ray.rpc.client import GrpcClusterClient
 
