@@ -90,7 +90,7 @@ class RawGrpc:
     """A loopback gRPC server with a unary echo and a client-streaming byte counter."""
 
     def __init__(self) -> None:
-        ident: Callable[[bytes], bytes] = lambda b: b  # noqa: E731
+        ident: Callable[[bytes], bytes] = lambda b: b
         handlers = {
             "Echo": grpc.unary_unary_rpc_method_handler(lambda req, ctx: req, ident, ident),
             "Sink": grpc.stream_unary_rpc_method_handler(

@@ -18,8 +18,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+import ray
 
 from bench import floors
 from bench.placement_bench import make_views, rate
@@ -32,6 +35,7 @@ SITE_CPUS = 4
 LOCAL_CPUS = 8
 WARM_POOL = 3  # per cluster, default resources (1 CPU)
 TINY_CPUS = 0.01
+SCALE_CONCURRENCY = 8  # spawns in flight: more makes 2 cores run past the site's RPC deadline
 STREAM_COMMAND = "head -c 10M /dev/zero | base64"  # ~13.5 MB of output (under the 16 MB limit)
 AGENT_PROCESS_MIB = 100  # what one idle agent (a Ray worker) costs, rounded up
 MEMORY_MARGIN_MIB = 6 * 1024
@@ -111,14 +115,14 @@ def _ms(samples: list[float]) -> list[float]:
 
 def bench_exec(fed: Federation, opt: Options) -> list[Row]:
     actor = floors.raw_actor()
-    raw_call = _ms(floors.timed(lambda: floors.ray.get(actor.ping.remote()), opt.reps, warmup=5))
-    raw_shell = _ms(floors.timed(lambda: floors.ray.get(actor.shell.remote()), opt.reps, warmup=3))
+    raw_call = _ms(floors.timed(lambda: ray.get(actor.ping.remote()), opt.reps, warmup=5))
+    raw_shell = _ms(floors.timed(lambda: ray.get(actor.shell.remote()), opt.reps, warmup=3))
     grpc_server = floors.RawGrpc()
     try:
         raw_grpc = _ms(grpc_server.unary(opt.reps))
     finally:
         grpc_server.close()
-    floors.ray.kill(actor)
+    ray.kill(actor)
     # remote floor: the gRPC hop plus an actor call that runs the shell (pairwise sums)
     remote_floor = [g + s for g, s in zip(sorted(raw_grpc), sorted(raw_shell), strict=False)]
     rows = [Row("raw actor call", "ms", raw_call, note="floor: plain @ray.remote method returning a value"),
@@ -126,11 +130,11 @@ def bench_exec(fed: Federation, opt: Options) -> list[Row]:
             Row("raw actor call running bash -c true", "ms", raw_shell)]
     for cluster, floor_name, floor in (("local", "actor+bash", raw_shell),
                                        (SITES[0], "gRPC+actor+bash", remote_floor)):
-        agent = fed.spawn(cluster)
+        agent_id: str = fed.spawn(cluster).id
         try:
-            samples = _ms(floors.timed(lambda a=agent: fed.proxy.exec(a.id, "true"), opt.reps, warmup=3))
+            samples = _ms(floors.timed(partial(fed.proxy.exec, agent_id, "true"), opt.reps, warmup=3))
         finally:
-            fed.kill(agent.id)
+            fed.kill(agent_id)
         hops = "proxy -> ClusterActor -> AgentActor" if cluster == "local" else \
             "proxy -> ClusterActor -> gRPC -> site -> AgentActor"
         rows.append(Row(f"exec `true` ({'local' if cluster == 'local' else 'remote'})", "ms", samples,
@@ -215,8 +219,8 @@ def bench_placement(fed: Federation, opt: Options) -> list[Row]:
         rows.append(Row(f"placement pure, {n} clusters", "decisions/s", samples, higher_is_better=True,
                         target=Target("min", 10_000) if n == 100 else None))
     actor = floors.raw_actor()
-    raw = _ms(floors.timed(lambda: floors.ray.get(actor.ping.remote()), opt.reps, warmup=5))
-    floors.ray.kill(actor)
+    raw = _ms(floors.timed(lambda: ray.get(actor.ping.remote()), opt.reps, warmup=5))
+    ray.kill(actor)
     plans = _ms(floors.timed(lambda: fed.proxy.registry.plan(config), opt.reps, warmup=3))
     clusters = len(fed.proxy.registry.list())
     rows.append(Row(f"placement via balancer (registry.plan), {clusters} clusters", "ms", plans,
@@ -255,7 +259,7 @@ def bench_migration(fed: Federation, opt: Options) -> list[Row]:
                 rows.append(Row(f"{name} downtime", "s", down, note="freeze -> commit, from the record"))
     finally:
         grpc_server.close()
-        floors.ray.kill(actor)
+        ray.kill(actor)
     return rows
 
 
@@ -310,7 +314,7 @@ def bench_cli(fed: Federation, opt: Options) -> list[Row]:
 
 def bench_memory(fed: Federation, opt: Options) -> list[Row]:
     actor = floors.raw_actor()
-    raw_pid = floors.ray.get(actor.pid.remote())
+    raw_pid = ray.get(actor.pid.remote())
     agent = fed.spawn("local")
     try:
         time.sleep(1.0)  # let both settle (bench only)
@@ -319,7 +323,7 @@ def bench_memory(fed: Federation, opt: Options) -> list[Row]:
         raw_uss, raw_rss = floors.memory_kib(raw_pid)
     finally:
         fed.kill(agent.id)
-        floors.ray.kill(actor)
+        ray.kill(actor)
     return [Row("idle agent USS", "MB", [uss / 1024], "raw actor USS", [raw_uss / 1024]),
             Row("idle agent RSS", "MB", [rss / 1024], "raw actor RSS", [raw_rss / 1024])]
 
@@ -346,7 +350,7 @@ def bench_scale(fed: Federation, opt: Options) -> list[Row]:
     aio = fed.proxy.aio()
 
     async def run() -> tuple[list[float], float, list[float], float, int, int, Any]:
-        sem = asyncio.Semaphore(24)
+        sem = asyncio.Semaphore(SCALE_CONCURRENCY)
         spawn_lat: list[float] = []
         errors = 0
 
@@ -400,11 +404,12 @@ def bench_scale(fed: Federation, opt: Options) -> list[Row]:
                     pass
         await asyncio.gather(*(k(a) for a in agents))
 
+    agents = fed.proxy.list(labels={"bench": "scale"})  # also any a timed-out spawn left behind
     asyncio.run(kill_all())
     spread = f"over {', '.join(clusters)}"
     return [
         Row(f"scale: spawn {n} agents (each)", "ms", spawn_lat,
-            note=f"all {len(agents)}/{n} up in {spawn_wall:.1f} s {spread}, 24 at a time; {errors} errors"),
+            note=f"all {len(agents)}/{n} up in {spawn_wall:.1f} s {spread}, {SCALE_CONCURRENCY} at a time; {errors} errors"),
         Row(f"scale: exec on {len(agents)} at once (each)", "ms", exec_lat,
             note=f"all done in {exec_wall:.2f} s; {exec_errors} errors"),
         Row(f"scale: list {listed} agents", "s", list_wall),

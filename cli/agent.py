@@ -78,7 +78,7 @@ def exec_(agent_id: Annotated[str, typer.Argument(metavar="AGENT_ID")],
     if json_out:
         result = proxy.exec(agent_id, text, timeout_s=timeout)
         render.emit_json(result)
-        raise typer.Exit(result.exit_code)
+        raise typer.Exit(_shell_status(result.exit_code))
     exit_code = 1
     for chunk in proxy.exec_stream(agent_id, text, timeout_s=timeout):
         if chunk.data:
@@ -86,12 +86,17 @@ def exec_(agent_id: Annotated[str, typer.Argument(metavar="AGENT_ID")],
             stream.write(chunk.data)
             stream.flush()
         if chunk.result is not None:
-            exit_code = chunk.result.exit_code
+            exit_code = _shell_status(chunk.result.exit_code)
             if chunk.result.timed_out:
                 render.fail(f"command timed out in {agent_id}", TIMED_OUT_EXIT_CODE)
             if chunk.result.truncated:
                 sys.stderr.write(f"warning: output of the command in {agent_id} was truncated\n")
     raise typer.Exit(exit_code)
+
+
+def _shell_status(exit_code: int) -> int:
+    """A command killed by signal N reports -N; a shell reports 128+N."""
+    return 128 - exit_code if exit_code < 0 else exit_code
 
 
 @app.command("list")

@@ -79,12 +79,18 @@ class _Core:
     """State shared by the sync proxy and its twin: the balancer handle and the caches."""
 
     def __init__(self, balancer: Any, state_dir: Any) -> None:
-        self.balancer = balancer
+        self._balancer = balancer
         self.state_dir = state_dir
         self.locations: dict[str, tuple[str, int]] = {}
         self.cluster_actors: dict[str, Any] = {}
 
+    @property
+    def balancer(self) -> Any:
+        _ensure_attached()
+        return self._balancer
+
     def cluster_actor(self, cluster_id: str) -> Any:
+        _ensure_attached()
         actor = self.cluster_actors.get(cluster_id)
         if actor is None:
             from godel_ray.control import factory
@@ -94,6 +100,16 @@ class _Core:
 
     def forget(self, agent_id: str) -> None:
         self.locations.pop(agent_id, None)
+
+
+def _ensure_attached() -> None:
+    """Refuse to call through handles once this process left Ray (``swarmctl down`` in-process, or
+    ``ray.shutdown()``): a Ray call would silently start a new, empty local Ray instead."""
+    import ray
+
+    if not ray.is_initialized():
+        raise ControlPlaneNotRunning("this process is no longer attached to the control plane: call "
+                                     "godel_ray.connect() again (after `swarmctl up`)")
 
 
 def _status_value(status: AgentStatus | str | None) -> str | None:
@@ -115,7 +131,8 @@ class _SyncBalancer:
         attempts = BALANCER_RETRY_ATTEMPTS if retry else 1
         for attempt in range(attempts):
             try:
-                ref = getattr(self._core.balancer, method).remote(*args, **kwargs)
+                with rayapi.mapped(rayapi.BALANCER_WHAT):  # .remote() itself fails for a gone actor
+                    ref = getattr(self._core.balancer, method).remote(*args, **kwargs)
                 return rayapi.get(ref, what=rayapi.BALANCER_WHAT)
             except ControlPlaneNotRunning:
                 if attempt == attempts - 1:
@@ -199,8 +216,9 @@ class TransparentClusterProxy(_SyncBalancer):
         for attempt in range(REROUTE_ATTEMPTS + 1):
             cluster_id, epoch = self._locate(agent_id, refresh=attempt > 0)
             try:
-                ref = self._core.cluster_actor(cluster_id).exec.remote(agent_id, command, timeout_s=timeout_s,
-                                                                       epoch=epoch)
+                with rayapi.mapped(f"cluster {cluster_id}"):  # .remote() itself fails for a gone actor
+                    ref = self._core.cluster_actor(cluster_id).exec.remote(agent_id, command, timeout_s=timeout_s,
+                                                                           epoch=epoch)
                 result: ExecResult = rayapi.get(ref, what=f"cluster {cluster_id}")
                 return result
             except _REROUTE:

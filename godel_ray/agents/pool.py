@@ -106,7 +106,8 @@ class WarmPool:
 
     def held(self) -> tuple[float, dict[str, float]]:
         """Resources idle members hold: (CPUs, GPUs by advertised type)."""
-        cpus, gpus = 0.0, {}
+        cpus = 0.0
+        gpus: dict[str, float] = {}
         for key, members in self._idle.items():
             cpus += key.cpus * len(members)
             accel = self._accel.get(key)

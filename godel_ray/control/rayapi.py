@@ -27,6 +27,7 @@ from godel_ray.errors import (
 )
 
 BALANCER_WHAT = "balancer"
+SUBMIT_FAILED_PREFIX = "Failed to submit task to actor"  # Ray's bare Exception from .remote()
 
 
 def translate(exc: BaseException, what: str = "") -> GodelError | None:
@@ -57,6 +58,14 @@ def translate(exc: BaseException, what: str = "") -> GodelError | None:
                                       "RAY_AUTH_TOKEN or run `swarmctl up`")
     if isinstance(exc, rex.RayError):
         return GodelError(f"{what or 'ray call'} failed: {_first_line(exc)}")
+    if type(exc) is Exception and str(exc).startswith(SUBMIT_FAILED_PREFIX):
+        # ``.remote()`` on a handle whose actor is gone (dead, or from a previous Ray session): Ray
+        # raises a bare Exception, not a RayError.
+        if what == BALANCER_WHAT:
+            return ControlPlaneNotRunning("the control plane's balancer is gone (was the control plane "
+                                          "restarted?): connect again, or run `swarmctl up`")
+        return ClusterUnavailable(f"{what or 'actor'} is unavailable: {_first_line(exc)}",
+                                  cluster_id=what.removeprefix("cluster ") if what else "")
     return None
 
 

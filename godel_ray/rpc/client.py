@@ -4,7 +4,8 @@ Translation only, like the servicer: domain -> proto, call, proto -> domain; ``g
 becomes a ``GodelError`` in ``rpc_errors`` alone. Policies:
 
 - Credentials: the bearer token rides on every call; TLS (and mTLS) from the endpoint scheme or a CA.
-- Deadlines on every call: ``call_timeout_s`` for unary calls, ``heartbeat_timeout_s`` for
+- Deadlines on every call: ``call_timeout_s`` for unary calls (at least ``SPAWN_DEADLINE_S`` for a
+  spawn and ``KILL_DEADLINE_S`` for a kill: what the site may need), ``heartbeat_timeout_s`` for
   heartbeats, the command timeout plus a margin for ``exec``, and a size-scaled budget for
   snapshot export/import. The event stream is long-lived: keepalive pings detect a dead site.
 - Retries with exponential backoff, on UNAVAILABLE only, and only for idempotent calls: status,
@@ -59,6 +60,11 @@ RETRY_MAX_DELAY_S = 2.0
 EVENTS_MAX_RECONNECT_DELAY_S = 5.0
 EXEC_DEADLINE_MARGIN_S = 30.0
 SNAPSHOT_MIN_BYTES_PER_S = 4 * 1024 * 1024  # slowest transfer rate a snapshot deadline allows
+# A site may take up to its ready timeout (agents.runtime.READY_TIMEOUT_S, 60 s) to start an agent's
+# worker process, and up to two terminate timeouts (2 x 15 s) to stop one: a spawn or kill deadline
+# shorter than that gives up on work the site still finishes (an orphan agent, a kill reported failed).
+SPAWN_DEADLINE_S = 90.0
+KILL_DEADLINE_S = 45.0
 
 
 def channel_options() -> list[tuple[str, int]]:
@@ -145,14 +151,16 @@ class GrpcClusterClient:
         request = pb.SpawnAgentRequest(agent_id=agent_id or "", spec=convert.spec_to_pb(config),
                                        idempotency_key=key or "", epoch=epoch)
         response: pb.SpawnAgentResponse = await self._unary(
-            lambda: self._stub().SpawnAgent(request, timeout=self.call_timeout_s, metadata=self._metadata),
+            lambda: self._stub().SpawnAgent(request, timeout=max(self.call_timeout_s, SPAWN_DEADLINE_S),
+                                            metadata=self._metadata),
             retry=key is not None)
         return convert.agent_from_pb(response.agent, self.cluster_id), response.created
 
     async def kill(self, agent_id: str, *, epoch: int = 0, reason: str = "") -> Agent:
         request = pb.KillAgentRequest(agent_id=agent_id, epoch=epoch, reason=reason)
         response: pb.KillAgentResponse = await self._unary(
-            lambda: self._stub().KillAgent(request, timeout=self.call_timeout_s, metadata=self._metadata),
+            lambda: self._stub().KillAgent(request, timeout=max(self.call_timeout_s, KILL_DEADLINE_S),
+                                           metadata=self._metadata),
             retry=False)
         return convert.agent_from_pb(response.agent, self.cluster_id)
 
@@ -247,7 +255,9 @@ class GrpcClusterClient:
             for chunk in chunks:
                 yield chunk
 
-        deadline_s = self.call_timeout_s + snapshot.size_bytes / SNAPSHOT_MIN_BYTES_PER_S
+        # the site starts the agent's actor after the transfer: the spawn budget plus the bytes' time
+        deadline_s = (max(self.call_timeout_s, SPAWN_DEADLINE_S)
+                      + snapshot.size_bytes / SNAPSHOT_MIN_BYTES_PER_S)
         response: pb.ImportAgentResponse = await self._unary(
             lambda: self._stub().ImportAgent(requests(), timeout=deadline_s, metadata=self._metadata),
             retry=False)

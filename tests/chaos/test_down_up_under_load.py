@@ -33,7 +33,7 @@ JOIN_S = 120.0
 def swarmctl(*args: str, state_dir: Path) -> None:
     """Run the operator's command in its own process; it must succeed."""
     done = subprocess.run([sys.executable, "-m", "godel_cli.main", *args, "--state-dir", str(state_dir)],
-                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+                          check=False, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
     assert done.returncode == 0, f"swarmctl {' '.join(args)} failed: {done.stdout}{done.stderr}"
 
 
@@ -49,6 +49,7 @@ class Load:
         self.up_done = threading.Event()
         self.errors: list[BaseException] = []
         self.calls = 0
+        self.address = controlplane.read_head(state_dir).address  # type: ignore[union-attr]
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
@@ -74,16 +75,16 @@ class Load:
         import ray
 
         head = controlplane.read_head(self.state_dir)
-        current = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
-        if head is not None and head.address == current:
-            return  # same control plane: a passing fault, retry
-        if ray.is_initialized():
-            ray.shutdown()
+        if head is not None and head.address == self.address:
+            return  # the same control plane: a passing fault, retry
+        if ray.is_initialized() and (head is None or ray.get_runtime_context().gcs_address != head.address):
+            ray.shutdown()  # leave the old cluster before Ray gives up on its GCS
         if head is None:
             self.stop.wait(0.2)
             return
         try:
             self.proxy = connect(self.state_dir)
+            self.address = head.address
         except GodelError as exc:
             self.errors.append(exc)
 

@@ -1,6 +1,6 @@
 """Load: 1,000 concurrent execs over 50 agents on two real sites, through the control plane.
 
-A real control plane (``controlplane.up``) and two real site processes, each with its own Ray
+The chaos folder's control plane (``chaos_plane``) and two real site processes, each with its own Ray
 cluster, on loopback. 50 agents (``cpus=0.01``) are pinned 25/25 to the sites, then 1,000 execs go
 through the asyncio proxy with at most ``EXEC_CONCURRENCY`` in flight; each command echoes a unique
 token, so a reply delivered to the wrong caller, lost or mixed up shows as a wrong output. The
@@ -15,14 +15,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from godel_ray.control import controlplane
-from godel_ray.models import AgentStatus, Cluster, ExecResult, SpawnConfig
-from godel_ray.proxy import TransparentClusterProxy, connect
+from godel_ray.models import AgentStatus, ExecResult, HealthSettings, SpawnConfig
+from godel_ray.proxy import TransparentClusterProxy
 
 pytestmark = [pytest.mark.chaos, pytest.mark.ray]
 
@@ -30,31 +28,35 @@ SITES = ("load-a", "load-b")
 AGENTS_PER_SITE = 25
 EXECS = 1_000
 EXEC_CONCURRENCY = 100
-SPAWN_CONCURRENCY = 10
+SPAWN_CONCURRENCY = 4  # Ray starts a worker process per agent; a site starts ~2 at a time
 AGENT_CPUS = 0.01
 PHASE_TIMEOUT_S = 600.0  # a bound on each phase so the case always stops by itself
 
 
 @dataclass
 class LoadPlane:
-    state_dir: Path
-    proxy: TransparentClusterProxy
+    plane: Any  # conftest.ChaosPlane
     sites: dict[str, Any]
+
+    @property
+    def proxy(self) -> TransparentClusterProxy:
+        return self.plane.proxy  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
-def load_plane(site_factory: Callable[..., Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadPlane]:
-    state_dir = tmp_path_factory.mktemp("load-plane")
+def load_plane(chaos_plane: Any, site_factory: Callable[..., Any]) -> Iterator[LoadPlane]:
+    """The folder's control plane with two fresh sites registered (default health settings: this
+    case is about load, not faults); both are unregistered again at the end."""
     sites = {name: site_factory(name, num_cpus=2) for name in SITES}
-    controlplane.up(state_dir, num_cpus=1)
+    registered = []
     try:
-        proxy = connect(state_dir)
-        for name, site in sites.items():
-            proxy.registry.register(Cluster(id=name, endpoint=site.endpoint, region=name,
-                                            auth_token_file=str(site.token_file), max_agents=AGENTS_PER_SITE + 5))
-        yield LoadPlane(state_dir=state_dir, proxy=proxy, sites=sites)
+        for site in sites.values():
+            chaos_plane.register(site, health=HealthSettings(), max_agents=AGENTS_PER_SITE + 5)
+            registered.append(site.name)
+        yield LoadPlane(plane=chaos_plane, sites=sites)
     finally:
-        controlplane.down(state_dir)
+        for name in registered:
+            chaos_plane.proxy.registry.unregister(name, force=True)
 
 
 def _bounded(limit: int, makes: list[Callable[[], Awaitable[Any]]]) -> list[Any]:

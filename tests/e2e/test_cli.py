@@ -136,6 +136,16 @@ def test_registration_and_refusals(federation: Federation) -> None:
     assert "label" in cli.fails("agent", "spawn", "--label", "not-a-pair")
     assert cli.cluster_ids() == {"local", "cpu", "gpu"}, "a refused registration leaves nothing behind"
 
+    follow = subprocess.Popen([*swarmctl_argv(), "events", "--follow", "--json"], stdout=subprocess.PIPE,
+                              text=True, env=dict(os.environ, GODEL_STATE_DIR=str(cli.state_dir)))
+    try:
+        assert follow.stdout is not None
+        first = json.loads(follow.stdout.readline())  # JSON lines: one event per line, as they come
+        assert first["seq"] >= 1 and first["type"]
+    finally:
+        follow.terminate()
+        follow.wait(timeout=30)
+
     plan = cli.json("cluster", "plan", "--gpu-type", GPU_TYPE)
     assert plan["chosen"] == "gpu" and {"local", "cpu"} <= set(plan["rejections"])
     assert "gpu" in cli.ok("cluster", "plan", "--gpu-type", GPU_TYPE).stdout
@@ -188,6 +198,23 @@ def test_maintenance_and_guarded_removal(federation: Federation) -> None:
     assert "--force" in cli.fails("cluster", "remove", "cpu"), "agents live there"
     assert cli.json("agent", "kill", pinned["id"])["status"] == "terminated"
     assert "cpu" in cli.cluster_ids()
+
+
+def test_migrate_with_progress(federation: Federation) -> None:
+    cli = federation.cli
+    agent = cli.json("agent", "spawn", "--cluster", "cpu", "--label", "move=me")
+    cli.ok("agent", "exec", agent["id"], "--", "echo kept > state.txt")
+    proc = cli.ok("cluster", "migrate", agent["id"], "gpu", "--wait")
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"migrating {agent['id']}: cpu → gpu")
+    assert any("exporting" in line for line in lines) and any("importing" in line for line in lines)
+    assert lines[-1].startswith(f"migrated {agent['id']} cpu → gpu") and "downtime" in lines[-1]
+    status = cli.json("agent", "status", agent["id"])
+    assert status["cluster_id"] == "gpu" and status["epoch"] == agent["epoch"] + 1
+    assert [m["phase"] for m in status["migrations"]] == ["completed"]
+    assert cli.ok("agent", "exec", agent["id"], "--", "cat state.txt").stdout == "kept\n"
+    cli.fails("cluster", "migrate", agent["id"], "gpu")  # refused: it is already there
+    cli.json("agent", "kill", agent["id"])
 
 
 def test_site_death_and_return(federation: Federation, tmp_path_factory: pytest.TempPathFactory) -> None:

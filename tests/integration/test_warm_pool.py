@@ -46,7 +46,7 @@ class Harness:
         return agent
 
     def origin(self, agent_id: str) -> dict[str, Any]:
-        handle = self.runtime._agents[agent_id].handle  # noqa: SLF001 - the test looks at the actor itself
+        handle = self.runtime._agents[agent_id].handle  # the test looks at the actor itself
         return self.run(handle.origin.remote())  # type: ignore[no-any-return]
 
     def exec(self, agent_id: str, command: str) -> ExecResult:
@@ -140,7 +140,7 @@ def test_concurrent_spawns_never_share_an_actor(h: Harness) -> None:
         assert h.exec(agent.id, "echo $GODEL_AGENT_ID").stdout == f"{agent.id}\n"
     # the actor itself refuses a second identity
     claimed = next(a for a, o in zip(agents, origins, strict=True) if o["pooled"])
-    handle = h.runtime._agents[claimed.id].handle  # noqa: SLF001
+    handle = h.runtime._agents[claimed.id].handle
     other = Agent(id="intruder", config=SpawnConfig())
     with pytest.raises(FailedPrecondition):
         h.run(handle.adopt.remote(other, str(h.root)))
