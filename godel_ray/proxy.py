@@ -226,8 +226,8 @@ class TransparentClusterProxy(_SyncBalancer):
                     raise
             except ClusterUnavailable:
                 self._core.cluster_actors.pop(cluster_id, None)
-                self._core.forget(agent_id)
-                raise
+                if attempt == REROUTE_ATTEMPTS or self._locate(agent_id, refresh=True) == (cluster_id, epoch):
+                    raise  # still placed there: the cluster is down, not the agent moved (failover)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def exec_stream(self, agent_id: str, command: str, *, timeout_s: float | None = None
@@ -253,8 +253,9 @@ class TransparentClusterProxy(_SyncBalancer):
                     raise
             except ClusterUnavailable:
                 self._core.cluster_actors.pop(cluster_id, None)
-                self._core.forget(agent_id)
-                raise
+                if (started or attempt == REROUTE_ATTEMPTS
+                        or self._locate(agent_id, refresh=True) == (cluster_id, epoch)):
+                    raise
 
     def status(self, agent_id: str) -> Agent:
         agent: Agent = self._call("status", agent_id, retry=True)
@@ -399,8 +400,8 @@ class AsyncTransparentClusterProxy(_AsyncBalancer):
                     raise
             except ClusterUnavailable:
                 self._core.cluster_actors.pop(cluster_id, None)
-                self._core.forget(agent_id)
-                raise
+                if attempt == REROUTE_ATTEMPTS or await self._locate(agent_id, refresh=True) == (cluster_id, epoch):
+                    raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def exec_stream(self, agent_id: str, command: str, *, timeout_s: float | None = None
@@ -424,8 +425,9 @@ class AsyncTransparentClusterProxy(_AsyncBalancer):
                     raise
             except ClusterUnavailable:
                 self._core.cluster_actors.pop(cluster_id, None)
-                self._core.forget(agent_id)
-                raise
+                if (started or attempt == REROUTE_ATTEMPTS
+                        or await self._locate(agent_id, refresh=True) == (cluster_id, epoch)):
+                    raise
 
     async def status(self, agent_id: str) -> Agent:
         agent: Agent = await self._call("status", agent_id, retry=True)

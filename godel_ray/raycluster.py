@@ -24,7 +24,7 @@ from pathlib import Path
 
 from godel_ray.errors import GodelError
 
-READY_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 120.0  # generous: a loaded 2-core machine took over 60 s
 STOP_GRACE_S = 2.0
 PORT_BLOCK = 480  # 12 fixed ports, then a range for worker processes
 FIXED_PORTS = ("gcs", "node_manager", "object_manager", "metrics", "dashboard", "client_server",

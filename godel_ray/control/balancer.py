@@ -255,9 +255,10 @@ class MultiClusterLoadBalancer:
         if current is not None and (current.cluster_id, current.epoch) != (agent.cluster_id, agent.epoch):
             return current  # moved (migration commit, failover) while we asked the old location
         updated = agent.model_copy(update={
-            "status": there.status, "status_reason": there.status_reason, "epoch": there.epoch,
-            "started_at": there.started_at, "finished_at": there.finished_at, "node_id": there.node_id,
-            "gpu_ids": there.gpu_ids})
+            # a reason recorded here (a failover's loss note) stays until the site reports its own
+            "status": there.status, "status_reason": there.status_reason or agent.status_reason,
+            "epoch": there.epoch, "started_at": there.started_at, "finished_at": there.finished_at,
+            "node_id": there.node_id, "gpu_ids": there.gpu_ids})
         if updated != agent:
             self.store.put_agent(updated)
         return updated
