@@ -37,6 +37,7 @@ class DemoRun:
     state_dir: Path
     keep: bool
     console: Console
+    owns_state_dir: bool  # a temp dir we made (removed at the end), not one the user gave
     sites: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -144,7 +145,7 @@ def run_demo(keep: bool = False, state_dir: str | None = None, console: Console 
     from godel_ray.proxy import connect
 
     run = DemoRun(state_dir=Path(state_dir or tempfile.mkdtemp(prefix="godel-demo-")), keep=keep,
-                  console=console or Console())
+                  console=console or Console(), owns_state_dir=state_dir is None)
     ok = False
     try:
         with _step(run, "1. control plane and two sites, each its own Ray cluster"):
@@ -154,15 +155,16 @@ def run_demo(keep: bool = False, state_dir: str | None = None, console: Console 
             proxy = connect(run.state_dir)
             _register(run, proxy)
 
-        with _step(run, "2. a CPU agent stays local"):
-            proxy.registry.update("local", max_agents=2)  # a small laptop: spill-over after 2 agents
+        with _step(run, "2. CPU agents stay local while local is below its threshold"):
+            # A small laptop: room for 4 agents, spill over at half load.
+            proxy.registry.update("local", max_agents=4, load_threshold=0.5)
             first = _spawn(run, proxy, SpawnConfig(model="claude-sonnet-4", labels={"task": "docs"}),
-                           "first CPU agent")
-            _spawn(run, proxy, SpawnConfig(model="claude-sonnet-4", labels={"task": "lint"}), "second")
+                           "local load 0/4")
+            _spawn(run, proxy, SpawnConfig(model="claude-sonnet-4", labels={"task": "lint"}), "local load 1/4")
 
-        with _step(run, "3. local is past its threshold: the next agent spills over"):
+        with _step(run, "3. local is at its threshold: the next agent spills over"):
             spilled = _spawn(run, proxy, SpawnConfig(model="claude-sonnet-4", labels={"task": "tests"}),
-                             "local load 2/2 >= 0.8")
+                             "local load 2/4 >= 0.5")
             run.console.print(placement_table(proxy.explain(spilled.id)))
 
         with _step(run, "4. GPU work goes to the cluster with that GPU"):
@@ -229,5 +231,6 @@ def _teardown(run: DemoRun) -> None:
     finally:
         for site in run.sites.values():
             site.terminate(timeout_s=20)
-        shutil.rmtree(run.state_dir, ignore_errors=True)
+        if run.owns_state_dir:
+            shutil.rmtree(run.state_dir, ignore_errors=True)
     run.console.print("control plane and sites stopped; nothing left running")

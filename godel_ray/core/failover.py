@@ -8,6 +8,8 @@ store and the health table, calls these functions, and carries out what they ret
 
 from __future__ import annotations
 
+import time
+
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -135,9 +137,10 @@ def stale_copies(cluster_id: str, present: Iterable[Agent], table: Mapping[str, 
 
 def loss_note(taken_at: float, lost_commands: int, dead_cluster: str) -> str:
     """The ``status_reason`` of a restored agent: what the checkpoint could not bring back."""
-    count = f"{lost_commands} command(s)" if lost_commands else "commands"
-    return (f"restored from the checkpoint of {taken_at:.3f} after cluster {dead_cluster} went offline; "
-            f"{count} after {taken_at:.3f} lost")
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(taken_at))
+    lost = (f"{lost_commands} command(s) run after it were lost" if lost_commands
+            else "no command was recorded after it, so nothing was lost")
+    return f"restored from the checkpoint taken at {when} after cluster {dead_cluster} went offline; {lost}"
 
 
 __all__ = ["FailoverAction", "KillStale", "MarkFailed", "Restore", "due_checkpoints", "failover_plan",

@@ -89,6 +89,6 @@ def test_stale_copies() -> None:
 
 
 def test_loss_note_names_the_checkpoint_and_the_loss() -> None:
-    assert loss_note(12.5, 3, "west") == ("restored from the checkpoint of 12.500 after cluster west went offline; "
-                                         "3 command(s) after 12.500 lost")
-    assert "commands after 12.500 lost" in loss_note(12.5, 0, "west")
+    assert loss_note(12.5, 3, "west") == ("restored from the checkpoint taken at 1970-01-01T00:00:12Z after "
+                                         "cluster west went offline; 3 command(s) run after it were lost")
+    assert loss_note(12.5, 0, "west").endswith("no command was recorded after it, so nothing was lost")
