@@ -26,24 +26,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from godel_ray.core.endpoint import parse_endpoint
-from godel_ray.core.validation import GPU_TYPE_RE, parse_label, validate_env, validate_spawn_config
+from godel_ray.core.validation import (
+    GPU_TYPE_RE, parse_label, validate_cluster_id, validate_env, validate_spawn_config,
+)
 from godel_ray.errors import InvalidArgument
 from godel_ray.models import Cluster, ClusterCapabilities, HealthSettings, SpawnConfig
-
-CLUSTER_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-RESERVED_CLUSTER_IDS = frozenset({"local"})
-
-
-def validate_cluster_id(name: str) -> str:
-    """A cluster id is a DNS label: 1-63 of ``a-z0-9-``, not starting or ending with ``-``."""
-    if not CLUSTER_ID_RE.match(name):
-        raise InvalidArgument(
-            f"cluster name {name!r} is invalid: use 1-63 characters of a-z, 0-9 and '-', "
-            "starting and ending with a letter or digit", field="name")
-    if name in RESERVED_CLUSTER_IDS:
-        raise InvalidArgument(f"cluster name {name!r} is reserved for the control plane's own cluster: "
-                              "pick another name", field="name")
-    return name
 
 
 class ClusterRegistration(BaseModel):
@@ -73,7 +60,7 @@ class ClusterRegistration(BaseModel):
     @classmethod
     def _name(cls, value: str) -> str:
         try:
-            return validate_cluster_id(value)
+            return validate_cluster_id(value, registering=True)
         except InvalidArgument as exc:
             raise ValueError(exc.message) from None
 
@@ -242,6 +229,6 @@ def _path(value: str | None, base_dir: Path | None) -> str | None:
 
 
 __all__ = [
-    "CLUSTER_ID_RE", "ClusterFile", "ClusterRegistration", "build_spawn_config", "describe_validation_error", "load_cluster_file",
-    "parse_csv", "parse_env", "parse_labels", "registration", "validate_cluster_id",
+    "ClusterFile", "ClusterRegistration", "build_spawn_config", "describe_validation_error", "load_cluster_file",
+    "parse_csv", "parse_env", "parse_labels", "registration",
 ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import shutil
 import time
 from collections import deque
@@ -26,7 +25,7 @@ from godel_ray.control.migrator import MigrationExecutor, cooldown_from_env
 from godel_ray.control.store import CheckpointRecord, StateStore
 from godel_ray.core.endpoint import parse_endpoint
 from godel_ray.core.placement import ClusterView, no_placement_message, place
-from godel_ray.core.validation import validate_spawn_config
+from godel_ray.core.validation import validate_cluster_id, validate_spawn_config
 from godel_ray.errors import (
     AgentNotFound,
     AlreadyExists,
@@ -70,7 +69,6 @@ ORPHAN_REASON = "orphan: its spawn was never acknowledged (the balancer restarte
 SPAWN_TIMEOUT_S = 180.0  # a new agent actor may need a fresh worker process
 CLEANUP_TIMEOUT_S = 10.0  # best-effort kill of a half-spawned agent
 CHECKPOINT_DIR = "checkpoints"
-CLUSTER_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
 def _final_status(event: FederationEvent) -> AgentStatus | None:
@@ -82,13 +80,6 @@ def _final_status(event: FederationEvent) -> AgentStatus | None:
     except ValueError:
         return None
     return status if status.is_final else None
-
-
-def validate_cluster_id(cluster_id: str) -> str:
-    if not CLUSTER_ID_RE.match(cluster_id or ""):
-        raise InvalidArgument(f"cluster id {cluster_id!r} is invalid: use 1-63 characters of a-z, 0-9, '.', "
-                              "'_' or '-', starting with a letter or digit", field="cluster_id")
-    return cluster_id
 
 
 def _matches(agent: Agent, status: AgentStatus | None, labels: dict[str, str] | None, cluster: str | None,
@@ -746,5 +737,4 @@ def _float(text: str) -> float:
         return 0.0
 
 
-__all__ = ["CONTROL_LOOP_INTERVAL_S", "LOCAL_ID", "MultiClusterLoadBalancer", "journal_from_events",
-           "validate_cluster_id"]
+__all__ = ["CONTROL_LOOP_INTERVAL_S", "LOCAL_ID", "MultiClusterLoadBalancer", "journal_from_events"]

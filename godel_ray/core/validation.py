@@ -16,8 +16,23 @@ from godel_ray.settings import LIMITS, Limits
 AGENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+CLUSTER_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a DNS label
+RESERVED_CLUSTER_IDS = frozenset({"local"})  # the control plane's own cluster
 GPU_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_MODEL_BYTES = 256
+
+
+def validate_cluster_id(cluster_id: str, *, registering: bool = False) -> str:
+    """Return ``cluster_id`` if it is a DNS label (1-63 of ``a-z0-9-``, not starting or ending with
+    ``-``); ``registering`` also refuses the reserved ``local``."""
+    if not isinstance(cluster_id, str) or not CLUSTER_ID_RE.match(cluster_id):
+        raise InvalidArgument(
+            f"cluster name {cluster_id!r} is invalid: use 1-63 characters of a-z, 0-9 and '-', "
+            "starting and ending with a letter or digit", field="name")
+    if registering and cluster_id in RESERVED_CLUSTER_IDS:
+        raise InvalidArgument(f"cluster name {cluster_id!r} is reserved for the control plane's own cluster: "
+                              "pick another name", field="name")
+    return cluster_id
 
 
 def validate_agent_id(agent_id: str) -> str:
