@@ -6,6 +6,7 @@ with ``ray stop``.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterator
 
@@ -40,3 +41,23 @@ def ray_head() -> Iterator[raycluster.RayHead]:
                                  auth_token=secrets.token_hex(16))
     yield head
     head.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_client(ray_head: raycluster.RayHead) -> Iterator[raycluster.RayHead]:
+    """This test process attached to ``ray_head`` as a Ray driver (token auth handled), detached after."""
+    import ray
+
+    from godel_ray.control import rayapi
+
+    saved = {key: os.environ.get(key) for key in ray_head.env()}
+    rayapi.init_client(ray_head.address, ray_head.env())
+    try:
+        yield ray_head
+    finally:
+        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

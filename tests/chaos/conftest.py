@@ -8,7 +8,6 @@ with a deadline. Processes are stopped by their session ids, never by name.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -62,16 +61,17 @@ class ChaosPlane:
                                              auth_token_file=str(site.token_file), health=health, **extra))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chaos_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosPlane]:
     """One control plane (4 CPUs, no warm pool: every live AgentActor is an agent) for the folder."""
-    os.environ["GODEL_LOCAL_WARM_POOL"] = "0"
-    state_dir = tmp_path_factory.mktemp("chaos-state")
-    controlplane.up(state_dir, num_cpus=4)
-    try:
-        yield ChaosPlane(state_dir=state_dir, proxy=connect(state_dir))
-    finally:
-        controlplane.down(state_dir)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GODEL_LOCAL_WARM_POOL", "0")
+        state_dir = tmp_path_factory.mktemp("chaos-state")
+        controlplane.up(state_dir, num_cpus=4)
+        try:
+            yield ChaosPlane(state_dir=state_dir, proxy=connect(state_dir))
+        finally:
+            controlplane.down(state_dir)
 
 
 # --- what clusters really host -----------------------------------------------------------------------

@@ -7,14 +7,12 @@ agents it needs with small CPU requests and kills them.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import ray
 
 from godel_ray import raycluster
 from godel_ray.agents.runtime import AgentRuntime
@@ -55,15 +53,7 @@ class Harness:
 
 
 @pytest.fixture(scope="module")
-def h(ray_head: raycluster.RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    saved = {k: os.environ.get(k) for k in ray_head.env()}
-    os.environ.update(ray_head.env())
-    # `import ray` already cached the (absent) auth settings in this process: reload them.
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
-    ray.init(address=ray_head.address, logging_level="ERROR", log_to_driver=False)
+def h(ray_client: raycluster.RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     loop = asyncio.new_event_loop()
     root = tmp_path_factory.mktemp("workdirs")
     runtime = AgentRuntime("site-a", str(root), region="test", cost_per_hour=1.5, max_agents=6,
@@ -73,12 +63,6 @@ def h(ray_head: raycluster.RayHead, tmp_path_factory: pytest.TempPathFactory) ->
     finally:
         loop.run_until_complete(runtime.close())
         loop.close()
-        ray.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def test_spawn_exec_kill(h: Harness) -> None:

@@ -7,7 +7,6 @@ nvidia-a100; each test waits for the pool to be full, spawns, and kills what it 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,15 +60,7 @@ class Harness:
 
 
 @pytest.fixture(scope="module")
-def h(ray_head: raycluster.RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    saved = {k: os.environ.get(k) for k in ray_head.env()}
-    os.environ.update(ray_head.env())
-    # `import ray` already cached the (absent) auth settings in this process: reload them.
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
-    ray.init(address=ray_head.address, logging_level="ERROR", log_to_driver=False)
+def h(ray_client: raycluster.RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     loop = asyncio.new_event_loop()
     root = tmp_path_factory.mktemp("warm-workdirs")
     runtime = AgentRuntime("site-w", str(root), max_agents=MAX_AGENTS, ready_timeout_s=60.0,
@@ -79,12 +70,6 @@ def h(ray_head: raycluster.RayHead, tmp_path_factory: pytest.TempPathFactory) ->
     finally:
         loop.run_until_complete(runtime.close())
         loop.close()
-        ray.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def test_capacity_reports_the_pool_without_using_agent_slots(h: Harness) -> None:

@@ -59,14 +59,9 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(ray_head: RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    saved = {k: os.environ.get(k) for k in ray_head.env()}
-    os.environ.update(ray_head.env())  # before Ray is first imported: it reads its auth mode then
-    import ray
-
+def site(ray_client: RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     from godel_ray.agents.runtime import AgentRuntime
 
-    ray.init(address=ray_head.address, namespace="godel-site-test", logging_level="ERROR", log_to_driver=False)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -92,12 +87,6 @@ def site(ray_head: RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         site.run(stop(), timeout_s=120)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
-        ray.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _label() -> dict[str, str]:
