@@ -116,6 +116,7 @@ class Failover:
         self._sweep_interval_s = sweep_interval_s
         self._last_checkpoint_at: dict[str, float] = {}
         self._agent_tasks: dict[str, asyncio.Task[None]] = {}
+        self._restoring: set[str] = set()  # agents whose restored copy may exist before its commit
         self._sweeps: dict[str, asyncio.Task[None]] = {}
         self._was_offline: set[str] = set()
         self._last_sweep_at: dict[str, float] = {}
@@ -125,6 +126,14 @@ class Failover:
     def busy(self) -> set[str]:
         """Agents a checkpoint or restore is running for, plus the caller's (migrations)."""
         return set(self._agent_tasks) | self._busy_elsewhere()
+
+    def _copies_in_flight(self) -> set[str]:
+        """Agents that may have a second copy before its commit point: restores and migrations.
+
+        A checkpoint does not count: it reads the agent where the table says it lives, so a stale
+        copy elsewhere must still be removed while one runs (they run every few seconds).
+        """
+        return self._restoring | self._busy_elsewhere()
 
     async def tick(self) -> None:
         """One control-loop iteration: start what is due; never waits on a cluster, never raises."""
@@ -148,7 +157,7 @@ class Failover:
         has_checkpoint = frozenset(a.id for a in agents if self.store.checkpoint(a.id) is not None)
         for action in failover_plan(agents, offline, grace, has_checkpoint, busy=busy):
             if isinstance(action, Restore):
-                self._start(action.agent_id, self._restore(action))
+                self._start(action.agent_id, self._restore(action), restoring=True)
             elif isinstance(action, MarkFailed):
                 self._mark_failed(action)
         for cid, h in health.items():
@@ -177,10 +186,17 @@ class Failover:
                     self._last_checkpoint_at[agent.id] = record.taken_at
         return self._last_checkpoint_at
 
-    def _start(self, agent_id: str, work: Coroutine[Any, Any, None]) -> None:
+    def _start(self, agent_id: str, work: Coroutine[Any, Any, None], *, restoring: bool = False) -> None:
         task = asyncio.create_task(work, name=f"failover-{agent_id}")
         self._agent_tasks[agent_id] = task
-        task.add_done_callback(lambda _t: self._agent_tasks.pop(agent_id, None))
+        if restoring:
+            self._restoring.add(agent_id)
+
+        def done(_task: asyncio.Task[None]) -> None:
+            self._agent_tasks.pop(agent_id, None)
+            self._restoring.discard(agent_id)
+
+        task.add_done_callback(done)
 
     # --- checkpoints --------------------------------------------------------------------------
 
@@ -284,7 +300,7 @@ class Failover:
             self._was_offline.add(cluster_id)  # try again at the next tick it is active
             return
         table = {a.id: a for a in self.store.agents()}
-        for stale in stale_copies(cluster_id, present, table, busy=frozenset(self.busy())):
+        for stale in stale_copies(cluster_id, present, table, busy=frozenset(self._copies_in_flight())):
             if await self._kill_quietly(cluster_id, stale.agent_id, stale.epoch, stale.reason):
                 self._emit(EventKind.AGENT, "agent.stale_removed", cluster_id, stale.agent_id,
                            epoch=str(stale.epoch), reason=stale.reason)
