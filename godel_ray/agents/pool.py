@@ -87,6 +87,7 @@ class WarmPool:
         self._limits = limits
         self._ready_timeout_s = ready_timeout_s
         self._idle: dict[PoolKey, list[_Member]] = {k: [] for k in self.sizes}
+        self._starting: list[_Member] = []  # members whose actor is starting: they hold resources too
         self._accel: dict[PoolKey, str | None] = {}
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -138,6 +139,13 @@ class WarmPool:
                 freed_cpus += key.cpus
                 freed_gpus += key.gpus
                 count += 1
+        # A refill in flight holds resources as well: a spawn must not wait behind it.
+        while self._starting and (freed_cpus < cpus or freed_gpus < gpus):
+            member = self._starting.pop()
+            _kill(member.handle)  # its start then fails and the refill drops it
+            freed_cpus += member.key.cpus
+            freed_gpus += member.key.gpus
+            count += 1
         if count:
             self._paused_until = time.monotonic() + EVICT_PAUSE_S
             log.info("cluster %s: evicted %d warm-pool member(s) to make room", self.name, count)
@@ -219,15 +227,21 @@ class WarmPool:
         placeholder = Agent(id=f"warm-{new_agent_id()}", config=config)
         handle = create_agent_actor(placeholder, self._workdir_root, accelerator_type=accel,
                                     limits=self._limits, pooled=True)
+        member = _Member(handle, key, accel)
+        self._starting.append(member)
         try:
             await asyncio.wait_for(handle.ready.remote(), self._ready_timeout_s)
         except BaseException as exc:
             _kill(handle)
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            log.warning("cluster %s: a warm-pool member did not start: %s", self.name, exc)
+            if member in self._starting:  # not evicted: a real failure
+                log.warning("cluster %s: a warm-pool member did not start: %s", self.name, exc)
             return None
-        return _Member(handle, key, accel)
+        finally:
+            if member in self._starting:
+                self._starting.remove(member)
+        return member
 
     async def close(self) -> None:
         """Stop refilling and kill every idle member."""
