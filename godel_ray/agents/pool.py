@@ -105,15 +105,24 @@ class WarmPool:
     def idle_count(self) -> int:
         return sum(len(members) for members in self._idle.values())
 
+    @property
+    def evictable_count(self) -> int:
+        """Members a spawn may evict for room: idle ones and those still starting."""
+        return self.idle_count + len(self._starting)
+
     def held(self) -> tuple[float, dict[str, float]]:
-        """Resources idle members hold: (CPUs, GPUs by advertised type)."""
+        """Resources idle and starting members hold: (CPUs, GPUs by advertised type).
+
+        Both are evicted when a spawn needs the room, so a heartbeat counts them as free (a member
+        still starting may not hold them yet: that can overstate, never understate, what is free).
+        """
         cpus = 0.0
         gpus: dict[str, float] = {}
-        for key, members in self._idle.items():
-            cpus += key.cpus * len(members)
-            accel = self._accel.get(key)
-            if key.gpus and accel and members:
-                gpus[accel] = gpus.get(accel, 0.0) + key.gpus * len(members)
+        members = [m for idle in self._idle.values() for m in idle] + self._starting
+        for member in members:
+            cpus += member.key.cpus
+            if member.key.gpus and member.accelerator_type:
+                gpus[member.accelerator_type] = gpus.get(member.accelerator_type, 0.0) + member.key.gpus
         return cpus, gpus
 
     # --- claim / evict -------------------------------------------------------------------------
