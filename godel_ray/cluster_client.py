@@ -23,7 +23,13 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from godel_ray.models import (
-    Agent, AgentSnapshot, AgentStatus, ExecChunk, ExecResult, FederationEvent, SiteCapacity,
+    Agent,
+    AgentSnapshot,
+    AgentStatus,
+    ExecChunk,
+    ExecResult,
+    FederationEvent,
+    SiteCapacity,
     SpawnConfig,
 )
 

@@ -27,7 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from godel_ray.core.endpoint import parse_endpoint
 from godel_ray.core.validation import (
-    GPU_TYPE_RE, parse_label, validate_cluster_id, validate_env, validate_spawn_config,
+    GPU_TYPE_RE,
+    parse_label,
+    validate_cluster_id,
+    validate_env,
+    validate_spawn_config,
 )
 from godel_ray.errors import InvalidArgument
 from godel_ray.models import Cluster, ClusterCapabilities, HealthSettings, SpawnConfig

@@ -21,7 +21,13 @@ from rich.console import Console
 from rich.table import Table
 
 from godel_ray.models import (
-    Agent, Cluster, ClusterCapabilities, HealthSettings, Migration, PlacementDecision, RestartPolicy,
+    Agent,
+    Cluster,
+    ClusterCapabilities,
+    HealthSettings,
+    Migration,
+    PlacementDecision,
+    RestartPolicy,
     SpawnConfig,
 )
 
@@ -86,10 +92,10 @@ def _start_sites(run: DemoRun) -> None:
     from godel_ray.sitelauncher import start_site
 
     base = run.state_dir / "sites"
-    specs = {
-        "gpu-cloud": dict(num_cpus=4, num_gpus=2, gpu_type="nvidia-a100",
-                          extra=["--region", "us-east", "--cost", "3.20"]),
-        "cpu-cheap": dict(num_cpus=4, extra=["--region", "eu-west", "--cost", "0.40"]),
+    specs: dict[str, dict[str, Any]] = {
+        "gpu-cloud": {"num_cpus": 4, "num_gpus": 2, "gpu_type": "nvidia-a100",
+                      "extra": ["--region", "us-east", "--cost", "3.20"]},
+        "cpu-cheap": {"num_cpus": 4, "extra": ["--region", "eu-west", "--cost", "0.40"]},
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(start_site, base, name, **spec) for name, spec in specs.items()}

@@ -28,7 +28,13 @@ from godel_ray.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.core.validation import validate_command, validate_exec_timeout
 from godel_ray.errors import AgentMoved, AgentNotRunning, FailedPrecondition
 from godel_ray.models import (
-    Agent, AgentSnapshot, AgentStatus, ExecChunk, ExecResult, JournalEntry, now_s,
+    Agent,
+    AgentSnapshot,
+    AgentStatus,
+    ExecChunk,
+    ExecResult,
+    JournalEntry,
+    now_s,
 )
 from godel_ray.settings import LIMITS, Limits
 

@@ -38,15 +38,33 @@ from godel_ray.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.control import rayapi
 from godel_ray.core.events import EventLog
 from godel_ray.core.validation import (
-    validate_agent_id, validate_command, validate_exec_timeout, validate_spawn_config,
+    validate_agent_id,
+    validate_command,
+    validate_exec_timeout,
+    validate_spawn_config,
 )
 from godel_ray.errors import (
-    AgentMoved, AgentNotFound, AgentNotRunning, AlreadyExists, ClusterUnavailable, GodelError,
-    ResourceExhausted, StaleEpoch,
+    AgentMoved,
+    AgentNotFound,
+    AgentNotRunning,
+    AlreadyExists,
+    ClusterUnavailable,
+    GodelError,
+    ResourceExhausted,
+    StaleEpoch,
 )
 from godel_ray.models import (
-    Agent, AgentSnapshot, AgentStatus, EventKind, ExecChunk, FederationEvent, JournalEntry,
-    SiteCapacity, SpawnConfig, new_agent_id, now_s,
+    Agent,
+    AgentSnapshot,
+    AgentStatus,
+    EventKind,
+    ExecChunk,
+    FederationEvent,
+    JournalEntry,
+    SiteCapacity,
+    SpawnConfig,
+    new_agent_id,
+    now_s,
 )
 from godel_ray.settings import LIMITS, Limits
 

@@ -9,7 +9,6 @@ store and the health table, calls these functions, and carries out what they ret
 from __future__ import annotations
 
 import time
-
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 

@@ -18,7 +18,12 @@ from godel_ray import raycluster
 from godel_ray.agents.runtime import AgentRuntime
 from godel_ray.cluster_client import KILL_REASON_MIGRATED, collect
 from godel_ray.errors import (
-    AgentMoved, AgentNotFound, AgentNotRunning, InvalidArgument, ResourceExhausted, SnapshotRejected,
+    AgentMoved,
+    AgentNotFound,
+    AgentNotRunning,
+    InvalidArgument,
+    ResourceExhausted,
+    SnapshotRejected,
     StaleEpoch,
 )
 from godel_ray.models import AgentStatus, ExecChunk, ExecResult, SpawnConfig

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from godel_ray.core.validation import (
-    parse_label, validate_agent_id, validate_command, validate_exec_timeout, validate_spawn_config,
+    parse_label,
+    validate_agent_id,
+    validate_command,
+    validate_exec_timeout,
+    validate_spawn_config,
 )
 from godel_ray.errors import InvalidArgument
 from godel_ray.models import SpawnConfig
