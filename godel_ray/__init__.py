@@ -36,4 +36,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'godel_ray' has no attribute {name!r}")
 
 
-__all__ = [*_models_all, *list(_LAZY), "GodelError", "__version__"]
+__all__ = [*_models_all, *_LAZY, "GodelError", "__version__"]  # noqa: PLE0604 - strings, from models
