@@ -8,8 +8,8 @@ with a deadline. Processes are stopped by their session ids, never by name.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 import pytest
 
 from godel_ray.control import controlplane
-from godel_ray.errors import GodelError
 from godel_ray.models import Agent, Cluster, HealthSettings
 from godel_ray.proxy import TransparentClusterProxy, connect
 from godel_ray.sitelauncher import SiteProcess
+from tests import helpers
 
 T = TypeVar("T")
 WAIT_S = 120.0
@@ -30,19 +30,7 @@ FAST_HEALTH = HealthSettings(heartbeat_interval_s=0.5, heartbeat_timeout_s=1.0, 
                              offline_after=4, recover_after=3, grace_period_s=600.0)
 
 
-def wait_for(probe: Callable[[], T | None], what: str, timeout_s: float = WAIT_S) -> T:
-    """Poll ``probe`` until it returns a truthy value (a GodelError counts as not yet)."""
-    deadline = time.monotonic() + timeout_s
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-            if value:
-                return value
-        except GodelError as exc:
-            last = exc
-        time.sleep(POLL_S)
-    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} (last error: {last})")
+wait_for = functools.partial(helpers.wait_for, timeout_s=WAIT_S, poll_s=POLL_S)
 
 
 @dataclass

@@ -3,37 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from godel_ray.control import controlplane
 from godel_ray.control.migrator import COOLDOWN_ENV
-from godel_ray.errors import GodelError
 from godel_ray.models import Agent, Cluster, HealthSettings, Migration
 from godel_ray.proxy import TransparentClusterProxy, connect
+from tests import helpers
 
 T = TypeVar("T")
 WAIT_S = 180.0
 FAST_HEALTH = HealthSettings(heartbeat_interval_s=0.5, heartbeat_timeout_s=1, offline_after=3, grace_period_s=2)
+wait_for = functools.partial(helpers.wait_for, timeout_s=WAIT_S, poll_s=0.1)
 
 
-def wait_for(probe: Callable[[], T | None], what: str, timeout_s: float = WAIT_S, poll_s: float = 0.1) -> T:
-    """Poll ``probe`` until it returns a truthy value (GodelErrors count as not yet)."""
-    deadline = time.monotonic() + timeout_s
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-            if value:
-                return value
-        except GodelError as exc:
-            last = exc
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out waiting for {what} (last error: {last})")
 
 
 @contextmanager

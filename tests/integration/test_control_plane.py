@@ -6,8 +6,8 @@ registration, placement and spill-over, exec, restarts of the balancer and of th
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +21,6 @@ from godel_ray.errors import (
     ClusterNotFound,
     ClusterUnavailable,
     DeadlineExceeded,
-    GodelError,
     InvalidArgument,
     NoPlacement,
     Unauthenticated,
@@ -29,26 +28,15 @@ from godel_ray.errors import (
 from godel_ray.models import AgentStatus, Cluster, ExecChunk, SpawnConfig
 from godel_ray.proxy import StateReader, TransparentClusterProxy, connect
 from godel_ray.raycluster import free_port
+from tests import helpers
 from tests.conftest import write_token
 
 pytestmark = pytest.mark.ray
 T = TypeVar("T")
 WAIT_S = 120.0
+wait_for = functools.partial(helpers.wait_for, timeout_s=WAIT_S)
 
 
-def wait_for(probe: Callable[[], T | None], what: str, timeout_s: float = WAIT_S) -> T:
-    """Poll ``probe`` until it returns a truthy value (exceptions count as not yet)."""
-    deadline = time.monotonic() + timeout_s
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-            if value:
-                return value
-        except GodelError as exc:
-            last = exc
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what} (last error: {last})")
 
 
 @dataclass
