@@ -105,10 +105,12 @@ class WarmPool:
     def idle_count(self) -> int:
         return sum(len(members) for members in self._idle.values())
 
-    @property
-    def evictable_count(self) -> int:
-        """Members a spawn may evict for room: idle ones and those still starting."""
-        return self.idle_count + len(self._starting)
+    def must_evict_for(self, free_cpus: float, free_gpus: float, cpus: float, gpus: int) -> bool:
+        """Whether a spawn that did not claim a member must evict first: when idle members hold the
+        room it needs, or whenever members are still starting (a pending one could take the room)."""
+        if self._starting:
+            return True
+        return self.idle_count > 0 and (free_cpus + 1e-9 < cpus or free_gpus + 1e-9 < gpus)
 
     def held(self) -> tuple[float, dict[str, float]]:
         """Resources idle and starting members hold: (CPUs, GPUs by advertised type).
@@ -138,8 +140,16 @@ class WarmPool:
         return member.handle, member.accelerator_type
 
     async def evict(self, cpus: float, gpus: int = 0) -> int:
-        """Kill idle members until they freed ``cpus`` CPUs and ``gpus`` GPUs (or none are left)."""
+        """Make room for a spawn: kill every member still starting (a pending one would take the
+        room freed for the spawn first), then idle members until ``cpus`` CPUs and ``gpus`` GPUs
+        are freed (or none are left). Refill pauses for ``EVICT_PAUSE_S`` after an eviction."""
         freed_cpus, freed_gpus, count = 0.0, 0, 0
+        while self._starting:
+            member = self._starting.pop()
+            _kill(member.handle)  # its start then fails and the refill drops it
+            freed_cpus += member.key.cpus
+            freed_gpus += member.key.gpus
+            count += 1
         for key in sorted(self._idle, key=lambda k: (k.gpus > 0) != (gpus > 0)):
             members = self._idle[key]
             while members and (freed_cpus < cpus or freed_gpus < gpus):
@@ -148,13 +158,6 @@ class WarmPool:
                 freed_cpus += key.cpus
                 freed_gpus += key.gpus
                 count += 1
-        # A refill in flight holds resources as well: a spawn must not wait behind it.
-        while self._starting and (freed_cpus < cpus or freed_gpus < gpus):
-            member = self._starting.pop()
-            _kill(member.handle)  # its start then fails and the refill drops it
-            freed_cpus += member.key.cpus
-            freed_gpus += member.key.gpus
-            count += 1
         if count:
             self._paused_until = time.monotonic() + EVICT_PAUSE_S
             log.info("cluster %s: evicted %d warm-pool member(s) to make room", self.name, count)

@@ -297,8 +297,8 @@ class AgentRuntime:
         if problem is not None:
             raise ResourceExhausted(f"cannot place agent {agent.id} on cluster {self.name}: {problem}",
                                     cluster_id=self.name, agent_id=agent.id)
-        if self.pool.evictable_count and (free.get("CPU", 0.0) + 1e-9 < agent.config.cpus
-                                     or free.get("GPU", 0.0) + 1e-9 < agent.config.num_gpus):
+        if self.pool.must_evict_for(free.get("CPU", 0.0), free.get("GPU", 0.0), agent.config.cpus,
+                                    agent.config.num_gpus):
             await self.pool.evict(agent.config.cpus - free.get("CPU", 0.0),
                                   max(0, agent.config.num_gpus - int(free.get("GPU", 0.0))))
         entry = _Entry(agent=agent, journal=list(journal or []))
