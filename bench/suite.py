@@ -68,6 +68,8 @@ class Federation:
                     "--warm-pool-size", str(WARM_POOL), "--max-agents", "400"]))
             self.info = controlplane.up(self.state_dir, num_cpus=LOCAL_CPUS)
             self.proxy = connect(self.state_dir)
+            # local's default max_agents is its CPU count; the scale test spreads hundreds of tiny agents
+            self.proxy.registry.update("local", max_agents=400)
             for site in self.sites:
                 self.proxy.registry.register(Cluster(id=site.name, endpoint=site.endpoint, max_agents=400,
                                                      auth_token_file=str(site.token_file)))
