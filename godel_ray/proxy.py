@@ -500,17 +500,10 @@ class StateReader:
 
     def agents(self, *, status: AgentStatus | str | None = None, labels: dict[str, str] | None = None,
                cluster: str | None = None, model: str | None = None) -> builtins.list[Agent]:
-        wanted = AgentStatus(status) if status is not None else None
-        return [a for a in self._store.agents(cluster_id=cluster, status=wanted)
-                if (model is None or a.config.model == model)
-                and all(a.config.labels.get(k) == v for k, v in (labels or {}).items())]
+        return self._store.agents(cluster_id=cluster, status=status, labels=labels, model=model)
 
     def agent(self, agent_id: str) -> Agent:
-        agent = self._store.agent(agent_id)
-        if agent is None:
-            raise AgentNotFound(f"agent {agent_id!r} is not known to the federation; see `swarmctl agent list`",
-                                agent_id=agent_id)
-        return agent
+        return self._store.require_agent(agent_id)
 
     def decision(self, agent_id: str) -> PlacementDecision:
         self.agent(agent_id)

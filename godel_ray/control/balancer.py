@@ -82,14 +82,6 @@ def _final_status(event: FederationEvent) -> AgentStatus | None:
     return status if status.is_final else None
 
 
-def _matches(agent: Agent, status: AgentStatus | None, labels: dict[str, str] | None, cluster: str | None,
-             model: str | None) -> bool:
-    return ((status is None or agent.status == status)
-            and (cluster is None or agent.cluster_id == cluster)
-            and (model is None or agent.config.model == model)
-            and all(agent.config.labels.get(k) == v for k, v in (labels or {}).items()))
-
-
 async def _bounded(awaitable: Awaitable[T], timeout_s: float | None, what: str) -> T:
     if timeout_s is None:
         return await awaitable
@@ -608,11 +600,7 @@ class MultiClusterLoadBalancer:
             pass
 
     def _agent(self, agent_id: str) -> Agent:
-        agent = self.store.agent(agent_id)
-        if agent is None:
-            raise AgentNotFound(f"agent {agent_id!r} is not known to the federation; see `swarmctl agent list`",
-                                agent_id=agent_id)
-        return agent
+        return self.store.require_agent(agent_id)
 
     async def kill(self, agent_id: str) -> Agent:
         await self._ensure_ready()
@@ -648,9 +636,7 @@ class MultiClusterLoadBalancer:
     async def list_agents(self, status: AgentStatus | str | None = None, labels: dict[str, str] | None = None,
                           cluster: str | None = None, model: str | None = None) -> list[Agent]:
         await self._ensure_ready()
-        wanted = AgentStatus(status) if status is not None else None
-        return [a for a in self.store.agents(cluster_id=cluster, status=wanted)
-                if _matches(a, None, labels, None, model)]
+        return self.store.agents(cluster_id=cluster, status=status, labels=labels, model=model)
 
     async def locate(self, agent_id: str) -> tuple[str, int]:
         """Where the agent lives now: (cluster id, epoch)."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from godel_ray.errors import ControlPlaneNotRunning
+from godel_ray.errors import AgentNotFound, ControlPlaneNotRunning
 from godel_ray.models import (
     Agent,
     AgentStatus,
@@ -162,17 +162,28 @@ class StateStore:
         rows = self._rows("SELECT json FROM agents WHERE id = ?", (agent_id,))
         return Agent.model_validate_json(str(rows[0][0])) if rows else None
 
-    def agents(self, *, cluster_id: str | None = None,
-               status: AgentStatus | None = None) -> list[Agent]:
+    def require_agent(self, agent_id: str) -> Agent:
+        """The agent, or ``AgentNotFound`` with what to do."""
+        agent = self.agent(agent_id)
+        if agent is None:
+            raise AgentNotFound(f"agent {agent_id!r} is not known to the federation; see `swarmctl agent list`",
+                                agent_id=agent_id)
+        return agent
+
+    def agents(self, *, cluster_id: str | None = None, status: AgentStatus | str | None = None,
+               labels: dict[str, str] | None = None, model: str | None = None) -> list[Agent]:
+        """Agents in spawn order, filtered (every label must match)."""
         sql, args = "SELECT json FROM agents WHERE 1=1", list[object]()
         if cluster_id is not None:
             sql += " AND cluster_id = ?"
             args.append(cluster_id)
         if status is not None:
             sql += " AND status = ?"
-            args.append(status.value)
+            args.append(AgentStatus(status).value)
         rows = self._rows(sql + " ORDER BY rowid", args)
-        return [Agent.model_validate_json(str(r[0])) for r in rows]
+        agents = [Agent.model_validate_json(str(r[0])) for r in rows]
+        return [a for a in agents if (model is None or a.config.model == model)
+                and all(a.config.labels.get(k) == v for k, v in (labels or {}).items())]
 
     def active_counts(self) -> dict[str, int]:
         """Non-final agents per cluster id."""
