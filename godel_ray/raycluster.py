@@ -130,9 +130,10 @@ def start_head(
         "--object-store-memory", str(object_store_bytes),
         "--disable-usage-stats",
         "--include-dashboard", "true" if dashboard else "false",
+        # Ray runs a minimal dashboard process even without the UI: give it this head's own port too,
+        # or every head on the machine reaches for the default 8265.
+        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]),
     ]
-    if dashboard:
-        cmd += ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"])]
     if num_cpus is not None:
         cmd += ["--num-cpus", str(num_cpus)]
     if res:
