@@ -53,9 +53,9 @@ class Options:
 
 class Federation:
     def __init__(self, root: Path) -> None:
+        from godel_ray.client.proxy import connect
         from godel_ray.control import controlplane
-        from godel_ray.proxy import connect
-        from godel_ray.sitelauncher import start_site
+        from godel_ray.site.launcher import start_site
 
         self.root = root
         self.state_dir = root / "state"

@@ -17,7 +17,7 @@ from rich.text import Text
 from godel_ray.models import OutputStream
 
 if TYPE_CHECKING:
-    from godel_ray.proxy import StateReader, TransparentClusterProxy
+    from godel_ray.client.proxy import StateReader, TransparentClusterProxy
 
 TIMED_OUT_EXIT_CODE = 124  # as timeout(1)
 
@@ -42,11 +42,11 @@ def spawn(model: Annotated[str | None, typer.Option("--model", help="Model name 
           region: Annotated[str | None, typer.Option("--region", help="Preferred region.")] = None,
           state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """Spawn an agent; the balancer places it (see `swarmctl agent explain ID`)."""
-    from godel_ray import config
+    from godel_ray import inputs
     from godel_ray.errors import GodelError
 
-    spawn_config = config.build_spawn_config(
-        model=model, labels=config.parse_labels(label), env=config.parse_env(env), timeout_s=timeout,
+    spawn_config = inputs.build_spawn_config(
+        model=model, labels=inputs.parse_labels(label), env=inputs.parse_env(env), timeout_s=timeout,
         requires_gpu=gpu, gpu_type=gpu_type, gpu_count=gpu_count, cpus=cpus, cluster=cluster,
         idempotency_key=idempotency_key, restart_policy=restart_policy, checkpoint_interval_s=checkpoint_interval,
         priority=priority, preferred_region=region)
@@ -107,8 +107,8 @@ def list_(status: Annotated[str | None, typer.Option("--status", help="pending|r
           model: Annotated[str | None, typer.Option("--model")] = None,
           state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """Agents the federation knows, filtered (no Ray)."""
-    from godel_ray.config import parse_labels
     from godel_ray.errors import InvalidArgument
+    from godel_ray.inputs import parse_labels
     from godel_ray.models import AgentStatus
 
     if status is not None and status not in {s.value for s in AgentStatus}:
@@ -167,12 +167,12 @@ def logs(agent_id: Annotated[str, typer.Argument(metavar="ID")],
 
 
 def _reader(state_dir: str | None) -> StateReader:
-    from godel_ray.proxy import StateReader
+    from godel_ray.client.proxy import StateReader
 
     return StateReader(state_dir)
 
 
 def _connect(state_dir: str | None) -> TransparentClusterProxy:
-    from godel_ray.proxy import connect
+    from godel_ray.client.proxy import connect
 
     return connect(state_dir)

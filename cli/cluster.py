@@ -20,7 +20,7 @@ from rich.text import Text
 from godel_ray.models import Cluster, ClusterStats, Migration
 
 if TYPE_CHECKING:
-    from godel_ray.proxy import StateReader, TransparentClusterProxy
+    from godel_ray.client.proxy import StateReader, TransparentClusterProxy
 
 app = typer.Typer(help="Register and inspect clusters; move agents between them.", no_args_is_help=True)
 
@@ -50,20 +50,20 @@ def add(name: Annotated[str | None, typer.Argument(help="Cluster id, e.g. gpu-ea
         grace_period: Annotated[float | None, typer.Option("--grace-period", help="Seconds offline before failover.")] = None,
         state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """Register a remote cluster (probed with a heartbeat first: nothing is registered if it fails)."""
-    from godel_ray import config
+    from godel_ray import inputs
     from godel_ray.errors import InvalidArgument
 
     if file is not None:
         if name or endpoint:
             raise InvalidArgument("give either NAME ENDPOINT or -f FILE, not both")
-        clusters = config.load_cluster_file(file)
+        clusters = inputs.load_cluster_file(file)
     else:
         if not name or not endpoint:
             raise InvalidArgument("missing NAME and ENDPOINT (or -f FILE): "
                                   "swarmctl cluster add gpu-east grpc://10.0.0.5:50051 --auth-token-file F")
-        reg = config.registration(
+        reg = inputs.registration(
             name=name, endpoint=endpoint, auth_token_file=auth_token_file, region=region,
-            gpu=gpu, gpu_types=config.parse_csv(gpu_types), flags=flag or [], max_agents=max_agents,
+            gpu=gpu, gpu_types=inputs.parse_csv(gpu_types), flags=flag or [], max_agents=max_agents,
             cost_per_hour=cost, tls_ca_file=tls_ca, tls_cert_file=tls_cert, tls_key_file=tls_key,
             heartbeat_interval_s=heartbeat_interval, heartbeat_timeout_s=heartbeat_timeout,
             grace_period_s=grace_period)
@@ -172,7 +172,7 @@ def plan(gpu: Annotated[bool, typer.Option("--gpu")] = False,
          region: Annotated[str | None, typer.Option("--region", help="Preferred region.")] = None,
          state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """Where an agent with these needs would go, and why (nothing is spawned)."""
-    from godel_ray.config import build_spawn_config
+    from godel_ray.inputs import build_spawn_config
 
     spawn_config = build_spawn_config(requires_gpu=gpu, gpu_type=gpu_type, gpu_count=gpu_count, cpus=cpus,
                                       priority=priority, preferred_region=region)
@@ -260,12 +260,12 @@ def _stats(reader: StateReader) -> list[ClusterStats]:
 
 
 def _reader(state_dir: str | None) -> StateReader:
-    from godel_ray.proxy import StateReader
+    from godel_ray.client.proxy import StateReader
 
     return StateReader(state_dir)
 
 
 def _connect(state_dir: str | None) -> TransparentClusterProxy:
-    from godel_ray.proxy import connect
+    from godel_ray.client.proxy import connect
 
     return connect(state_dir)

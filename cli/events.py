@@ -15,7 +15,7 @@ from godel_cli.render import JsonOption, StateDirOption
 from godel_ray.models import FederationEvent
 
 if TYPE_CHECKING:
-    from godel_ray.proxy import StateReader
+    from godel_ray.client.proxy import StateReader
 
 FOLLOW_POLL_S = 0.5
 PAGE = 1000
@@ -30,7 +30,7 @@ def events(follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep pri
            since: Annotated[int, typer.Option("--since", min=0, help="Only events after this sequence number.")] = 0,
            state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """Cluster, agent, command and migration events (JSON: an array; with --follow, one object per line)."""
-    from godel_ray.proxy import StateReader
+    from godel_ray.client.proxy import StateReader
 
     reader = StateReader(state_dir)
     if not follow:

@@ -172,7 +172,7 @@ def guarded(fn: F) -> F:
             fail(_with_reasons(exc), exit_code_for(exc))
         except ValidationError as exc:
             _debug_traceback()
-            from godel_ray.config import describe_validation_error
+            from godel_ray.inputs import describe_validation_error
 
             fail(describe_validation_error(exc, names={}), EXIT_CODES[errors.InvalidArgument])
         except BrokenPipeError:

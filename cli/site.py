@@ -42,7 +42,7 @@ def serve(
 ) -> None:
     """Serve agents on a Ray cluster; prints 'listening on HOST:PORT' once ready; stops on SIGTERM."""
     from godel_ray.errors import GodelError
-    from godel_ray.rpc.server import SiteConfig, run
+    from godel_ray.site.serve import SiteConfig, run
 
     try:
         site_config = SiteConfig.load(

@@ -19,10 +19,10 @@ from godel_ray.models import __all__ as _models_all
 from godel_ray.settings import VERSION as __version__
 
 _LAZY = {
-    "connect": ("godel_ray.proxy", "connect"),
-    "TransparentClusterProxy": ("godel_ray.proxy", "TransparentClusterProxy"),
-    "ClusterRegistry": ("godel_ray.proxy", "ClusterRegistry"),
-    "ClusterClient": ("godel_ray.cluster_client", "ClusterClient"),
+    "connect": ("godel_ray.client.proxy", "connect"),
+    "TransparentClusterProxy": ("godel_ray.client.proxy", "TransparentClusterProxy"),
+    "ClusterRegistry": ("godel_ray.client.proxy", "ClusterRegistry"),
+    "ClusterClient": ("godel_ray.core.cluster_client", "ClusterClient"),
     "MultiClusterLoadBalancer": ("godel_ray.control.balancer", "MultiClusterLoadBalancer"),
 }
 

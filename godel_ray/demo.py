@@ -89,7 +89,7 @@ def _spawn(run: DemoRun, proxy: Any, config: SpawnConfig, why: str) -> Agent:
 
 
 def _start_sites(run: DemoRun) -> None:
-    from godel_ray.sitelauncher import start_site
+    from godel_ray.site.launcher import start_site
 
     base = run.state_dir / "sites"
     specs: dict[str, dict[str, Any]] = {
@@ -147,8 +147,8 @@ def _show_migration(run: DemoRun, mig: Migration) -> None:
 
 def run_demo(keep: bool = False, state_dir: str | None = None, console: Console | None = None) -> int:
     """Run the story; return the process exit code."""
+    from godel_ray.client.proxy import connect
     from godel_ray.control import controlplane
-    from godel_ray.proxy import connect
 
     run = DemoRun(state_dir=Path(state_dir or tempfile.mkdtemp(prefix="godel-demo-")), keep=keep,
                   console=console or Console(), owns_state_dir=state_dir is None)

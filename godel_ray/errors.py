@@ -3,7 +3,7 @@
 Every failure a user can trigger is one of these, with a message a person can act on and
 structured fields (``agent_id``, ``cluster_id``, ``reasons``). Foreign exceptions (gRPC, Ray) are
 mapped to this tree in exactly one place each: ``godel_ray.rpc.errors`` for gRPC status codes and
-``godel_ray.control.rayapi`` for Ray's wrappers.
+``godel_ray.raykit.rayapi`` for Ray's wrappers.
 
     GodelError
     ├── InvalidArgument                 bad input: ids, sizes, env names, timeouts   (INVALID_ARGUMENT)

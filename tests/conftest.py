@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from godel_ray import raycluster
-from godel_ray.sitelauncher import SiteProcess, start_site, write_token
+from godel_ray.raykit import heads
+from godel_ray.site.launcher import SiteProcess, start_site, write_token
 
 __all__ = ["SiteProcess", "start_site", "write_token"]
 
@@ -35,20 +35,20 @@ def site_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def ray_head() -> Iterator[raycluster.RayHead]:
+def ray_head() -> Iterator[heads.RayHead]:
     """One private Ray head for tests that host agents in-process (runtime tier)."""
-    head = raycluster.start_head(num_cpus=8, num_gpus=2, gpu_type="nvidia-a100",
+    head = heads.start_head(num_cpus=8, num_gpus=2, gpu_type="nvidia-a100",
                                  auth_token=secrets.token_hex(16))
     yield head
     head.stop()
 
 
 @pytest.fixture(scope="module")
-def ray_client(ray_head: raycluster.RayHead) -> Iterator[raycluster.RayHead]:
+def ray_client(ray_head: heads.RayHead) -> Iterator[heads.RayHead]:
     """This test process attached to ``ray_head`` as a Ray driver (token auth handled), detached after."""
     import ray
 
-    from godel_ray.control import rayapi
+    from godel_ray.raykit import rayapi
 
     saved = {key: os.environ.get(key) for key in ray_head.env()}
     rayapi.init_client(ray_head.address, ray_head.env())

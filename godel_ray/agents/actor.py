@@ -24,7 +24,7 @@ from typing import Any
 
 from godel_ray.agents import snapshot as snap
 from godel_ray.agents.process import ProcessControl, kill_process_group, run_streaming
-from godel_ray.cluster_client import KILL_REASON_MIGRATED
+from godel_ray.core.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.core.validation import validate_command, validate_exec_timeout
 from godel_ray.errors import AgentMoved, AgentNotRunning, FailedPrecondition
 from godel_ray.models import (

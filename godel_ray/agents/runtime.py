@@ -34,8 +34,7 @@ from godel_ray import settings
 from godel_ray.agents import snapshot as snap
 from godel_ray.agents.actor import GPU_TYPE_RESOURCE_UNITS, create_agent_actor
 from godel_ray.agents.pool import WarmPool, normalise_gpu_type, pool_sizes
-from godel_ray.cluster_client import KILL_REASON_MIGRATED
-from godel_ray.control import rayapi
+from godel_ray.core.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.core.events import EventLog
 from godel_ray.core.validation import (
     validate_agent_id,
@@ -66,6 +65,7 @@ from godel_ray.models import (
     new_agent_id,
     now_s,
 )
+from godel_ray.raykit import rayapi
 from godel_ray.settings import LIMITS, Limits
 
 log = logging.getLogger(__name__)

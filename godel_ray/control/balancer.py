@@ -16,13 +16,12 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from godel_ray import metrics
-from godel_ray.cluster_client import KILL_REASON_MIGRATED
-from godel_ray.control import factory, rayapi
+from godel_ray.control import factory
 from godel_ray.control.cluster_actor import LOCAL_WORKDIR, make_client, site_cursor_key
 from godel_ray.control.failover import Failover
 from godel_ray.control.migrator import MigrationExecutor, cooldown_from_env
 from godel_ray.control.store import CheckpointRecord, StateStore
+from godel_ray.core.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.core.endpoint import parse_endpoint
 from godel_ray.core.placement import ClusterView, no_placement_message, place
 from godel_ray.core.validation import validate_cluster_id, validate_spawn_config
@@ -54,6 +53,7 @@ from godel_ray.models import (
     SpawnConfig,
     new_agent_id,
 )
+from godel_ray.raykit import metrics, rayapi
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -22,8 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from godel_ray import metrics
-from godel_ray.cluster_client import ClusterClient, collect
+from godel_ray.core.cluster_client import ClusterClient, collect
 from godel_ray.core.events import EventLog
 from godel_ray.core.health import HealthTracker
 from godel_ray.errors import FailedPrecondition
@@ -42,6 +41,7 @@ from godel_ray.models import (
     SiteCapacity,
     SpawnConfig,
 )
+from godel_ray.raykit import metrics
 
 log = logging.getLogger(__name__)
 

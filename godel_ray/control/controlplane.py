@@ -16,10 +16,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from godel_ray import raycluster, settings
-from godel_ray.control import rayapi
+from godel_ray import settings
 from godel_ray.control.store import StateStore
 from godel_ray.errors import ControlPlaneNotRunning, GodelError
+from godel_ray.raykit import heads, rayapi
 
 CONTROL_FILE = "control.json"
 TOKEN_FILE = "ray_token"
@@ -42,11 +42,11 @@ def _dir(state_dir: str | os.PathLike[str] | None) -> Path:
     return settings.state_dir(state_dir)
 
 
-def read_head(state_dir: str | os.PathLike[str] | None = None) -> raycluster.RayHead | None:
+def read_head(state_dir: str | os.PathLike[str] | None = None) -> heads.RayHead | None:
     """The running head described by ``control.json``, or None (no file, or the head is gone)."""
     path = _dir(state_dir) / CONTROL_FILE
     try:
-        head = raycluster.RayHead.from_json(path.read_text())
+        head = heads.RayHead.from_json(path.read_text())
     except (OSError, ValueError, TypeError):
         return None
     return head if head.alive() else None
@@ -106,7 +106,7 @@ def up(state_dir: str | os.PathLike[str] | None = None, *, num_cpus: float | Non
     if head is None:
         token = secrets.token_hex(32)
         _write_private(root / TOKEN_FILE, token)
-        head = raycluster.start_head(num_cpus=num_cpus, num_gpus=num_gpus, gpu_type=gpu_type, dashboard=True,
+        head = heads.start_head(num_cpus=num_cpus, num_gpus=num_gpus, gpu_type=gpu_type, dashboard=True,
                                      auth_token=token)
         _write_private(root / CONTROL_FILE, head.to_json())
     try:
@@ -119,7 +119,7 @@ def up(state_dir: str | os.PathLike[str] | None = None, *, num_cpus: float | Non
     return _info(root, head, started=started)
 
 
-def _stop(root: Path, head: raycluster.RayHead) -> None:
+def _stop(root: Path, head: heads.RayHead) -> None:
     import ray
 
     if ray.is_initialized():
@@ -148,7 +148,7 @@ def down(state_dir: str | os.PathLike[str] | None = None) -> bool:
     return True
 
 
-def _info(root: Path, head: raycluster.RayHead | None, *, started: bool = False) -> ControlPlaneInfo:
+def _info(root: Path, head: heads.RayHead | None, *, started: bool = False) -> ControlPlaneInfo:
     clusters, agents = _counts(root)
     if head is None:
         return ControlPlaneInfo(running=False, state_dir=str(root), clusters=clusters, agents=agents)

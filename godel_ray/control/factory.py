@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from godel_ray import settings
-from godel_ray.control import rayapi
 from godel_ray.models import Cluster
+from godel_ray.raykit import rayapi
 
 BALANCER_MAX_CONCURRENCY = 1000  # async actor: concurrent calls interleave on one event loop
 CLUSTER_ACTOR_MAX_CONCURRENCY = 1000

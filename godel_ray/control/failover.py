@@ -28,10 +28,9 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from godel_ray import metrics
-from godel_ray.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.control.migrator import ClusterCall, Emit
 from godel_ray.control.store import CheckpointRecord, StateStore
+from godel_ray.core.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.core.failover import (
     MarkFailed,
     Restore,
@@ -54,6 +53,7 @@ from godel_ray.models import (
     MigrationPhase,
     PhaseStamp,
 )
+from godel_ray.raykit import metrics
 
 log = logging.getLogger(__name__)
 

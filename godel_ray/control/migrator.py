@@ -31,9 +31,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from godel_ray import metrics
-from godel_ray.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.control.store import StateStore
+from godel_ray.core.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.core.migration import (
     Action,
     Commit,
@@ -55,6 +54,7 @@ from godel_ray.core.migration import (
 from godel_ray.core.placement import ClusterView
 from godel_ray.errors import AgentNotFound, ClusterNotFound, GodelError, StaleEpoch
 from godel_ray.models import Agent, AgentSnapshot, AgentStatus, EventKind, Migration, MigrationPhase
+from godel_ray.raykit import metrics
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def cooldown_from_env(default_s: float = MIGRATION_COOLDOWN_S) -> float:
 def _ray_put(value: object) -> Any:
     import ray
 
-    from godel_ray.control import rayapi
+    from godel_ray.raykit import rayapi
 
     with rayapi.mapped("object store"):
         return ray.put(value)

@@ -20,7 +20,7 @@ from typing import TypeAlias
 
 import grpc.aio
 
-from godel_ray.cluster_client import ClusterClient
+from godel_ray.core.cluster_client import ClusterClient
 from godel_ray.errors import InvalidArgument, SnapshotRejected
 from godel_ray.models import AgentSnapshot, AgentStatus
 from godel_ray.rpc import convert

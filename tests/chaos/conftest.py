@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 
 import pytest
 
+from godel_ray.client.proxy import TransparentClusterProxy, connect
 from godel_ray.control import controlplane
 from godel_ray.models import Agent, Cluster, HealthSettings
-from godel_ray.proxy import TransparentClusterProxy, connect
-from godel_ray.sitelauncher import SiteProcess
+from godel_ray.site.launcher import SiteProcess
 from tests import helpers
 
 T = TypeVar("T")
@@ -80,7 +80,8 @@ def site_agents(site: SiteProcess) -> list[Agent]:
 
 def local_agents() -> list[Agent]:
     """The ``local`` runtime's own agent table (through its ClusterActor, not the balancer)."""
-    from godel_ray.control import factory, rayapi
+    from godel_ray.control import factory
+    from godel_ray.raykit import rayapi
 
     agents: list[Agent] = rayapi.get(factory.cluster_actor_handle("local").list_agents.remote(),
                                      timeout_s=30, what="cluster local")

@@ -23,10 +23,10 @@ from typing import Any, TypeVar
 import pytest
 
 from godel_ray import errors as E
+from godel_ray.client.proxy import StateReader
 from godel_ray.models import SpawnConfig
-from godel_ray.proxy import StateReader
 from godel_ray.rpc.client import GrpcClusterClient
-from godel_ray.sitelauncher import write_token
+from godel_ray.site.launcher import write_token
 from tests.integration.test_sites import Pki, _make_pki
 
 pytestmark = [pytest.mark.chaos, pytest.mark.ray]

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
+from godel_ray.client.proxy import TransparentClusterProxy, connect
 from godel_ray.control import controlplane
 from godel_ray.errors import GodelError
 from godel_ray.models import AgentStatus, SpawnConfig
-from godel_ray.proxy import TransparentClusterProxy, connect
 from tests.chaos.conftest import ChaosPlane, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.ray]

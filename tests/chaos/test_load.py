@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from godel_ray.client.proxy import TransparentClusterProxy
 from godel_ray.models import AgentStatus, ExecResult, HealthSettings, SpawnConfig
-from godel_ray.proxy import TransparentClusterProxy
 
 pytestmark = [pytest.mark.chaos, pytest.mark.ray]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from godel_ray.models import ClusterHealthState, ClusterStatus, SpawnConfig
-from godel_ray.sitelauncher import SiteProcess, start_site
+from godel_ray.site.launcher import SiteProcess, start_site
 from tests.chaos.conftest import FAST_HEALTH, ChaosPlane, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.ray]

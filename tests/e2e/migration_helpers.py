@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from godel_ray.client.proxy import TransparentClusterProxy, connect
 from godel_ray.control import controlplane
 from godel_ray.control.migrator import COOLDOWN_ENV
 from godel_ray.models import Agent, Cluster, HealthSettings, Migration
-from godel_ray.proxy import TransparentClusterProxy, connect
 from tests import helpers
 
 T = TypeVar("T")

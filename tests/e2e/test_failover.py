@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from godel_ray.client.proxy import TransparentClusterProxy
 from godel_ray.models import AgentStatus, ClusterStatus, MigrationPhase, RestartPolicy, SpawnConfig
-from godel_ray.proxy import TransparentClusterProxy
 from tests.e2e.migration_helpers import control_plane, finished, live_copies, phase_of, register, wait_for
 
 pytestmark = pytest.mark.ray

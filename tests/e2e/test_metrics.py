@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from godel_ray import metrics
+from godel_ray.client.proxy import connect
 from godel_ray.control import controlplane
 from godel_ray.models import SpawnConfig
-from godel_ray.proxy import connect
+from godel_ray.raykit import metrics
 
 pytestmark = pytest.mark.ray
 SCRAPE_DEADLINE_S = 120.0

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from godel_ray.client.proxy import TransparentClusterProxy
 from godel_ray.errors import AgentNotFound, ClusterNotFound, InvalidArgument
 from godel_ray.models import AgentStatus, ExecChunk, ExecResult, MigrationPhase, SpawnConfig
-from godel_ray.proxy import TransparentClusterProxy
 from tests.e2e.migration_helpers import (
     control_plane,
     finished,

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from godel_ray.client.proxy import connect
 from godel_ray.control import controlplane
 from godel_ray.models import Cluster
-from godel_ray.proxy import connect
 
 pytestmark = pytest.mark.ray
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 from godel_ray import settings
+from godel_ray.client.proxy import StateReader, TransparentClusterProxy, connect
 from godel_ray.control import controlplane
 from godel_ray.errors import (
     AlreadyExists,
@@ -26,8 +27,7 @@ from godel_ray.errors import (
     Unauthenticated,
 )
 from godel_ray.models import AgentStatus, Cluster, ExecChunk, SpawnConfig
-from godel_ray.proxy import StateReader, TransparentClusterProxy, connect
-from godel_ray.raycluster import free_port
+from godel_ray.raykit.heads import free_port
 from tests import helpers
 from tests.conftest import write_token
 

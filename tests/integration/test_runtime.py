@@ -14,9 +14,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from godel_ray import raycluster
 from godel_ray.agents.runtime import AgentRuntime
-from godel_ray.cluster_client import KILL_REASON_MIGRATED, collect
+from godel_ray.core.cluster_client import KILL_REASON_MIGRATED, collect
 from godel_ray.errors import (
     AgentMoved,
     AgentNotFound,
@@ -27,6 +26,7 @@ from godel_ray.errors import (
     StaleEpoch,
 )
 from godel_ray.models import AgentStatus, ExecChunk, ExecResult, SpawnConfig
+from godel_ray.raykit import heads
 
 pytestmark = pytest.mark.ray
 T = TypeVar("T")
@@ -58,7 +58,7 @@ class Harness:
 
 
 @pytest.fixture(scope="module")
-def h(ray_client: raycluster.RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+def h(ray_client: heads.RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     loop = asyncio.new_event_loop()
     root = tmp_path_factory.mktemp("workdirs")
     runtime = AgentRuntime("site-a", str(root), region="test", cost_per_hour=1.5, max_agents=6,

@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 import pytest
 
 from godel_ray import errors as E
-from godel_ray.cluster_client import collect
+from godel_ray.core.cluster_client import collect
 from godel_ray.models import AgentStatus, SpawnConfig
-from godel_ray.raycluster import session_pids
+from godel_ray.raykit.heads import session_pids
 from godel_ray.rpc.client import GrpcClusterClient
 
 pytestmark = pytest.mark.ray
@@ -191,7 +191,7 @@ def test_site_serve_refuses_unsafe_or_wrong_setups(tmp_path: Path, case: str, re
 
 
 def test_site_config_yaml_is_overridden_by_flags(tmp_path: Path) -> None:
-    from godel_ray.rpc.server import SiteConfig
+    from godel_ray.site.serve import SiteConfig
 
     path = tmp_path / "site.yaml"
     path.write_text("name: gpu-east\nregion: us-east\nport: 7000\nauth_token_file: /t\nnum_gpus: 2\n"

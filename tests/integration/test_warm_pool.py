@@ -14,11 +14,11 @@ from typing import Any, TypeVar
 import pytest
 import ray
 
-from godel_ray import raycluster
 from godel_ray.agents.runtime import AgentRuntime
-from godel_ray.cluster_client import collect
+from godel_ray.core.cluster_client import collect
 from godel_ray.errors import FailedPrecondition
 from godel_ray.models import Agent, ExecResult, SpawnConfig
+from godel_ray.raykit import heads
 
 pytestmark = pytest.mark.ray
 T = TypeVar("T")
@@ -60,7 +60,7 @@ class Harness:
 
 
 @pytest.fixture(scope="module")
-def h(ray_client: raycluster.RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+def h(ray_client: heads.RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     loop = asyncio.new_event_loop()
     root = tmp_path_factory.mktemp("warm-workdirs")
     runtime = AgentRuntime("site-w", str(root), max_agents=MAX_AGENTS, ready_timeout_s=60.0,

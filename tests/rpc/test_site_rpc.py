@@ -28,15 +28,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from godel_ray import errors as E
-from godel_ray.cluster_client import collect
+from godel_ray.core.cluster_client import collect
 from godel_ray.models import AgentStatus, FederationEvent, SpawnConfig
-from godel_ray.raycluster import RayHead
+from godel_ray.raykit.heads import RayHead
 from godel_ray.rpc import convert
 from godel_ray.rpc.auth import bearer_metadata
 from godel_ray.rpc.client import GrpcClusterClient
 from godel_ray.rpc.gen import federation_pb2 as pb
 from godel_ray.rpc.gen import federation_pb2_grpc as pb_grpc
-from godel_ray.rpc.server import SERVICE_NAME, build_server
+from godel_ray.site.serve import SERVICE_NAME, build_server
 
 pytestmark = pytest.mark.ray
 T = TypeVar("T")

@@ -14,48 +14,48 @@ from godel_cli.main import app
 from rich.console import Console
 from typer.testing import CliRunner
 
-from godel_ray import config, errors
+from godel_ray import errors, inputs
 from godel_ray.models import Agent, CandidateScore, ClusterStatus, PlacementDecision, SpawnConfig
 
 # --------------------------------------------------------------- k=v lists and csv
 
 
 def test_labels_parse_and_last_value_wins() -> None:
-    assert config.parse_labels(["task=dl", "team=ml", "task=rl", "empty="]) == {
+    assert inputs.parse_labels(["task=dl", "team=ml", "task=rl", "empty="]) == {
         "task": "rl", "team": "ml", "empty": ""}
-    assert config.parse_labels(None) == {}
+    assert inputs.parse_labels(None) == {}
 
 
 @pytest.mark.parametrize("bad", ["novalue", "=v", "bad key=v", "-x=1"])
 def test_malformed_label_is_invalid_argument(bad: str) -> None:
     with pytest.raises(errors.InvalidArgument) as info:
-        config.parse_labels([bad])
+        inputs.parse_labels([bad])
     assert "label" in str(info.value)
 
 
 def test_env_parses_values_with_equals_signs() -> None:
-    assert config.parse_env(["A=1", "TOKEN=x=y=z"]) == {"A": "1", "TOKEN": "x=y=z"}
+    assert inputs.parse_env(["A=1", "TOKEN=x=y=z"]) == {"A": "1", "TOKEN": "x=y=z"}
 
 
 def test_malformed_env_never_echoes_the_value() -> None:
     with pytest.raises(errors.InvalidArgument) as info:
-        config.parse_env(["=supersecret"])
+        inputs.parse_env(["=supersecret"])
     assert "supersecret" not in str(info.value)
     with pytest.raises(errors.InvalidArgument) as info:
-        config.parse_env(["1BAD=supersecret"])
+        inputs.parse_env(["1BAD=supersecret"])
     assert "1BAD" in str(info.value) and "supersecret" not in str(info.value)
 
 
 def test_gpu_types_csv() -> None:
-    assert config.parse_csv(" nvidia-a100, h100,,") == ["nvidia-a100", "h100"]
-    assert config.parse_csv(None) == []
+    assert inputs.parse_csv(" nvidia-a100, h100,,") == ["nvidia-a100", "h100"]
+    assert inputs.parse_csv(None) == []
 
 
 # --------------------------------------------------------------- registrations from flags
 
 
 def test_registration_maps_flags_onto_cluster() -> None:
-    reg = config.registration(name="gpu-east", endpoint="grpc://127.0.0.1:5000", region="us-east",
+    reg = inputs.registration(name="gpu-east", endpoint="grpc://127.0.0.1:5000", region="us-east",
                               gpu_types=["nvidia-a100"], cost_per_hour=3.5, heartbeat_interval_s=0.5,
                               heartbeat_timeout_s=0.4, auth_token_file="/tmp/t.token")
     cluster = reg.to_cluster()
@@ -67,7 +67,7 @@ def test_registration_maps_flags_onto_cluster() -> None:
 
 
 def test_short_heartbeat_interval_caps_the_default_timeout() -> None:
-    cluster = config.registration(name="a", endpoint="h:1", heartbeat_interval_s=0.5).to_cluster()
+    cluster = inputs.registration(name="a", endpoint="h:1", heartbeat_interval_s=0.5).to_cluster()
     assert cluster.health.heartbeat_timeout_s <= 0.5
 
 
@@ -84,7 +84,7 @@ def test_short_heartbeat_interval_caps_the_default_timeout() -> None:
 def test_registration_rejects_bad_input_naming_the_field(fields: dict[str, object], needle: str) -> None:
     base: dict[str, object] = {"name": "ok", "endpoint": "127.0.0.1:1"}
     with pytest.raises(errors.InvalidArgument) as info:
-        config.registration(**{**base, **fields})
+        inputs.registration(**{**base, **fields})
     assert needle in str(info.value)
 
 
@@ -96,7 +96,7 @@ def test_cluster_file_with_one_mapping(tmp_path: Path) -> None:
     file = tmp_path / "one.yaml"
     file.write_text("name: gpu-west\nendpoint: grpcs://gpu.example.com:443\n"
                     "auth_token_file: tokens/west.token\ngpu: true\ncost_per_hour: 2\n")
-    [cluster] = config.load_cluster_file(file)
+    [cluster] = inputs.load_cluster_file(file)
     assert cluster.id == "gpu-west" and cluster.capabilities.gpu
     assert cluster.auth_token_file == str(tmp_path / "tokens" / "west.token"), "relative to the file"
 
@@ -106,7 +106,7 @@ def test_cluster_file_with_a_list(tmp_path: Path) -> None:
     file.write_text("clusters:\n"
                     "  - {name: a, endpoint: '127.0.0.1:1'}\n"
                     "  - {name: b, endpoint: '127.0.0.1:2', gpu_types: [nvidia-h100], region: eu}\n")
-    clusters = config.load_cluster_file(file)
+    clusters = inputs.load_cluster_file(file)
     assert [c.id for c in clusters] == ["a", "b"]
     assert clusters[1].capabilities.gpu and clusters[1].region == "eu"
 
@@ -124,22 +124,22 @@ def test_bad_cluster_file_names_the_file_and_field(tmp_path: Path, text: str, ne
     file = tmp_path / "bad.yaml"
     file.write_text(text)
     with pytest.raises(errors.InvalidArgument) as info:
-        config.load_cluster_file(file)
+        inputs.load_cluster_file(file)
     assert needle in str(info.value) and "bad.yaml" in str(info.value)
 
 
 def test_missing_cluster_file(tmp_path: Path) -> None:
     with pytest.raises(errors.InvalidArgument, match="does not exist"):
-        config.load_cluster_file(tmp_path / "nope.yaml")
+        inputs.load_cluster_file(tmp_path / "nope.yaml")
 
 
 def test_spawn_flags_build_a_validated_config() -> None:
-    cfg = config.build_spawn_config(model="m", gpu_type="nvidia-a100", cpus=None, priority="cost")
+    cfg = inputs.build_spawn_config(model="m", gpu_type="nvidia-a100", cpus=None, priority="cost")
     assert cfg.needs_gpu and cfg.cpus == SpawnConfig().cpus and cfg.priority.value == "cost"
     with pytest.raises(errors.InvalidArgument, match="--priority"):
-        config.build_spawn_config(priority="fastest")
+        inputs.build_spawn_config(priority="fastest")
     with pytest.raises(errors.InvalidArgument, match="timeout"):
-        config.build_spawn_config(timeout_s=-5)
+        inputs.build_spawn_config(timeout_s=-5)
 
 
 # --------------------------------------------------------------- JSON rendering

@@ -23,12 +23,12 @@ from godel_cli import site as site_cli
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from typer.testing import CliRunner
 
-from godel_ray.config import describe_validation_error, load_cluster_file
 from godel_ray.core.endpoint import parse_endpoint
 from godel_ray.errors import InvalidArgument
+from godel_ray.inputs import describe_validation_error, load_cluster_file
 from godel_ray.models import Cluster
-from godel_ray.rpc import server as site_server
-from godel_ray.rpc.server import SiteConfig
+from godel_ray.site import serve as site_server
+from godel_ray.site.serve import SiteConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "cluster-configs"
 ALL_YAML = sorted(CONFIG_DIR.glob("*.yaml")) + sorted(CONFIG_DIR.glob("*.yml"))

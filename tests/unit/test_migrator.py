@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from godel_ray.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.control.migrator import COOLDOWN_KEY, MigrationExecutor
 from godel_ray.control.store import StateStore
+from godel_ray.core.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.core.placement import ClusterView
 from godel_ray.errors import AgentNotFound, ClusterUnavailable, CooldownActive, MigrationInProgress
 from godel_ray.models import (

@@ -203,11 +203,11 @@ def _say(line: str) -> None:
 
 async def serve(config: SiteConfig) -> None:
     """Run the site until SIGTERM/SIGINT (see the module docstring)."""
-    from godel_ray import raycluster
+    from godel_ray.raykit import heads
 
     token = check_safety(config)
     credentials = _server_credentials(config) if config.tls else None
-    head: raycluster.RayHead | None = None
+    head: heads.RayHead | None = None
     workdir_root = config.workdir_root
     own_workdir = workdir_root is None
     if workdir_root is None:
@@ -219,7 +219,7 @@ async def serve(config: SiteConfig) -> None:
         address = config.ray_address
         if address is None:
             head = await asyncio.to_thread(
-                raycluster.start_head, config.num_cpus, config.num_gpus, config.gpu_type,
+                heads.start_head, config.num_cpus, config.num_gpus, config.gpu_type,
                 auth_token=secrets.token_hex(16))
             _say(f"ray head session {head.pid}")
             os.environ.update(head.env())

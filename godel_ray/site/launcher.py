@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from godel_ray import raycluster
+from godel_ray.raykit import heads
 
 SITE_READY_TIMEOUT_S = 120.0
 
@@ -56,9 +56,9 @@ class SiteProcess:
 
     def kill(self) -> None:
         """Hard kill: SIGKILL the server's session and its Ray head's session."""
-        raycluster.stop_session(self.proc.pid, grace_s=0.0)
+        heads.stop_session(self.proc.pid, grace_s=0.0)
         if self.head_sid:
-            raycluster.stop_session(self.head_sid, grace_s=0.0)
+            heads.stop_session(self.head_sid, grace_s=0.0)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -58,7 +58,8 @@ def connect(state_dir: str | os.PathLike[str] | None = None, *, address: str | N
     """
     import ray
 
-    from godel_ray.control import controlplane, factory, rayapi
+    from godel_ray.control import controlplane, factory
+    from godel_ray.raykit import rayapi
 
     root = settings.state_dir(state_dir)
     if not ray.is_initialized():
@@ -126,7 +127,7 @@ class _SyncBalancer:
 
     def _call(self, method: str, *args: Any, retry: bool = False, **kwargs: Any) -> Any:
         """Call the balancer; read-only calls (``retry``) wait out a balancer restart."""
-        from godel_ray.control import rayapi
+        from godel_ray.raykit import rayapi
 
         attempts = BALANCER_RETRY_ATTEMPTS if retry else 1
         for attempt in range(attempts):
@@ -211,7 +212,7 @@ class TransparentClusterProxy(_SyncBalancer):
         return agent
 
     def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None) -> ExecResult:
-        from godel_ray.control import rayapi
+        from godel_ray.raykit import rayapi
 
         for attempt in range(REROUTE_ATTEMPTS + 1):
             cluster_id, epoch = self._locate(agent_id, refresh=attempt > 0)
@@ -233,7 +234,7 @@ class TransparentClusterProxy(_SyncBalancer):
     def exec_stream(self, agent_id: str, command: str, *, timeout_s: float | None = None
                     ) -> Iterator[ExecChunk]:
         """Output chunks as produced; the last carries ``result``."""
-        from godel_ray.control import rayapi
+        from godel_ray.raykit import rayapi
 
         for attempt in range(REROUTE_ATTEMPTS + 1):
             cluster_id, epoch = self._locate(agent_id, refresh=attempt > 0)
@@ -310,7 +311,7 @@ class _AsyncBalancer:
         self._core = core
 
     async def _call(self, method: str, *args: Any, retry: bool = False, **kwargs: Any) -> Any:
-        from godel_ray.control import rayapi
+        from godel_ray.raykit import rayapi
 
         attempts = BALANCER_RETRY_ATTEMPTS if retry else 1
         for attempt in range(attempts):
@@ -386,7 +387,7 @@ class AsyncTransparentClusterProxy(_AsyncBalancer):
         return agent
 
     async def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None) -> ExecResult:
-        from godel_ray.control import rayapi
+        from godel_ray.raykit import rayapi
 
         for attempt in range(REROUTE_ATTEMPTS + 1):
             cluster_id, epoch = await self._locate(agent_id, refresh=attempt > 0)
@@ -406,7 +407,7 @@ class AsyncTransparentClusterProxy(_AsyncBalancer):
 
     async def exec_stream(self, agent_id: str, command: str, *, timeout_s: float | None = None
                           ) -> AsyncIterator[ExecChunk]:
-        from godel_ray.control import rayapi
+        from godel_ray.raykit import rayapi
 
         for attempt in range(REROUTE_ATTEMPTS + 1):
             cluster_id, epoch = await self._locate(agent_id, refresh=attempt > 0)

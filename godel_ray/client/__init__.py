@@ -1,0 +1,1 @@
+"""What users hold: the proxy (sync and asyncio) and the light state reader."""

@@ -1,0 +1,1 @@
+"""A site: its configuration and lifecycle (``serve``), and starting one as a process (``launcher``)."""
