@@ -115,6 +115,41 @@ def actor(name: str, what: str = "") -> Any:
                                  cluster_id=what.removeprefix("cluster ")) from exc
 
 
+def put(value: object, what: str = "object store") -> Any:
+    """Put ``value`` into the object store; the ref can be passed to another actor unfetched."""
+    import ray
+
+    with mapped(what):
+        return ray.put(value)
+
+
+def kill_actor(handle: Any) -> None:
+    """End an actor for good (no restart)."""
+    import ray
+
+    ray.kill(handle, no_restart=True)
+
+
+def cluster_resources() -> dict[str, float]:
+    """The attached Ray cluster's total resources (``{}`` when not inside Ray)."""
+    import ray
+
+    if not ray.is_initialized():
+        return {}
+    return dict(ray.cluster_resources())  # type: ignore[no-untyped-call]
+
+
+def remote_actor(cls: type, options: dict[str, Any], *args: Any) -> Any:
+    """Create (or, with ``get_if_exists`` in ``options``, find) an actor of plain class ``cls``.
+
+    The only ``ray.remote`` in the project: callers decide names and options (``control.factory``,
+    ``agents.actor``), this applies them.
+    """
+    import ray
+
+    return ray.remote(cls).options(**options).remote(*args)
+
+
 def init_client(address: str, env: dict[str, str] | None = None) -> None:
     """Attach this process to the Ray cluster at ``address`` as a driver (token auth from ``env``)."""
     import ray
@@ -147,4 +182,5 @@ def _reload_auth_config() -> None:
     reset_auth_token_state()
 
 
-__all__ = ["BALANCER_WHAT", "actor", "get", "init_client", "mapped", "translate"]
+__all__ = ["BALANCER_WHAT", "actor", "cluster_resources", "get", "init_client", "kill_actor", "mapped", "put",
+           "remote_actor", "translate"]
