@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from godel_ray.models import (
+    LOCAL_CLUSTER_ID,
     Agent,
     Cluster,
     ClusterCapabilities,
@@ -163,7 +164,7 @@ def run_demo(keep: bool = False, state_dir: str | None = None, console: Console 
 
         with _step(run, "2. CPU agents stay local while local is below its threshold"):
             # A small laptop: room for 4 agents, spill over at half load.
-            proxy.registry.update("local", max_agents=4, load_threshold=0.5)
+            proxy.registry.update(LOCAL_CLUSTER_ID, max_agents=4, load_threshold=0.5)
             first = _spawn(run, proxy, SpawnConfig(model="claude-sonnet-4", labels={"task": "docs"}),
                            "local load 0/4")
             _spawn(run, proxy, SpawnConfig(model="claude-sonnet-4", labels={"task": "lint"}), "local load 1/4")

@@ -13,6 +13,8 @@ from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+LOCAL_CLUSTER_ID = "local"  # the control plane's own cluster: always registered, hosts agents with no gRPC
+
 
 def now_s() -> float:
     return time.time()
@@ -271,10 +273,39 @@ class EventKind(str, Enum):
     MIGRATION = "migration"
 
 
+class EventType(str, Enum):
+    """Every event type the federation emits. ``FederationEvent.type`` stays a string so that an
+    unknown type from a newer site is carried, not refused; compare against these members."""
+
+    AGENT_CHECKPOINTED = "agent.checkpointed"
+    AGENT_EXPORTED = "agent.exported"
+    AGENT_FAILED = "agent.failed"
+    AGENT_IMPORTED = "agent.imported"
+    AGENT_KILLED = "agent.killed"
+    AGENT_ORPHAN_REMOVED = "agent.orphan_removed"
+    AGENT_PLACED = "agent.placed"
+    AGENT_RESTORE_FAILED = "agent.restore_failed"
+    AGENT_RESTORED = "agent.restored"
+    AGENT_SPAWNED = "agent.spawned"
+    AGENT_STALE_REMOVED = "agent.stale_removed"
+    AGENT_STATUS = "agent.status"
+    CLUSTER_REGISTERED = "cluster.registered"
+    CLUSTER_STATUS = "cluster.status"
+    CLUSTER_UNREGISTERED = "cluster.unregistered"
+    COMMAND_FINISHED = "command.finished"
+    COMMAND_STARTED = "command.started"
+    MIGRATION_COMMITTED = "migration.committed"
+    MIGRATION_STARTED = "migration.started"
+
+    @property
+    def kind(self) -> EventKind:
+        return EventKind(self.value.split(".", 1)[0])
+
+
 class FederationEvent(_Model):
     seq: int = 0
     kind: EventKind
-    type: str  # e.g. "agent.spawned", "command.finished", "cluster.status", "migration.committed"
+    type: str  # an ``EventType`` value (a newer site may send others)
     cluster_id: str = ""
     agent_id: str = ""
     ts: float = Field(default_factory=now_s)
@@ -337,9 +368,34 @@ class PlacementDecision(_Model):
 
 
 __all__ = [
-    "Agent", "AgentSnapshot", "AgentStatus", "CandidateScore", "Cluster", "ClusterCapabilities",
-    "ClusterHealthState", "ClusterInfo", "ClusterStats", "ClusterStatus", "EventKind", "ExecChunk", "ExecResult",
-    "FederationEvent", "HealthSettings", "JournalEntry", "Migration", "MigrationPhase", "OutputStream",
-    "PhaseStamp", "PlacementDecision", "Priority", "RestartPolicy", "SiteCapacity", "SpawnConfig",
-    "new_agent_id", "new_migration_id", "now_s",
+    "LOCAL_CLUSTER_ID",
+    "Agent",
+    "AgentSnapshot",
+    "AgentStatus",
+    "CandidateScore",
+    "Cluster",
+    "ClusterCapabilities",
+    "ClusterHealthState",
+    "ClusterInfo",
+    "ClusterStats",
+    "ClusterStatus",
+    "EventKind",
+    "EventType",
+    "ExecChunk",
+    "ExecResult",
+    "FederationEvent",
+    "HealthSettings",
+    "JournalEntry",
+    "Migration",
+    "MigrationPhase",
+    "OutputStream",
+    "PhaseStamp",
+    "PlacementDecision",
+    "Priority",
+    "RestartPolicy",
+    "SiteCapacity",
+    "SpawnConfig",
+    "new_agent_id",
+    "new_migration_id",
+    "now_s",
 ]

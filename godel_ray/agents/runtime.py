@@ -53,10 +53,12 @@ from godel_ray.errors import (
     StaleEpoch,
 )
 from godel_ray.models import (
+    LOCAL_CLUSTER_ID,
     Agent,
     AgentSnapshot,
     AgentStatus,
     EventKind,
+    EventType,
     ExecChunk,
     FederationEvent,
     JournalEntry,
@@ -79,7 +81,7 @@ LOCAL_WARM_POOL_ENV = "GODEL_LOCAL_WARM_POOL"  # warm pool size of the ``local``
 
 def default_warm_pool_size(name: str) -> int:
     """``$GODEL_LOCAL_WARM_POOL`` for the runtime named ``local``; 0 otherwise (or when unset/invalid)."""
-    raw = os.environ.get(LOCAL_WARM_POOL_ENV, "") if name == "local" else ""
+    raw = os.environ.get(LOCAL_WARM_POOL_ENV, "") if name == LOCAL_CLUSTER_ID else ""
     try:
         return max(0, int(raw)) if raw.strip() else 0
     except ValueError:
@@ -203,7 +205,7 @@ class AgentRuntime:
         agent = agent.model_copy(update={"cluster_id": self.name})
         entry.agent = agent
         if agent.status != before:
-            self._emit("agent.status", agent.id, status=agent.status.value, reason=agent.status_reason)
+            self._emit(EventType.AGENT_STATUS, agent.id, status=agent.status.value, reason=agent.status_reason)
 
     def _error(self, entry: _Entry, exc: BaseException) -> GodelError:
         """Map a Ray failure of ``entry``'s actor into the GodelError tree (one place)."""
@@ -372,7 +374,7 @@ class AgentRuntime:
         key = idempotency_key or config.idempotency_key
         if not key:
             agent = await self._create(Agent(id=agent_id, config=config, epoch=max(epoch, 1)))
-            self._emit("agent.spawned", agent.id, model=config.model, node_id=agent.node_id)
+            self._emit(EventType.AGENT_SPAWNED, agent.id, model=config.model, node_id=agent.node_id)
             return agent, True
         lock = self._key_locks.setdefault(key, asyncio.Lock())
         async with lock:
@@ -380,7 +382,7 @@ class AgentRuntime:
                 return await self.status(self._idempotency[key]), False
             agent = await self._create(Agent(id=agent_id, config=config, epoch=max(epoch, 1)))
             self._idempotency[key] = agent.id
-            self._emit("agent.spawned", agent.id, model=config.model, node_id=agent.node_id)
+            self._emit(EventType.AGENT_SPAWNED, agent.id, model=config.model, node_id=agent.node_id)
             return agent, True
 
     async def kill(self, agent_id: str, *, epoch: int = 0, reason: str = "") -> Agent:
@@ -397,7 +399,7 @@ class AgentRuntime:
             self._set_agent(entry, entry.agent.model_copy(update={
                 "status": AgentStatus.TERMINATED, "status_reason": reason or "killed",
                 "finished_at": now_s()}))
-        self._emit("agent.killed", agent_id, reason=reason or "killed")
+        self._emit(EventType.AGENT_KILLED, agent_id, reason=reason or "killed")
         return entry.agent
 
     async def exec_stream(self, agent_id: str, command: str, *, timeout_s: float | None = None,
@@ -405,7 +407,7 @@ class AgentRuntime:
         validate_command(command, self._limits)
         timeout = validate_exec_timeout(timeout_s, self._limits)
         entry = self._live(agent_id, epoch)
-        self._emit("command.started", agent_id, EventKind.COMMAND, command=command[:200])
+        self._emit(EventType.COMMAND_STARTED, agent_id, EventKind.COMMAND, command=command[:200])
         finished = False
         stream = entry.handle.exec.options(num_returns="streaming").remote(command, timeout)
         try:
@@ -413,7 +415,7 @@ class AgentRuntime:
                 chunk: ExecChunk = await ref
                 if chunk.result is not None:
                     finished = True
-                    self._emit("command.finished", agent_id, EventKind.COMMAND,
+                    self._emit(EventType.COMMAND_FINISHED, agent_id, EventKind.COMMAND,
                                exit_code=chunk.result.exit_code, duration_s=f"{chunk.result.duration_s:.3f}",
                                timed_out=chunk.result.timed_out)
                 yield chunk
@@ -485,7 +487,7 @@ class AgentRuntime:
             raise
         snapshot = snapshot.model_copy(update={"agent": snapshot.agent.model_copy(
             update={"cluster_id": self.name})})
-        self._emit("agent.exported", agent_id, bytes=snapshot.size_bytes, frozen=freeze)
+        self._emit(EventType.AGENT_EXPORTED, agent_id, bytes=snapshot.size_bytes, frozen=freeze)
         return snapshot
 
     async def import_(self, snapshot: AgentSnapshot) -> Agent:
@@ -498,7 +500,7 @@ class AgentRuntime:
                                      journal=snapshot.journal)
         if agent.config.idempotency_key:
             self._idempotency.setdefault(agent.config.idempotency_key, agent.id)
-        self._emit("agent.imported", agent.id, epoch=agent.epoch, bytes=snapshot.size_bytes)
+        self._emit(EventType.AGENT_IMPORTED, agent.id, epoch=agent.epoch, bytes=snapshot.size_bytes)
         return created
 
     async def resume(self, agent_id: str, *, epoch: int = 0) -> Agent:

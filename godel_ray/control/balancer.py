@@ -36,6 +36,7 @@ from godel_ray.errors import (
     NoPlacement,
 )
 from godel_ray.models import (
+    LOCAL_CLUSTER_ID,
     Agent,
     AgentSnapshot,
     AgentStatus,
@@ -46,6 +47,7 @@ from godel_ray.models import (
     ClusterStats,
     ClusterStatus,
     EventKind,
+    EventType,
     FederationEvent,
     JournalEntry,
     Migration,
@@ -58,7 +60,7 @@ from godel_ray.raykit import metrics, rayapi
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-LOCAL_ID = "local"
+LOCAL_ID = LOCAL_CLUSTER_ID
 DEFAULT_LOCAL_MAX_AGENTS = 100
 CONTROL_LOOP_INTERVAL_S = 1.0
 CONTROL_CALL_TIMEOUT_S = 5.0  # one health/drain call to a ClusterActor
@@ -73,7 +75,7 @@ CHECKPOINT_DIR = "checkpoints"
 
 def _final_status(event: FederationEvent) -> AgentStatus | None:
     """The final status an agent event reports (``agent.status`` with a final ``status``), if any."""
-    if event.type != "agent.status":
+    if event.type != EventType.AGENT_STATUS:
         return None
     try:
         status = AgentStatus(event.data.get("status", ""))
@@ -219,7 +221,7 @@ class MultiClusterLoadBalancer:
             except GodelError as exc:
                 log.warning("cluster %s: orphan agent %s not removed yet: %s", cluster_id, there.id, exc)
                 continue
-            self._emit(EventKind.AGENT, "agent.orphan_removed", cluster_id, there.id, reason=ORPHAN_REASON)
+            self._emit(EventKind.AGENT, EventType.AGENT_ORPHAN_REMOVED, cluster_id, there.id, reason=ORPHAN_REASON)
             log.warning("cluster %s: killed orphan agent %s (%s)", cluster_id, there.id, ORPHAN_REASON)
 
     async def _sweep_orphans(self, cluster_id: str) -> None:
@@ -250,7 +252,7 @@ class MultiClusterLoadBalancer:
         failed = agent.model_copy(update={"status": AgentStatus.FAILED, "status_reason": reason,
                                           "finished_at": time.time()})
         self.store.put_agent(failed)
-        self._emit(EventKind.AGENT, "agent.failed", agent.cluster_id, agent.id, reason=reason)
+        self._emit(EventKind.AGENT, EventType.AGENT_FAILED, agent.cluster_id, agent.id, reason=reason)
         log.warning("agent %s: %s", agent.id, reason)
         return failed
 
@@ -280,7 +282,7 @@ class MultiClusterLoadBalancer:
         self.store.delete_checkpoint(agent.id)
         for path in self._checkpoint_paths(agent.id):
             path.unlink(missing_ok=True)
-        self._emit(EventKind.AGENT, "agent.restored", LOCAL_ID, agent.id, epoch=str(there.epoch))
+        self._emit(EventKind.AGENT, EventType.AGENT_RESTORED, LOCAL_ID, agent.id, epoch=str(there.epoch))
 
     async def prepare_shutdown(self) -> int:
         """Checkpoint every non-final local agent (frozen) so ``up`` can restore it. Returns how many."""
@@ -427,7 +429,7 @@ class MultiClusterLoadBalancer:
         except GodelError:
             await self._drop_cluster(cluster.id)
             raise
-        self._emit(EventKind.CLUSTER, "cluster.registered", cluster.id, endpoint=cluster.endpoint or "",
+        self._emit(EventKind.CLUSTER, EventType.CLUSTER_REGISTERED, cluster.id, endpoint=cluster.endpoint or "",
                    region=cluster.region)
         return self._info(cluster)
 
@@ -460,7 +462,7 @@ class MultiClusterLoadBalancer:
         for agent in active:
             self._mark_failed(agent, f"cluster {cluster_id} was removed from the federation")
         await self._drop_cluster(cluster_id)
-        self._emit(EventKind.CLUSTER, "cluster.unregistered", cluster_id)
+        self._emit(EventKind.CLUSTER, EventType.CLUSTER_UNREGISTERED, cluster_id)
 
     async def update_cluster(self, cluster_id: str, changes: dict[str, Any]) -> ClusterInfo:
         """Change registry fields of a cluster (``max_agents``, ``cost_per_hour``, ``load_threshold`` ...)."""
@@ -588,7 +590,7 @@ class MultiClusterLoadBalancer:
         finally:
             self._reserved[chosen] -= 1
             self._spawning.discard(agent_id)
-        self._emit(EventKind.AGENT, "agent.placed", chosen, agent.id, rule=decision.rule)
+        self._emit(EventKind.AGENT, EventType.AGENT_PLACED, chosen, agent.id, rule=decision.rule)
         metrics.record_placement(chosen, decision.rule)
         return agent
 
@@ -663,7 +665,7 @@ class MultiClusterLoadBalancer:
                 return entries
             except (AgentNotFound, FailedPrecondition):
                 pass
-        return journal_from_events(self.store.events(agent_id=agent_id, types=("command.started", "command.finished"),
+        return journal_from_events(self.store.events(agent_id=agent_id, types=(EventType.COMMAND_STARTED, EventType.COMMAND_FINISHED),
                                                      limit=1_000_000))
 
     async def events_since(self, since_seq: int = 0, limit: int = 1000) -> list[FederationEvent]:
@@ -699,10 +701,10 @@ def journal_from_events(events: list[FederationEvent]) -> list[JournalEntry]:
     started: deque[FederationEvent] = deque()
     out: list[JournalEntry] = []
     for event in events:
-        if event.type == "command.started":
+        if event.type == EventType.COMMAND_STARTED:
             started.append(event)
             continue
-        if event.type != "command.finished":
+        if event.type != EventType.COMMAND_FINISHED:
             continue
         start = started.popleft() if started else None
         data = event.data

@@ -34,6 +34,7 @@ from godel_ray.models import (
     ClusterHealthState,
     ClusterStatus,
     EventKind,
+    EventType,
     ExecChunk,
     ExecResult,
     FederationEvent,
@@ -206,7 +207,7 @@ class ClusterActor:
     def _emit_status(self, before: ClusterStatus, after: ClusterStatus) -> None:
         state = self.tracker.state
         self.buffer.append(FederationEvent(
-            kind=EventKind.CLUSTER, type="cluster.status", cluster_id=self.cluster.id,
+            kind=EventKind.CLUSTER, type=EventType.CLUSTER_STATUS, cluster_id=self.cluster.id,
             data={"from": before.value, "to": after.value, "error": state.last_error[:200]}))
 
     # --- events ---------------------------------------------------------------------------------

@@ -43,12 +43,14 @@ from godel_ray.core.failover import (
 from godel_ray.core.placement import ClusterView, no_placement_message, place
 from godel_ray.errors import GodelError
 from godel_ray.models import (
+    LOCAL_CLUSTER_ID,
     Agent,
     AgentSnapshot,
     AgentStatus,
     ClusterHealthState,
     ClusterStatus,
     EventKind,
+    EventType,
     Migration,
     MigrationPhase,
     PhaseStamp,
@@ -103,7 +105,7 @@ class Failover:
     def __init__(self, store: StateStore, state_dir: str | os.PathLike[str], call: ClusterCall, emit: Emit, *,
                  views: Callable[[], list[ClusterView]], health: Callable[[str], ClusterHealthState | None],
                  busy: Callable[[], set[str]], clock: Callable[[], float] = time.time,
-                 local_id: str = "local", sweep_interval_s: float = SWEEP_INTERVAL_S) -> None:
+                 local_id: str = LOCAL_CLUSTER_ID, sweep_interval_s: float = SWEEP_INTERVAL_S) -> None:
         self.store = store
         self.state_dir = Path(state_dir)
         self._call = call
@@ -218,7 +220,7 @@ class Failover:
             return  # moved meanwhile: this snapshot is not the agent's latest state
         self.store.put_checkpoint(record)
         self._last_checkpoint_at[agent.id] = started
-        self._emit(EventKind.AGENT, "agent.checkpointed", agent.cluster_id, agent.id, epoch=str(agent.epoch),
+        self._emit(EventKind.AGENT, EventType.AGENT_CHECKPOINTED, agent.cluster_id, agent.id, epoch=str(agent.epoch),
                    bytes=str(record.size_bytes), journal=str(len(snapshot.journal)),
                    taken_at=f"{record.taken_at:.3f}")
 
@@ -230,12 +232,12 @@ class Failover:
             return
         self.store.put_agent(agent.model_copy(update={
             "status": AgentStatus.FAILED, "status_reason": action.reason, "finished_at": self._clock()}))
-        self._emit(EventKind.AGENT, "agent.failed", action.dead_cluster, agent.id, reason=action.reason)
+        self._emit(EventKind.AGENT, EventType.AGENT_FAILED, action.dead_cluster, agent.id, reason=action.reason)
         metrics.record_failover(action.dead_cluster, "failed")
         log.warning("agent %s: %s", agent.id, action.reason)
 
     def _lost_commands(self, agent_id: str, cluster_id: str, taken_at: float) -> int:
-        started = self.store.events(agent_id=agent_id, types=("command.started",), limit=1_000_000)
+        started = self.store.events(agent_id=agent_id, types=(EventType.COMMAND_STARTED,), limit=1_000_000)
         return sum(1 for e in started if e.cluster_id == cluster_id and e.ts > taken_at)
 
     async def _restore(self, action: Restore) -> None:
@@ -262,7 +264,7 @@ class Failover:
         except (GodelError, OSError, ValueError) as exc:
             # Retried at the next tick; a partial copy on ``target`` is removed by its sweep.
             log.warning("agent %s: restore on %s failed: %s", agent.id, target, exc)
-            self._emit(EventKind.AGENT, "agent.restore_failed", target, agent.id, error=str(exc)[:300])
+            self._emit(EventKind.AGENT, EventType.AGENT_RESTORE_FAILED, target, agent.id, error=str(exc)[:300])
             return
         current = self.store.agent(agent.id)
         if current is None or (current.cluster_id, current.epoch) != (agent.cluster_id, agent.epoch):
@@ -284,7 +286,7 @@ class Failover:
                     PhaseStamp(phase=MigrationPhase.COMMITTING, at=done),
                     PhaseStamp(phase=MigrationPhase.COMPLETED, at=done)]))
         self._last_checkpoint_at.pop(agent.id, None)  # checkpoint the new copy soon
-        self._emit(EventKind.AGENT, "agent.restored", target, agent.id, source=action.dead_cluster,
+        self._emit(EventKind.AGENT, EventType.AGENT_RESTORED, target, agent.id, source=action.dead_cluster,
                    epoch=str(epoch_to), checkpoint_taken_at=f"{record.taken_at:.3f}", lost_commands=str(lost),
                    reason=note)
         metrics.record_failover(action.dead_cluster, "restored")
@@ -302,7 +304,7 @@ class Failover:
         table = {a.id: a for a in self.store.agents()}
         for stale in stale_copies(cluster_id, present, table, busy=frozenset(self._copies_in_flight())):
             if await self._kill_quietly(cluster_id, stale.agent_id, stale.epoch, stale.reason):
-                self._emit(EventKind.AGENT, "agent.stale_removed", cluster_id, stale.agent_id,
+                self._emit(EventKind.AGENT, EventType.AGENT_STALE_REMOVED, cluster_id, stale.agent_id,
                            epoch=str(stale.epoch), reason=stale.reason)
                 log.warning("agent %s: removed from %s: %s", stale.agent_id, cluster_id, stale.reason)
 

@@ -53,7 +53,16 @@ from godel_ray.core.migration import (
 )
 from godel_ray.core.placement import ClusterView
 from godel_ray.errors import AgentNotFound, ClusterNotFound, GodelError, StaleEpoch
-from godel_ray.models import Agent, AgentSnapshot, AgentStatus, EventKind, Migration, MigrationPhase
+from godel_ray.models import (
+    LOCAL_CLUSTER_ID,
+    Agent,
+    AgentSnapshot,
+    AgentStatus,
+    EventKind,
+    EventType,
+    Migration,
+    MigrationPhase,
+)
 from godel_ray.raykit import metrics
 
 log = logging.getLogger(__name__)
@@ -103,7 +112,7 @@ class MigrationExecutor:
 
     def __init__(self, store: StateStore, call: ClusterCall, emit: Emit, *,
                  cooldown_s: float = MIGRATION_COOLDOWN_S, clock: Callable[[], float] = time.time,
-                 put: Callable[[object], Any] = _ray_put, local_id: str = "local") -> None:
+                 put: Callable[[object], Any] = _ray_put, local_id: str = LOCAL_CLUSTER_ID) -> None:
         self.store = store
         self._call = call
         self._emit = emit
@@ -146,7 +155,7 @@ class MigrationExecutor:
         self.store.put_migration(migration)
         self.store.put_agent(agent.model_copy(update={"status": AgentStatus.MIGRATING,
                                                       "status_reason": f"migrating to {target_id}"}))
-        self._emit(EventKind.MIGRATION, "migration.started", agent.cluster_id, agent.id,
+        self._emit(EventKind.MIGRATION, EventType.MIGRATION_STARTED, agent.cluster_id, agent.id,
                    migration_id=migration.id, source=migration.source, target=target_id)
         return migration
 

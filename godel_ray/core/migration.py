@@ -23,12 +23,12 @@ from godel_ray.errors import (
     MigrationInProgress,
     NoPlacement,
 )
-from godel_ray.models import Agent, AgentStatus, Migration, MigrationPhase, PhaseStamp
+from godel_ray.models import LOCAL_CLUSTER_ID, Agent, AgentStatus, Migration, MigrationPhase, PhaseStamp
 
 
 def validate_migration(agent: Agent | None, source: ClusterView, target: ClusterView | None, *, target_id: str,
                        last_attempt_at: float | None, cooldown_s: float, now: float, in_progress: bool,
-                       local_id: str = "local") -> None:
+                       local_id: str = LOCAL_CLUSTER_ID) -> None:
     """Refuse a migration that cannot or must not start; return None when it may.
 
     Checks, in order: the agent exists and is not finished; the target is registered and is not

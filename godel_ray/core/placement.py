@@ -28,6 +28,7 @@ from types import MappingProxyType
 
 from godel_ray.errors import NoPlacement
 from godel_ray.models import (
+    LOCAL_CLUSTER_ID,
     CandidateScore,
     Cluster,
     ClusterHealthState,
@@ -37,7 +38,6 @@ from godel_ray.models import (
     SpawnConfig,
 )
 
-LOCAL_CLUSTER_ID = "local"
 PREFERRED_REGION_BONUS = 10.0
 GPU_EXACT_TYPE_SCORE = 100.0  # the asked GPU type (the filters guarantee it is there)
 GPU_ANY_TYPE_SCORE = 50.0  # GPU work with no type asked: any GPU will do

@@ -10,14 +10,14 @@ from __future__ import annotations
 import re
 
 from godel_ray.errors import InvalidArgument
-from godel_ray.models import SpawnConfig
+from godel_ray.models import LOCAL_CLUSTER_ID, SpawnConfig
 from godel_ray.settings import LIMITS, Limits
 
 AGENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CLUSTER_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a DNS label
-RESERVED_CLUSTER_IDS = frozenset({"local"})  # the control plane's own cluster
+RESERVED_CLUSTER_IDS = frozenset({LOCAL_CLUSTER_ID})  # the control plane's own cluster
 GPU_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_MODEL_BYTES = 256
 
