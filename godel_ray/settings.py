@@ -33,6 +33,14 @@ class Limits(BaseModel):
     default_command_timeout_s: float = 3600.0
     max_snapshot_bytes: int = 1024 * 1024 * 1024
     snapshot_chunk_bytes: int = 1024 * 1024
+    # An archive's cost is not only its bytes: 100k empty files (a 620 KB archive) took 70 s to
+    # unpack, and long names made the check hold about 1 GB. So members, names and time are bounded.
+    max_snapshot_members: int = 50_000
+    max_snapshot_name_bytes: int = 4096  # one member's name or link target (PATH_MAX)
+    max_snapshot_names_total_bytes: int = 16 * 1024 * 1024  # every name, link target and extended header
+    snapshot_unpack_timeout_s: float = 45.0  # under the runtime's 60 s ready timeout: refused, not killed
+    max_concurrent_imports: int = 4  # ImportAgent streams a site receives at once (each buffers <= one snapshot)
+    event_log_capacity: int = 10_000  # events an event log keeps; a reader further behind sees a gap
 
 
 LIMITS = Limits()
