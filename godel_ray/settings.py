@@ -41,6 +41,7 @@ class Limits(BaseModel):
     snapshot_unpack_timeout_s: float = 45.0  # under the runtime's 60 s ready timeout: refused, not killed
     max_concurrent_imports: int = 4  # ImportAgent streams a site receives at once (each buffers <= one snapshot)
     event_log_capacity: int = 10_000  # events an event log keeps; a reader further behind sees a gap
+    event_log_max_bytes: int = 16 * 1024 * 1024  # and the most memory they may hold (estimated)
 
 
 LIMITS = Limits()

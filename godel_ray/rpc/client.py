@@ -52,7 +52,7 @@ from godel_ray.rpc.auth import bearer_metadata
 from godel_ray.rpc.errors import rpc_errors
 from godel_ray.rpc.gen import federation_pb2 as pb
 from godel_ray.rpc.gen import federation_pb2_grpc as pb_grpc
-from godel_ray.rpc.servicer import assemble_snapshot, snapshot_chunks
+from godel_ray.rpc.servicer import assemble_snapshot, iter_snapshot_chunks
 from godel_ray.settings import LIMITS
 
 T = TypeVar("T")
@@ -300,10 +300,8 @@ class GrpcClusterClient:
         return snapshot
 
     async def import_(self, snapshot: AgentSnapshot) -> Agent:
-        chunks = snapshot_chunks(snapshot)
-
         async def requests() -> AsyncIterator[pb.SnapshotChunk]:
-            for chunk in chunks:
+            for chunk in iter_snapshot_chunks(snapshot):  # made as sent: never a second copy
                 yield chunk
 
         # the site starts the agent's actor after the transfer: the spawn budget plus the bytes' time

@@ -26,6 +26,7 @@ from godel_ray.errors import InvalidArgument
 from godel_ray.inputs import describe_validation_error
 from godel_ray.models import (
     Agent,
+    AgentSnapshot,
     AgentStatus,
     EventKind,
     ExecChunk,
@@ -269,6 +270,13 @@ def journal_entry_from_pb(msg: pb.JournalEntry) -> JournalEntry:
                   started_at=msg.started_at, duration_s=msg.duration_s, timed_out=msg.timed_out)
 
 
+def snapshot_from_header(header: pb.SnapshotHeader, archive: bytes, cluster_id: str = "") -> AgentSnapshot:
+    """The snapshot a header describes, with its (already checked) ``archive``."""
+    return _build(AgentSnapshot, "snapshot header", agent=agent_from_pb(header.agent, cluster_id),
+                  journal=[journal_entry_from_pb(e) for e in header.journal], archive=archive,
+                  sha256=header.sha256, taken_at=header.taken_at)
+
+
 def snapshot_header_to_pb(agent: Agent, journal: list[JournalEntry], archive_size: int, sha256: str,
                           taken_at: float) -> pb.SnapshotHeader:
     return pb.SnapshotHeader(agent=agent_to_pb(agent), journal=[journal_entry_to_pb(e) for e in journal],
@@ -279,5 +287,5 @@ __all__ = [
     "agent_from_pb", "agent_status_from_pb", "agent_status_to_pb", "agent_to_pb", "capacity_from_pb",
     "capacity_to_pb", "event_from_pb", "event_kind_from_pb", "event_to_pb", "exec_chunk_from_pb",
     "exec_chunk_to_pb", "journal_entry_from_pb", "journal_entry_to_pb", "restart_policy_from_pb",
-    "snapshot_header_to_pb", "spec_from_pb", "spec_to_pb", "stream_from_pb",
+    "snapshot_from_header", "snapshot_header_to_pb", "spec_from_pb", "spec_to_pb", "stream_from_pb",
 ]
