@@ -133,9 +133,20 @@ def validate_spawn_config(config: SpawnConfig, limits: Limits = LIMITS) -> Spawn
         raise InvalidArgument(
             f"checkpoint_interval_s must be > 0 seconds; got {config.checkpoint_interval_s}",
             field="checkpoint_interval_s")
-    if config.idempotency_key is not None and not 0 < len(config.idempotency_key) <= 256:
-        raise InvalidArgument("idempotency_key must be 1-256 characters", field="idempotency_key")
+    if config.idempotency_key is not None:
+        validate_idempotency_key(config.idempotency_key)
     return config
+
+
+MAX_IDEMPOTENCY_KEY_CHARS = 256
+
+
+def validate_idempotency_key(key: str) -> str:
+    """An idempotency key is 1-256 characters without NUL."""
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS or "\x00" in key:
+        raise InvalidArgument(f"idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY_CHARS} characters without NUL; "
+                              f"got {len(key)}", field="idempotency_key")
+    return key
 
 
 def validate_command(command: str, limits: Limits = LIMITS) -> str:
@@ -166,5 +177,5 @@ def validate_exec_timeout(timeout_s: float | None, limits: Limits = LIMITS) -> f
 __all__ = [
     "AGENT_ID_RE", "CLUSTER_ID_RE", "ENV_NAME_RE", "GPU_TYPE_RE", "LABEL_KEY_RE", "REGION_RE", "parse_label",
     "validate_agent_id", "validate_cluster_id", "validate_command", "validate_env", "validate_exec_timeout",
-    "validate_finite", "validate_label", "validate_spawn_config",
+    "validate_finite", "validate_idempotency_key", "validate_label", "validate_spawn_config",
 ]

@@ -2,7 +2,8 @@
 
 Each method converts proto to domain values, calls the runtime (a ``ClusterClient``), and converts
 back; errors become statuses through ``status_errors``. Validation belongs to the runtime; the only
-checks here are about the wire itself: the order, size and checksum of snapshot chunks.
+checks here are about the wire itself: the order, size and checksum of snapshot chunks, and the
+fields that travel beside a domain value (an idempotency key, an event cursor).
 
 Snapshots stream as ``SnapshotChunk``s: the header first (agent, journal, archive size, sha256),
 then the archive in pieces of ``LIMITS.snapshot_chunk_bytes``. An import is refused with
@@ -27,6 +28,7 @@ from typing import TypeAlias
 import grpc.aio
 
 from godel_ray.core.cluster_client import ClusterClient
+from godel_ray.core.validation import validate_idempotency_key
 from godel_ray.errors import InvalidArgument, ResourceExhausted, SnapshotRejected
 from godel_ray.models import AgentSnapshot, AgentStatus
 from godel_ray.rpc import convert
@@ -119,9 +121,11 @@ class ClusterFederationServicer(pb_grpc.ClusterFederationServicer):
 
     @status_errors
     async def SpawnAgent(self, request: pb.SpawnAgentRequest, context: Context) -> pb.SpawnAgentResponse:
+        # the key travels beside the spec, not in it: checked where it comes off the wire
+        key = validate_idempotency_key(request.idempotency_key) if request.idempotency_key else None
         agent, created = await self._runtime.spawn(
             convert.spec_from_pb(request.spec), agent_id=request.agent_id or None,
-            idempotency_key=request.idempotency_key or None, epoch=request.epoch or 1)
+            idempotency_key=key, epoch=request.epoch or 1)
         return pb.SpawnAgentResponse(agent=convert.agent_to_pb(agent), created=created)
 
     @status_errors
