@@ -92,16 +92,29 @@ def validate_env(env: dict[str, str], limits: Limits = LIMITS) -> None:
             field="env")
 
 
-def validate_finite(model: BaseModel) -> None:
-    """Refuse ``inf`` and ``nan`` in any number field of ``model`` (top level), naming the field.
+def validate_finite(model: BaseModel, prefix: str = "") -> None:
+    """Refuse ``inf`` and ``nan`` in any number of ``model`` (nested models, dict values and list
+    items included), naming the field (``health.heartbeat_interval_s``).
 
     The models refuse them when they are built; this catches a model built without validation
-    (``model_construct``, ``model_copy(update=...)``), where a NaN would slip past every ``> 0`` check
-    and an ``inf`` would be stored as null.
+    (``model_construct``, ``model_copy(update=...)``, unpickled on the far side of a Ray call), where
+    a NaN would slip past every ``> 0`` check and an ``inf`` would be stored as null.
     """
     for name, value in model:
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidArgument(f"{name} must be a finite number; got {value}", field=name)
+        _require_finite(value, prefix + name)
+
+
+def _require_finite(value: object, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidArgument(f"{where} must be a finite number; got {value}", field=where)
+    if isinstance(value, BaseModel):
+        validate_finite(value, where + ".")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _require_finite(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _require_finite(item, f"{where}[{index}]")
 
 
 def validate_spawn_config(config: SpawnConfig, limits: Limits = LIMITS) -> SpawnConfig:

@@ -142,3 +142,18 @@ def test_validation_refuses_non_finite_numbers_on_unvalidated_models(field: str,
     with pytest.raises(InvalidArgument, match="finite") as info:
         validate_spawn_config(config)
     assert info.value.field == field
+
+
+def test_nested_non_finite_numbers_are_named_by_their_path() -> None:
+    from godel_ray.core.validation import validate_finite
+    from godel_ray.models import Cluster, HealthSettings, SiteCapacity
+
+    cluster = Cluster(id="east", endpoint="h:1").model_copy(
+        update={"health": HealthSettings().model_copy(update={"heartbeat_interval_s": float("inf")})})
+    with pytest.raises(InvalidArgument, match=r"health\.heartbeat_interval_s must be a finite number") as info:
+        validate_finite(cluster)
+    assert info.value.field == "health.heartbeat_interval_s"
+    capacity = SiteCapacity().model_copy(update={"free_gpus": {"a100": float("nan")}})
+    with pytest.raises(InvalidArgument, match=r"free_gpus\.a100"):
+        validate_finite(capacity)
+    validate_finite(Cluster(id="east", endpoint="h:1"))  # finite everywhere: no error
