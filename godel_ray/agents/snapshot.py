@@ -274,7 +274,7 @@ class _Budget:
                 "directories: remove some (caches, build output) before exporting",
                 max_members=self.limits.max_snapshot_members)
         for what, text in (("name", member.name), ("link target", member.linkname)):
-            size = len(text.encode("utf-8", "surrogateescape"))
+            size = len(text.encode("utf-8", "surrogatepass"))  # any str tarfile may decode
             if size > self.limits.max_snapshot_name_bytes:
                 raise SnapshotRejected(
                     f"snapshot member {member.name[:80]!r}...: its {what} is {size} bytes, over the limit of "
