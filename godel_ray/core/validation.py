@@ -26,6 +26,7 @@ RESERVED_CLUSTER_IDS = frozenset({LOCAL_CLUSTER_ID})  # the control plane's own 
 GPU_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 REGION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 MAX_MODEL_BYTES = 256
+MIN_CPUS = 0.0001  # Ray refuses a fractional resource below its unit (ray_option_utils), after we said yes
 
 
 def validate_cluster_id(cluster_id: str, *, registering: bool = False) -> str:
@@ -133,8 +134,9 @@ def validate_spawn_config(config: SpawnConfig, limits: Limits = LIMITS) -> Spawn
         raise InvalidArgument(
             f"timeout_s must be > 0 seconds (or unset for no lifetime limit); got {config.timeout_s}",
             field="timeout_s")
-    if not config.cpus >= 0:
-        raise InvalidArgument(f"cpus must be >= 0; got {config.cpus}", field="cpus")
+    if not (config.cpus == 0 or config.cpus >= MIN_CPUS):
+        raise InvalidArgument(f"cpus must be 0 or at least {MIN_CPUS:g} (the smallest unit Ray schedules); "
+                              f"got {config.cpus}", field="cpus")
     if config.needs_gpu and config.gpu_count < 1:
         raise InvalidArgument(
             f"gpu_count must be >= 1 when a GPU is required; got {config.gpu_count}", field="gpu_count")

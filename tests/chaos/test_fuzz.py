@@ -94,7 +94,7 @@ def spec_problem(spec: pb.AgentSpec) -> str | None:
         return "env size"
     if not math.isfinite(spec.timeout_s) or spec.timeout_s < 0:
         return "timeout_s"
-    if not math.isfinite(spec.cpus) or spec.cpus < 0:
+    if not math.isfinite(spec.cpus) or not (spec.cpus == 0 or spec.cpus >= 0.0001):  # Ray's resource unit
         return "cpus"
     if spec.gpu_type and not GPU_TYPE.fullmatch(spec.gpu_type):
         return "gpu_type"
@@ -216,48 +216,77 @@ def random_specs(draw: st.DrawFn) -> pb.AgentSpec:
         restart_policy=draw(INT32), checkpoint_interval_s=draw(NUMBERS))
 
 
+EDGE_NUMBERS = st.sampled_from([math.inf, -math.inf, math.nan, float("1e309"), -1.0, 0.0, -0.0, 1e-300, 0.00005,
+                                 0.0001, 24 * 3600.0 + 1, 1e300])
 NAME_TRICKS = st.sampled_from(["\n", "\r\n", " ", "\x00", "\t", "\u00b2", "/", "=", ""])
 
 
-@st.composite
-def one_fault_specs(draw: st.DrawFn) -> pb.AgentSpec:
-    """A valid spec with one field made hostile: a refusal here can only be about that field, so
-    an OK answer to an invalid value is caught (random specs are almost never valid elsewhere)."""
+SPEC_FAULTS = ["timeout_s", "cpus", "checkpoint_interval_s", "model", "gpu_type", "label key", "label value",
+               "env name", "env value"]
+
+
+def one_fault_spec(draw: st.DrawFn, fault: str) -> pb.AgentSpec:
+    """A valid spec, with the field ``fault`` names made hostile (or none, for any other value)."""
     spec = pb.AgentSpec(model="fuzz", cpus=0.01, checkpoint_interval_s=60.0, labels={"k": "v"}, env={"E": "1"})
-    field_name = draw(st.sampled_from(["timeout_s", "cpus", "checkpoint_interval_s", "model", "gpu_type",
-                                       "label key", "label value", "env name", "env value", "none"]))
-    if field_name in ("timeout_s", "cpus", "checkpoint_interval_s"):
-        setattr(spec, field_name, draw(NUMBERS))
-        spec.cpus = spec.cpus if field_name == "cpus" else 0.01
-    elif field_name == "model":
+    if fault in ("timeout_s", "cpus", "checkpoint_interval_s"):
+        setattr(spec, fault, draw(st.one_of(EDGE_NUMBERS, NUMBERS)))
+    elif fault == "model":
         spec.model = draw(TEXT)
-    elif field_name == "gpu_type":
+    elif fault == "gpu_type":
         spec.gpu_type = draw(st.sampled_from(["nvidia-a100", "A100"])) + draw(NAME_TRICKS)
-    elif field_name == "label key":
+    elif fault == "label key":
         spec.labels[draw(st.sampled_from(["task", "a/b", "x.y"])) + draw(NAME_TRICKS)] = "v"
-    elif field_name == "label value":
+    elif fault == "label value":
         spec.labels["k"] = draw(st.one_of(TEXT, st.just("v\x00")))
-    elif field_name == "env name":
+    elif fault == "env name":
         spec.env[draw(st.sampled_from(["HOME", "A_B", "X"])) + draw(NAME_TRICKS)] = "1"
-    elif field_name == "env value":
+    elif fault == "env value":
         spec.env["E"] = draw(st.one_of(TEXT, st.just("1\x00")))
     return spec
 
 
+@st.composite
+def one_fault_specs(draw: st.DrawFn) -> pb.AgentSpec:
+    return one_fault_spec(draw, draw(st.sampled_from([*SPEC_FAULTS, "none"])))
+
+
 def specs() -> st.SearchStrategy[pb.AgentSpec]:
+    """Random specs (almost never valid) and valid specs with one hostile field (so an OK answer to
+    an invalid value cannot hide behind another field's refusal)."""
     return st.one_of(random_specs(), one_fault_specs())
+
+
+SpawnArgs = tuple[str, pb.AgentSpec, str, int]
+
+
+@st.composite
+def one_fault_spawns(draw: st.DrawFn) -> SpawnArgs:
+    """A valid SpawnAgent request with at most one hostile field, the agent id and key included."""
+    fault = draw(st.sampled_from([*SPEC_FAULTS, "agent_id", "key", "none"]))
+    agent_id = draw(st.sampled_from(["", "ag-fz-1", "ag-fz.2"]))
+    if fault == "agent_id":
+        agent_id = draw(st.one_of(AGENT_IDS, st.tuples(st.sampled_from(["ag-fz-1", "x"]), NAME_TRICKS).map("".join)))
+    key = draw(st.sampled_from(["", "key-1", "k" * 256]))
+    if fault == "key":
+        key = draw(st.one_of(TEXT, st.just("k" * 257), st.just("key\x00")))
+    return agent_id, one_fault_spec(draw, fault), key, draw(st.integers(0, 2))
+
+
+@st.composite
+def random_spawns(draw: st.DrawFn) -> SpawnArgs:
+    agent_id = draw(st.one_of(st.just(""), AGENT_IDS, st.tuples(st.sampled_from(["ag-fz-1", "ag-fz.2"]),
+                                                                  NAME_TRICKS).map("".join)))
+    return agent_id, draw(random_specs()), draw(st.one_of(st.just(""), TEXT)), draw(INT64)
 
 
 # --- every RPC with random fields --------------------------------------------------------------
 
 @FUZZ
-@given(agent_id=st.one_of(st.just(""), AGENT_IDS, st.tuples(st.sampled_from(["ag-fz-1", "ag-fz.2"]), NAME_TRICKS).map(
-           "".join)),
-       spec=specs(), key=st.one_of(st.just(""), TEXT), epoch=INT64)
-def test_spawn_with_random_fields_is_answered(fuzz_site: FuzzSite, agent_id: str, spec: pb.AgentSpec,
-                                              key: str, epoch: int) -> None:
+@given(args=st.one_of(random_spawns(), one_fault_spawns()))
+def test_spawn_with_random_fields_is_answered(fuzz_site: FuzzSite, args: SpawnArgs) -> None:
     """SpawnAgent with random ids, models, labels, env, NaN/inf/negative numbers and out-of-range
-    enums: refused with a status, or (rarely) a real agent that is killed at once."""
+    enums: refused with a status, or a real agent that is killed at once."""
+    agent_id, spec, key, epoch = args
     request = pb.SpawnAgentRequest(agent_id=agent_id, spec=spec, idempotency_key=key, epoch=epoch)
     code, response = fuzz_site.answer(
         lambda: fuzz_site.stub.SpawnAgent(request, metadata=fuzz_site.md, timeout=CALL_DEADLINE_S), "SpawnAgent")

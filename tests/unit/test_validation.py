@@ -50,7 +50,9 @@ def test_a_plain_config_is_valid() -> None:
     (SpawnConfig(env={"A": "a\x00b"}), "env", "NUL"),
     (SpawnConfig(timeout_s=0), "timeout_s", "> 0"),
     (SpawnConfig(timeout_s=-1), "timeout_s", "> 0"),
-    (SpawnConfig(cpus=-0.5), "cpus", ">= 0"),
+    (SpawnConfig(cpus=-0.5), "cpus", "0 or at least"),
+    (SpawnConfig(cpus=0.00005), "cpus", "0 or at least 0.0001"),
+    (SpawnConfig(cpus=1e-300), "cpus", "0 or at least 0.0001"),
     (SpawnConfig(requires_gpu=True, gpu_count=0), "gpu_count", ">= 1"),
     (SpawnConfig(gpu_type="bad type!"), "gpu_type", "gpu_type"),
     (SpawnConfig(checkpoint_interval_s=0), "checkpoint_interval_s", "> 0"),
@@ -60,6 +62,11 @@ def test_bad_spawn_configs(config: SpawnConfig, field: str, message: str) -> Non
     with pytest.raises(InvalidArgument, match=message) as info:
         validate_spawn_config(config, SMALL)
     assert info.value.field == field
+
+
+def test_the_smallest_cpu_share_ray_schedules_is_valid() -> None:
+    for cpus in (0.0, 0.0001, 0.5, 64.0):
+        assert validate_spawn_config(SpawnConfig(cpus=cpus), SMALL).cpus == cpus
 
 
 def test_gpu_count_is_ignored_without_a_gpu() -> None:
