@@ -122,8 +122,9 @@ def test_bad_tokens_are_unauthenticated_and_change_nothing(auth_sites: AuthSites
     site = getattr(auth_sites, target)
     other = auth_sites.mtls if site is auth_sites.tls else auth_sites.tls
     token = {"no-token": "", "wrong-token": "wrong-" + uuid.uuid4().hex, "other-sites-token": other.token}[case]
+    refusal = "missing credential" if case == "no-token" else "invalid bearer token"  # the site's own words
     _refused_with_no_side_effect(auth_sites, site, lambda: auth_sites.client(site, token=token),
-                                 E.Unauthenticated, "")
+                                 E.Unauthenticated, f"{site.endpoint} refused our credential: {refusal}")
 
 
 # --- transport security --------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def test_plaintext_to_a_tls_site_is_refused(auth_sites: AuthSites) -> None:
     """A plaintext client with the right token never reaches the TLS site's service."""
     site = auth_sites.tls
     _refused_with_no_side_effect(auth_sites, site, lambda: auth_sites.client(site, scheme="grpc", ca=False),
-                                 E.ClusterUnavailable, "")
+                                 E.ClusterUnavailable, f"site {site.endpoint} is unavailable")
 
 
 def test_tls_without_the_ca_is_refused(auth_sites: AuthSites) -> None:
