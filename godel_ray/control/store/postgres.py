@@ -64,16 +64,19 @@ class PostgresStore(SqlStore):
         self.url = url
         self._in_tx = False
         self._conn = self._connect()
-        if readonly:
-            if self._raw("SELECT to_regclass('schema_version')").fetchone()[0] is None:
-                self._close()
-                raise ControlPlaneNotRunning(
-                    f"no control plane state in {redact(url)}: run `swarmctl up` first")
-            check_not_newer(current_version(self._raw))
-            return
-        with self._tx():
-            migrate(self._raw, self.dialect)
-        self.apply_retention()
+        try:
+            if readonly:
+                if self._raw("SELECT to_regclass('schema_version')").fetchone()[0] is None:
+                    raise ControlPlaneNotRunning(
+                        f"no control plane state in {redact(url)}: run `swarmctl up` first")
+                check_not_newer(current_version(self._raw))
+                return
+            with self._tx():
+                migrate(self._raw, self.dialect)
+            self.apply_retention()
+        except BaseException:
+            self._close()
+            raise
 
     def _connect(self) -> Any:
         try:

@@ -113,6 +113,7 @@ class Store(Protocol):
     contract every implementation passes."""
 
     readonly: bool
+    retention: Retention
 
     def close(self) -> None: ...
 

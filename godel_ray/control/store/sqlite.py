@@ -60,20 +60,25 @@ class StateStore(SqlStore):
                     f"no control plane state at {self.path.parent}: run `swarmctl up` first")
             self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
                                        check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+        else:
+            _private(self.path)
+            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+                                       timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
             self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            if self._has_version_table():
-                check_not_newer(current_version(self._raw))
-            return
-        _private(self.path)
-        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
-                                   timeout=BUSY_TIMEOUT_MS / 1000)
-        self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        with self._tx():
-            migrate(self._raw, self.dialect)
-        _private(self.path)  # the -wal and -shm files exist now
-        self.apply_retention()
+            if readonly:
+                if self._has_version_table():
+                    check_not_newer(current_version(self._raw))
+                return
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            with self._tx():
+                migrate(self._raw, self.dialect)
+            _private(self.path)  # the -wal and -shm files exist now
+            self.apply_retention()
+        except BaseException:
+            self._db.close()
+            raise
 
     @classmethod
     def for_state_dir(cls, state_dir: str | os.PathLike[str], *, retention: Retention | None = None) -> StateStore:
