@@ -483,10 +483,10 @@ class StateReader:
     """
 
     def __init__(self, state_dir: str | os.PathLike[str] | None = None) -> None:
-        from godel_ray.control.store import StateStore
+        from godel_ray.control.store import open_store
 
         self.state_dir = settings.state_dir(state_dir)
-        self._store = StateStore.reader(self.state_dir)
+        self._store = open_store(self.state_dir, readonly=True)
 
     def close(self) -> None:
         self._store.close()
