@@ -33,6 +33,12 @@ class Limits(BaseModel):
     default_command_timeout_s: float = 3600.0
     max_snapshot_bytes: int = 1024 * 1024 * 1024
     snapshot_chunk_bytes: int = 1024 * 1024
+    # A site's gRPC server (``rpc.server``): concurrent HTTP/2 streams on one connection (a client
+    # queues the rest; the control plane multiplexes every call to a site on one connection), and
+    # streaming calls open at once in all / without a credential (health Watch); over either: refused.
+    max_streams_per_connection: int = 1000
+    max_open_streams: int = 2000
+    max_public_streams: int = 32
 
 
 LIMITS = Limits()

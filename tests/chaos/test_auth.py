@@ -166,6 +166,26 @@ def test_right_credentials_are_served(auth_sites: AuthSites) -> None:
     assert run(scenario) == ["auth-tls", "auth-mtls"]
 
 
+def test_a_tls_key_readable_by_group_or_others_is_refused(tmp_path: Path) -> None:
+    """`swarmctl site serve` refuses a TLS private key that group or others can read, like a token
+    file, before it starts anything, saying how to fix it; the key never reaches the output. (The
+    module's sites, served with 0600 keys, are the control case.)"""
+    pki = _make_pki(tmp_path)
+    token = tmp_path / "site.token"
+    write_token(token)
+    for mode in (0o640, 0o604):
+        pki.server_key.chmod(mode)
+        result = subprocess.run(
+            [sys.executable, "-m", "godel_cli.main", "site", "serve", "--port", "0", "--auth-token-file",
+             str(token), "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)],
+            check=False, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, output
+        assert f"TLS key file {pki.server_key} is accessible by group or others" in output, output
+        assert f"chmod 600 {pki.server_key}" in output and "listening on" not in output, output
+        assert "PRIVATE KEY" not in output
+
+
 # --- the control plane ---------------------------------------------------------------------------
 
 def _swarmctl(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
