@@ -184,3 +184,13 @@ def _reload_auth_config() -> None:
 
 __all__ = ["BALANCER_WHAT", "actor", "cluster_resources", "get", "init_client", "kill_actor", "mapped", "put",
            "remote_actor", "translate"]
+
+
+def is_initialized() -> bool:
+    """Whether this process is attached to a Ray cluster (``ray.init`` done, no ``ray.shutdown`` since)."""
+    import ray
+
+    return bool(ray.is_initialized())
+
+
+__all__ += ["is_initialized"]
