@@ -7,7 +7,6 @@ and never load Ray; commands that change something go through ``connect()``.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,12 +14,12 @@ import typer
 from godel_cli import render
 from godel_cli.render import JsonOption, StateDirOption
 from rich.live import Live
-from rich.text import Text
 
-from godel_ray.models import Cluster, ClusterStats, Migration
+from godel_ray.models import Cluster, Migration
 
 if TYPE_CHECKING:
-    from godel_ray.client.proxy import StateReader, TransparentClusterProxy
+    from godel_ray.client.proxy import TransparentClusterProxy
+    from godel_ray.client.reader import StateReader
 
 app = typer.Typer(help="Register and inspect clusters; move agents between them.", no_args_is_help=True)
 
@@ -81,8 +80,8 @@ def add(name: Annotated[str | None, typer.Argument(help="Cluster id, e.g. gpu-ea
 
 def _print_registered(cluster: Cluster, rtt_ms: float | None) -> None:
     caps = ",".join(cluster.capabilities.gpu_types) or ("gpu" if cluster.capabilities.gpu else "cpu")
-    render.out().print(Text.assemble("registered ", (cluster.id, "bold"), f" at {cluster.endpoint} ",
-                                     f"(region {cluster.region}, {caps}, rtt ", render.latency(rtt_ms), ")"))
+    render.say("registered ", (cluster.id, "bold"), f" at {cluster.endpoint} ",
+               f"(region {cluster.region}, {caps}, rtt ", render.latency(rtt_ms), ")")
 
 
 @app.command("list")
@@ -106,7 +105,7 @@ def remove(cluster_id: Annotated[str, typer.Argument(metavar="ID")],
     if json_out:
         render.emit_json({"removed": cluster_id})
     else:
-        render.out().print(f"removed {cluster_id}")
+        render.say(f"removed {cluster_id}")
 
 
 @app.command("health")
@@ -137,7 +136,7 @@ def health(watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh ev
 @render.guarded
 def stats(state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """Load, agents by status and free capacity per cluster (no Ray)."""
-    rows = _stats(_reader(state_dir))
+    rows = _reader(state_dir).stats()
     render.emit_json(rows) if json_out else render.out().print(render.stats_table(rows))
 
 
@@ -145,21 +144,12 @@ def stats(state_dir: StateDirOption = None, json_out: JsonOption = False) -> Non
 @render.guarded
 def regions(state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """Clusters grouped by region (no Ray)."""
-    infos = _reader(state_dir).clusters()
-    by_region: dict[str, list[str]] = {}
-    for info in infos:
-        by_region.setdefault(info.cluster.region, []).append(info.cluster.id)
+    reader = _reader(state_dir)
+    by_region = reader.regions()
     if json_out:
         render.emit_json(by_region)
-        return
-    status = {info.cluster.id: info.health.status for info in infos}
-    table = render.new_table("regions")
-    table.add_column("REGION")
-    table.add_column("CLUSTERS")
-    for region_name, ids in sorted(by_region.items()):
-        table.add_row(region_name, Text(", ").join(
-            Text(cid, style=render.CLUSTER_STATUS_STYLE[status[cid]]) for cid in sorted(ids)))
-    render.out().print(table)
+    else:
+        render.out().print(render.regions_table(by_region, reader.clusters()))
 
 
 @app.command("plan")
@@ -194,7 +184,7 @@ def maintenance(cluster_id: Annotated[str, typer.Argument(metavar="ID")],
     if json_out:
         render.emit_json(info)
     else:
-        render.out().print(Text.assemble(f"{cluster_id} is now ", render.cluster_status(info.health.status)))
+        render.say(f"{cluster_id} is now ", render.cluster_status(info.health.status))
 
 
 @app.command("migrate")
@@ -210,8 +200,8 @@ def migrate(agent_id: Annotated[str, typer.Argument(metavar="AGENT_ID")],
     if json_out:
         render.emit_json(migration)
     elif not wait:
-        render.out().print(f"migration {migration.id} of {agent_id}: {migration.source} → {migration.target} "
-                           f"({migration.phase.value}); follow with `swarmctl agent status {agent_id}`")
+        render.say(f"migration {migration.id} of {agent_id}: {migration.source} → {migration.target} "
+                   f"({migration.phase.value}); follow with `swarmctl agent status {agent_id}`")
     if migration.phase in render.MIGRATION_DONE and migration.phase.value != "completed":
         render.fail(f"migration {migration.id} {migration.phase.value}: {migration.error or 'no reason recorded'}")
 
@@ -220,17 +210,16 @@ def _follow_migration(migration: Migration, state_dir: str | None, *, show: bool
     """Poll the state store (no Ray) and print each phase as it is reached, then a summary."""
     reader = _reader(state_dir)
     seen = 0
-    console = render.out()
     deadline = time.monotonic() + MIGRATION_WAIT_S
     if show:
-        console.print(f"migrating {migration.agent_id}: {migration.source} → {migration.target} ({migration.id})")
+        render.say(f"migrating {migration.agent_id}: {migration.source} → {migration.target} ({migration.id})")
     while True:
-        current = next((m for m in reader.migrations(migration.agent_id) if m.id == migration.id), migration)
+        current = reader.migration(migration.id) or migration
         if show:
             for stamp in current.phases[seen:]:
                 offset = stamp.at - current.started_at
-                console.print(Text.assemble("  ", (f"{stamp.phase.value:<13}", render.migration_style(stamp.phase)),
-                                            f" +{offset:6.2f} s   {render.size(current.bytes_moved)}"))
+                render.say("  ", (f"{stamp.phase.value:<13}", render.migration_style(stamp.phase)),
+                           f" +{offset:6.2f} s   {render.size(current.bytes_moved)}")
             seen = len(current.phases)
         if current.phase in render.MIGRATION_DONE:
             break
@@ -240,27 +229,15 @@ def _follow_migration(migration: Migration, state_dir: str | None, *, show: bool
         time.sleep(MIGRATION_POLL_S)
     if show and current.phase.value == "completed":
         took = (current.finished_at or time.time()) - current.started_at
-        console.print(Text.assemble(("migrated ", "bold green"), f"{current.agent_id} {current.source} → "
-                                    f"{current.target}: {render.size(current.bytes_moved)} in {took:.2f} s, "
-                                    f"downtime {render.seconds(current.downtime_s)}, "
-                                    f"epoch {current.epoch_from}→{current.epoch_to}"))
+        render.say(("migrated ", "bold green"), f"{current.agent_id} {current.source} → "
+                   f"{current.target}: {render.size(current.bytes_moved)} in {took:.2f} s, "
+                   f"downtime {render.seconds(current.downtime_s)}, "
+                   f"epoch {current.epoch_from}→{current.epoch_to}")
     return current
 
 
-def _stats(reader: StateReader) -> list[ClusterStats]:
-    """``ClusterStats`` from the store, as the balancer's ``stats()`` computes them, without Ray."""
-    by_cluster: dict[str, Counter[str]] = {}
-    for agent in reader.agents():
-        by_cluster.setdefault(agent.cluster_id, Counter())[agent.status.value] += 1
-    return [ClusterStats(cluster_id=info.cluster.id, status=info.health.status,
-                         agents_by_status=dict(by_cluster.get(info.cluster.id, {})),
-                         capacity=info.health.capacity, rtt_ms=info.health.rtt_ms,
-                         load=info.agents / info.cluster.max_agents if info.cluster.max_agents > 0 else 1.0)
-            for info in reader.clusters()]
-
-
 def _reader(state_dir: str | None) -> StateReader:
-    from godel_ray.client.proxy import StateReader
+    from godel_ray.client.reader import StateReader
 
     return StateReader(state_dir)
 

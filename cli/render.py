@@ -3,6 +3,10 @@
 - Human output goes through rich consoles; when stdout is not a terminal rich writes no colour
   codes, and nothing here draws a spinner or a live view unless stdout is a terminal.
 - ``--json`` output is plain ``json.dumps`` of :func:`jsonable` (env values redacted), nothing else.
+- Nothing a user or a site supplied (ids, labels, commands, reasons, errors, event data) is ever
+  parsed as rich markup or reaches the terminal raw: it goes through :func:`clean` (control
+  characters shown escaped, e.g. ``\\x1b``) into ``rich.text.Text`` objects (:func:`plain`,
+  :func:`line`); every table is a :class:`SafeTable`, whose string cells are plain text.
 - :func:`guarded` wraps every command: a ``GodelError`` (or bad input caught by pydantic) becomes ONE
   line ``error: <message>`` on stderr and an exit code chosen by the error's class
   (:data:`EXIT_CODES`); anything unexpected prints one line plus a hint to re-run with
@@ -14,16 +18,18 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeAlias, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
 from rich import box
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.style import StyleType
 from rich.table import Table
 from rich.text import Text
 
@@ -76,6 +82,52 @@ def err() -> Console:
 def interactive() -> bool:
     """True when stdout is a terminal: live views and progress displays are allowed."""
     return out().is_terminal
+
+
+# ---------------------------------------------------------------- untrusted text
+
+# C0 and C1 controls, DEL, and the invisible format characters that reorder or hide text (bidi
+# overrides and isolates, zero-width characters, line/paragraph separators, BOM).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def clean(value: object) -> str:
+    """``value`` as one line of inert text: every control character is shown escaped (``\\x1b``, ``\\n``),
+    so nothing a user or a site wrote can move the cursor, recolour the terminal or hide text."""
+    return _UNSAFE.sub(_escape, str(value))
+
+
+def plain(value: object, style: StyleType = "") -> Text:
+    """Untrusted ``value`` as a ``Text``: never parsed as markup, control characters escaped."""
+    return Text(clean(value), style=style)
+
+
+Part: TypeAlias = str | tuple[str, StyleType] | Text
+
+
+def line(*parts: Part) -> Text:
+    """A line from pieces (``"text"``, ``("text", style)`` or ``Text``), each string cleaned."""
+    out_text = Text()
+    for part in parts:
+        if isinstance(part, Text):
+            out_text.append_text(part)
+        elif isinstance(part, tuple):
+            out_text.append(clean(part[0]), style=part[1])
+        else:
+            out_text.append(clean(part))
+    return out_text
+
+
+def say(*parts: Part) -> None:
+    """Print one :func:`line` on stdout."""
+    out().print(line(*parts))
 
 
 # ---------------------------------------------------------------- JSON
@@ -145,7 +197,7 @@ def exit_code_for(exc: errors.GodelError) -> int:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print ``error: message`` as one line on stderr and exit with ``code``."""
-    lines = [" ".join(line.split()) for line in str(message).splitlines() if line.strip()] or ["failed"]
+    lines = [clean(" ".join(text.split())) for text in str(message).splitlines() if text.strip()] or ["failed"]
     # a header ending in ':' followed by one line per item reads as "header: a; b; c"
     one_line = lines[0] + (" " if lines[0].endswith(":") else "; ") + "; ".join(lines[1:]) if len(lines) > 1 \
         else lines[0]
@@ -261,14 +313,33 @@ def seconds(value: float | None) -> str:
 
 
 def kv(pairs: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in pairs.items()) or "-"
+    """``k=v,k=v`` (cleaned: keys and values may come from anyone)."""
+    return clean(",".join(f"{k}={v}" for k, v in pairs.items())) or "-"
 
 
 # ---------------------------------------------------------------- tables
 
-def new_table(title: str) -> Table:
+class SafeTable(Table):
+    """A rich table whose string cells are plain text: never parsed as markup, control characters
+    escaped. (``Text`` cells are taken as they are: build them with :func:`plain` or :func:`line`.)"""
+
+    def add_row(self, *renderables: RenderableType | None, style: StyleType | None = None,
+                end_section: bool = False) -> None:
+        super().add_row(*(plain(cell) if isinstance(cell, str) else cell for cell in renderables),
+                        style=style, end_section=end_section)
+
+
+def new_table(title: str) -> SafeTable:
     """The one table style of swarmctl."""
-    return Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
+    return SafeTable(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
+
+
+def grid() -> Table:
+    """Two columns, key and value, no borders (for one object's details)."""
+    table = SafeTable.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    return table
 
 
 def clusters_table(infos: Iterable[ClusterInfo]) -> Table:
@@ -292,7 +363,7 @@ def health_table(states: Iterable[ClusterHealthState]) -> Table:
         free_gpus = ",".join(f"{t}:{n:g}" for t, n in s.capacity.free_gpus.items()) or "-"
         table.add_row(s.cluster_id, cluster_status(s.status), latency(s.rtt_ms), str(s.consecutive_failures),
                       str(s.consecutive_successes), ago(s.last_success_at), f"{s.capacity.free_cpus:g}",
-                      free_gpus, Text(s.last_error or "", style="red"))
+                      free_gpus, plain(s.last_error or "", "red"))
     return table
 
 
@@ -321,9 +392,7 @@ def agents_table(agents: Iterable[Agent]) -> Table:
 
 
 def agent_panel(agent: Agent) -> Table:
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
+    table = grid()
     c = agent.config
     rows: list[tuple[str, str | Text]] = [
         ("id", agent.id), ("cluster", agent.cluster_id or "-"), ("status", agent_status(agent.status)),
@@ -350,7 +419,7 @@ def placement_table(decision: PlacementDecision) -> Table:
     for c in sorted(decision.candidates, key=lambda c: (-c.score, c.cluster_id)):
         chosen = c.cluster_id == decision.chosen
         table.add_row(Text("✔", style="bold green") if chosen else "",
-                      Text(c.cluster_id, style="bold green" if chosen else ""),
+                      plain(c.cluster_id, "bold green" if chosen else ""),
                       *(f"{c.factors[n]:.1f}" if n in c.factors else "-" for n in factors),
                       Text(f"{c.score:.1f}", style="bold" if chosen else ""))
     return table
@@ -361,7 +430,19 @@ def rejections_table(decision: PlacementDecision) -> Table:
     table.add_column("CLUSTER", no_wrap=True)
     table.add_column("REASON")
     for cluster_id, reason in sorted(decision.rejections.items()):
-        table.add_row(cluster_id, Text(reason, style="red"))
+        table.add_row(cluster_id, plain(reason, "red"))
+    return table
+
+
+def regions_table(regions: dict[str, list[str]], infos: Iterable[ClusterInfo]) -> Table:
+    """Clusters by region, each id coloured by its status."""
+    status = {info.cluster.id: info.health.status for info in infos}
+    table = new_table("regions")
+    table.add_column("REGION")
+    table.add_column("CLUSTERS")
+    for region, ids in regions.items():
+        table.add_row(region, Text(", ").join(
+            plain(cid, CLUSTER_STATUS_STYLE.get(status.get(cid, ClusterStatus.OFFLINE), "")) for cid in ids))
     return table
 
 
@@ -372,8 +453,8 @@ def print_placement(decision: PlacementDecision) -> None:
     if decision.rejections:
         console.print(rejections_table(decision))
     if decision.chosen:
-        console.print(Text.assemble("chosen: ", (decision.chosen, "bold green"),
-                                    f" (rule {decision.rule or '-'}, priority {decision.priority.value})"))
+        console.print(line("chosen: ", (decision.chosen, "bold green"),
+                           f" (rule {decision.rule or '-'}, priority {decision.priority.value})"))
     else:
         console.print(Text("no cluster fits", style="bold red"))
 
@@ -393,7 +474,7 @@ def migrations_table(migrations: Iterable[Migration]) -> Table:
     for m in migrations:
         table.add_row(m.id, m.source, m.target, Text(m.phase.value, style=migration_style(m.phase)), m.reason,
                       f"{m.epoch_from}→{m.epoch_to}", size(m.bytes_moved), seconds(m.downtime_s),
-                      ago(m.started_at), Text(m.error, style="red"))
+                      ago(m.started_at), plain(m.error, "red"))
     return table
 
 
@@ -418,18 +499,20 @@ def event_line(event: FederationEvent) -> Text:
     style = {"cluster": "blue", "migration": "cyan", "agent": "green", "command": ""}.get(event.kind.value, "")
     parts = [event.cluster_id and f"cluster={event.cluster_id}", event.agent_id and f"agent={event.agent_id}",
              kv(event.data) if event.data else ""]
-    return Text.assemble((f"{event.seq:>6} ", "dim"), f"{stamp} ", (f"{event.type:<22}", style),
-                         " ".join(p for p in parts if p))
+    return line((f"{event.seq:>6} ", "dim"), f"{stamp} ", (f"{event.type:<22}", style),
+                " ".join(p for p in parts if p))
 
 
 __all__ = [
     "EXIT_CODES",
     "JsonOption",
+    "SafeTable",
     "StateDirOption",
     "agent_panel",
     "agent_status",
     "agents_table",
     "ago",
+    "clean",
     "cluster_status",
     "clusters_table",
     "cost",
@@ -438,18 +521,23 @@ __all__ = [
     "event_line",
     "exit_code_for",
     "fail",
+    "grid",
     "guarded",
     "health_table",
     "interactive",
     "journal_table",
     "jsonable",
     "latency",
+    "line",
     "migrations_table",
     "new_table",
     "out",
     "placement_table",
+    "plain",
     "print_placement",
+    "regions_table",
     "rejections_table",
+    "say",
     "seconds",
     "size",
     "stats_table",
