@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from godel_cli import render
+from godel_cli import render, safetext, tables
 from godel_cli.render import JsonOption, StateDirOption
 
 from godel_ray.models import OutputStream
@@ -103,7 +103,7 @@ def exec_(agent_id: Annotated[str, typer.Argument(metavar="AGENT_ID")],
             if chunk.result.timed_out:
                 render.fail(f"command timed out in {agent_id}", TIMED_OUT_EXIT_CODE)
             if chunk.result.truncated:
-                sys.stderr.write(f"warning: output of the command in {render.clean(agent_id)} was truncated\n")
+                sys.stderr.write(f"warning: output of the command in {safetext.clean(agent_id)} was truncated\n")
     raise typer.Exit(exit_code)
 
 
@@ -134,7 +134,7 @@ def list_(status: Annotated[str | None, typer.Option("--status", help="pending|r
         raise InvalidArgument(f"unknown status {status!r}: use one of {', '.join(s.value for s in AgentStatus)}")
     agents = _reader(state_dir).agents(status=status, labels=parse_labels(label) or None, cluster=cluster,
                                        model=model)
-    render.emit_json(agents) if json_out else render.out().print(render.agents_table(agents))
+    render.emit_json(agents) if json_out else render.out().print(tables.agents_table(agents))
 
 
 @app.command("status")
@@ -150,9 +150,9 @@ def status(agent_id: Annotated[str, typer.Argument(metavar="ID")],
         data["migrations"] = render.jsonable(migrations)
         render.emit_json(data)
         return
-    render.out().print(render.agent_panel(agent))
+    render.out().print(tables.agent_panel(agent))
     if migrations:
-        render.out().print(render.migrations_table(migrations))
+        render.out().print(tables.migrations_table(migrations))
 
 
 @app.command("kill")
@@ -164,7 +164,7 @@ def kill(agent_id: Annotated[str, typer.Argument(metavar="ID")],
     if json_out:
         render.emit_json(agent)
     else:
-        render.say(f"{agent.id} ", render.agent_status(agent.status))
+        render.say(f"{agent.id} ", safetext.agent_status(agent.status))
 
 
 @app.command("explain")
@@ -173,7 +173,7 @@ def explain(agent_id: Annotated[str, typer.Argument(metavar="ID")],
             state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """Why the agent went where it went: every candidate's factor scores and every rejection (no Ray)."""
     decision = _reader(state_dir).decision(agent_id)
-    render.emit_json(decision) if json_out else render.print_placement(decision)
+    render.emit_json(decision) if json_out else tables.print_placement(decision)
 
 
 @app.command("logs")
@@ -182,7 +182,7 @@ def logs(agent_id: Annotated[str, typer.Argument(metavar="ID")],
          state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """The agent's command journal: every command it ran, with exit code and duration."""
     entries = _connect(state_dir).journal(agent_id)
-    render.emit_json(entries) if json_out else render.out().print(render.journal_table(entries))
+    render.emit_json(entries) if json_out else render.out().print(tables.journal_table(entries))
 
 
 def _reader(state_dir: str | None) -> StateReader:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from godel_cli import render
+from godel_cli import render, safetext, tables
 from godel_cli.render import JsonOption, StateDirOption
 from rich.live import Live
 
@@ -81,7 +81,7 @@ def add(name: Annotated[str | None, typer.Argument(help="Cluster id, e.g. gpu-ea
 def _print_registered(cluster: Cluster, rtt_ms: float | None) -> None:
     caps = ",".join(cluster.capabilities.gpu_types) or ("gpu" if cluster.capabilities.gpu else "cpu")
     render.say("registered ", (cluster.id, "bold"), f" at {cluster.endpoint} ",
-               f"(region {cluster.region}, {caps}, rtt ", render.latency(rtt_ms), ")")
+               f"(region {cluster.region}, {caps}, rtt ", safetext.latency(rtt_ms), ")")
 
 
 @app.command("list")
@@ -92,7 +92,7 @@ def list_(state_dir: StateDirOption = None, json_out: JsonOption = False) -> Non
     if json_out:
         render.emit_json(infos)
     else:
-        render.out().print(render.clusters_table(infos))
+        render.out().print(tables.clusters_table(infos))
 
 
 @app.command("remove")
@@ -116,7 +116,7 @@ def health(watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh ev
     reader = _reader(state_dir)
     if not watch:
         states = reader.health()
-        render.emit_json(states) if json_out else render.out().print(render.health_table(states))
+        render.emit_json(states) if json_out else render.out().print(tables.health_table(states))
         return
     if json_out or not render.interactive():
         while True:  # one document per refresh: JSON lines, or one plain table each time
@@ -124,12 +124,12 @@ def health(watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh ev
             if json_out:
                 render.emit_json(states, compact=True)
             else:
-                render.out().print(render.health_table(states))
+                render.out().print(tables.health_table(states))
             time.sleep(WATCH_REFRESH_S)
-    with Live(render.health_table(reader.health()), console=render.out(), auto_refresh=False) as live:
+    with Live(tables.health_table(reader.health()), console=render.out(), auto_refresh=False) as live:
         while True:
             time.sleep(WATCH_REFRESH_S)
-            live.update(render.health_table(reader.health()), refresh=True)
+            live.update(tables.health_table(reader.health()), refresh=True)
 
 
 @app.command("stats")
@@ -137,7 +137,7 @@ def health(watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh ev
 def stats(state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """Load, agents by status and free capacity per cluster (no Ray)."""
     rows = _reader(state_dir).stats()
-    render.emit_json(rows) if json_out else render.out().print(render.stats_table(rows))
+    render.emit_json(rows) if json_out else render.out().print(tables.stats_table(rows))
 
 
 @app.command("regions")
@@ -149,7 +149,7 @@ def regions(state_dir: StateDirOption = None, json_out: JsonOption = False) -> N
     if json_out:
         render.emit_json(by_region)
     else:
-        render.out().print(render.regions_table(by_region, reader.clusters()))
+        render.out().print(tables.regions_table(by_region, reader.clusters()))
 
 
 @app.command("plan")
@@ -167,7 +167,7 @@ def plan(gpu: Annotated[bool, typer.Option("--gpu")] = False,
     spawn_config = build_spawn_config(requires_gpu=gpu, gpu_type=gpu_type, gpu_count=gpu_count, cpus=cpus,
                                       priority=priority, preferred_region=region)
     decision = _connect(state_dir).registry.plan(spawn_config)
-    render.emit_json(decision) if json_out else render.print_placement(decision)
+    render.emit_json(decision) if json_out else tables.print_placement(decision)
 
 
 @app.command("maintenance")
@@ -184,7 +184,7 @@ def maintenance(cluster_id: Annotated[str, typer.Argument(metavar="ID")],
     if json_out:
         render.emit_json(info)
     else:
-        render.say(f"{cluster_id} is now ", render.cluster_status(info.health.status))
+        render.say(f"{cluster_id} is now ", safetext.cluster_status(info.health.status))
 
 
 @app.command("migrate")
@@ -202,7 +202,7 @@ def migrate(agent_id: Annotated[str, typer.Argument(metavar="AGENT_ID")],
     elif not wait:
         render.say(f"migration {migration.id} of {agent_id}: {migration.source} → {migration.target} "
                    f"({migration.phase.value}); follow with `swarmctl agent status {agent_id}`")
-    if migration.phase in render.MIGRATION_DONE and migration.phase.value != "completed":
+    if migration.phase in tables.MIGRATION_DONE and migration.phase.value != "completed":
         render.fail(f"migration {migration.id} {migration.phase.value}: {migration.error or 'no reason recorded'}")
 
 
@@ -218,10 +218,10 @@ def _follow_migration(migration: Migration, state_dir: str | None, *, show: bool
         if show:
             for stamp in current.phases[seen:]:
                 offset = stamp.at - current.started_at
-                render.say("  ", (f"{stamp.phase.value:<13}", render.migration_style(stamp.phase)),
-                           f" +{offset:6.2f} s   {render.size(current.bytes_moved)}")
+                render.say("  ", (f"{stamp.phase.value:<13}", tables.migration_style(stamp.phase)),
+                           f" +{offset:6.2f} s   {safetext.size(current.bytes_moved)}")
             seen = len(current.phases)
-        if current.phase in render.MIGRATION_DONE:
+        if current.phase in tables.MIGRATION_DONE:
             break
         if time.monotonic() > deadline:
             render.fail(f"migration {migration.id} still {current.phase.value} after {MIGRATION_WAIT_S:.0f} s; "
@@ -230,8 +230,8 @@ def _follow_migration(migration: Migration, state_dir: str | None, *, show: bool
     if show and current.phase.value == "completed":
         took = (current.finished_at or time.time()) - current.started_at
         render.say(("migrated ", "bold green"), f"{current.agent_id} {current.source} → "
-                   f"{current.target}: {render.size(current.bytes_moved)} in {took:.2f} s, "
-                   f"downtime {render.seconds(current.downtime_s)}, "
+                   f"{current.target}: {safetext.size(current.bytes_moved)} in {took:.2f} s, "
+                   f"downtime {safetext.seconds(current.downtime_s)}, "
                    f"epoch {current.epoch_from}→{current.epoch_to}")
     return current
 

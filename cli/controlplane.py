@@ -10,7 +10,7 @@ import shlex
 from typing import Annotated
 
 import typer
-from godel_cli import render
+from godel_cli import render, safetext
 from godel_cli.render import JsonOption, StateDirOption
 from rich.text import Text
 
@@ -85,7 +85,7 @@ def env(state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
 
 
 def _print_info(info: object) -> None:
-    table = render.grid()
+    table = safetext.grid()
     for key in ("state_dir", "address", "dashboard_url", "ray_pid", "clusters", "agents"):
         value = getattr(info, key, "")
         if value not in ("", 0, None) or key in ("clusters", "agents"):

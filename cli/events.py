@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from godel_cli import render
+from godel_cli import render, tables
 from godel_cli.render import JsonOption, StateDirOption
 
 
@@ -31,4 +31,4 @@ def events(follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep pri
         if json_out:
             render.emit_json(event, compact=True)
         else:
-            render.out().print(render.event_line(event))
+            render.out().print(tables.event_line(event))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from godel_cli import render
+from godel_cli import render, safetext, tables
 from godel_cli.main import app
 from rich.console import Console
 from typer.testing import CliRunner
@@ -175,9 +175,9 @@ def test_tables_have_no_colour_codes_off_a_terminal() -> None:
                                  candidates=[CandidateScore(cluster_id="a", score=40, factors={"cost": 10}),
                                              CandidateScore(cluster_id="b", score=90, factors={"cost": 90})],
                                  rejections={"c": "no GPU of type nvidia-a100"})
-    console.print(render.placement_table(decision))
-    console.print(render.rejections_table(decision))
-    console.print(render.cluster_status(ClusterStatus.OFFLINE))
+    console.print(tables.placement_table(decision))
+    console.print(tables.rejections_table(decision))
+    console.print(safetext.cluster_status(ClusterStatus.OFFLINE))
     text = buf.getvalue()
     assert "\x1b[" not in text
     assert text.index(" b ") < text.index(" a "), "best candidate first"

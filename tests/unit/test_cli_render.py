@@ -8,7 +8,7 @@ import io
 from pathlib import Path
 
 import pytest
-from godel_cli import render
+from godel_cli import render, safetext, tables
 from godel_cli.main import app
 from rich.console import Console
 from typer.testing import CliRunner
@@ -45,16 +45,16 @@ def _render(*renderables: object) -> str:
 
 @pytest.mark.parametrize("hostile", HOSTILE)
 def test_clean_leaves_no_control_character(hostile: str) -> None:
-    cleaned = render.clean(hostile)
+    cleaned = safetext.clean(hostile)
     assert not any(ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 or c == "\u202e" for c in cleaned)
-    assert render.clean(cleaned) == cleaned, "idempotent"
+    assert safetext.clean(cleaned) == cleaned, "idempotent"
 
 
 def test_clean_shows_what_was_there() -> None:
-    assert render.clean("\x1b[31m") == "\\x1b[31m"
-    assert render.clean("a\nb\tc") == "a\\nb\\tc"
-    assert render.clean("\u202e") == "\\u202e"
-    assert render.clean("plain [text] é ✔") == "plain [text] é ✔"
+    assert safetext.clean("\x1b[31m") == "\\x1b[31m"
+    assert safetext.clean("a\nb\tc") == "a\\nb\\tc"
+    assert safetext.clean("\u202e") == "\\u202e"
+    assert safetext.clean("plain [text] é ✔") == "plain [text] é ✔"
 
 
 def _hostile_agent(value: str) -> Agent:
@@ -74,17 +74,17 @@ def test_every_table_shows_hostile_values_as_text(value: str) -> None:
     event = FederationEvent(seq=1, kind=EventKind.AGENT, type=value, cluster_id=value, agent_id=value,
                             data={value: value})
     text = _render(
-        render.agents_table([agent]), render.agent_panel(agent),
-        render.clusters_table([ClusterInfo(cluster=cluster, health=health)]),
-        render.health_table([health]),
-        render.stats_table([ClusterStats(cluster_id=value, status=health.status, agents_by_status={value: 1})]),
-        render.regions_table({value: [value, "east"]}, [ClusterInfo(cluster=cluster, health=health)]),
-        render.placement_table(decision), render.rejections_table(decision),
-        render.migrations_table([migration]),
-        render.journal_table([JournalEntry(seq=1, command=f"echo {value}", started_at=0.0)]),
-        render.event_line(event), render.line("x ", (value, "bold"), value))
+        tables.agents_table([agent]), tables.agent_panel(agent),
+        tables.clusters_table([ClusterInfo(cluster=cluster, health=health)]),
+        tables.health_table([health]),
+        tables.stats_table([ClusterStats(cluster_id=value, status=health.status, agents_by_status={value: 1})]),
+        tables.regions_table({value: [value, "east"]}, [ClusterInfo(cluster=cluster, health=health)]),
+        tables.placement_table(decision), tables.rejections_table(decision),
+        tables.migrations_table([migration]),
+        tables.journal_table([JournalEntry(seq=1, command=f"echo {value}", started_at=0.0)]),
+        tables.event_line(event), safetext.line("x ", (value, "bold"), value))
     assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text and "\r" not in text
-    assert render.clean(value) in text, "shown, escaped, not interpreted"
+    assert safetext.clean(value) in text, "shown, escaped, not interpreted"
     assert "SECRET=***" in text and value not in text.split("SECRET=")[1][:3]
 
 
