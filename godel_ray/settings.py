@@ -42,6 +42,12 @@ class Limits(BaseModel):
     max_concurrent_imports: int = 4  # ImportAgent streams a site receives at once (each buffers <= one snapshot)
     event_log_capacity: int = 10_000  # events an event log keeps; a reader further behind sees a gap
     event_log_max_bytes: int = 16 * 1024 * 1024  # and the most memory they may hold (estimated)
+    # A site's gRPC server (``rpc.server``): concurrent HTTP/2 streams on one connection (a client
+    # queues the rest; the control plane multiplexes every call to a site on one connection), and
+    # streaming calls open at once in all / without a credential (health Watch); over either: refused.
+    max_streams_per_connection: int = 1000
+    max_open_streams: int = 2000
+    max_public_streams: int = 32
 
 
 LIMITS = Limits()

@@ -11,11 +11,19 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from godel_ray.raykit import heads
 from godel_ray.site.launcher import SiteProcess, start_site, write_token
+from tests.helpers import in_ci
 
 __all__ = ["SiteProcess", "start_site", "write_token"]
+
+# Under CI, hypothesis draws the same examples every run (a red CI run is reproducible, not bad luck);
+# locally every run draws new ones. `settings(...)` objects made later inherit this profile.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+if in_ci():
+    hypothesis_settings.load_profile("ci")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,9 @@
 """The agent itself: ``AgentActor``, a plain async class, and ``create_agent_actor``, its one factory.
 
 One actor per agent, created with the agent's resources so Ray places it on a node that has them
-(``num_cpus``, ``num_gpus``, and ``accelerator_type:<T>`` for a GPU type). The actor owns a private
+(``num_cpus``, ``num_gpus``, and ``accelerator_type:<T>`` for a GPU type). ``actor_options`` is the
+one place those options are decided; ``raykit.rayapi.remote_actor`` applies them, and every call
+to the actor goes through the typed ``raykit.gateway.AgentGateway`` that the factory returns. The actor owns a private
 working directory and runs shell commands there one at a time, streaming their output.
 
 Invariants:
@@ -25,6 +27,7 @@ from godel_ray.agents import snapshot as snap
 from godel_ray.agents.process import ProcessControl, kill_process_group, run_streaming
 from godel_ray.agents.workdir import remove_tree
 from godel_ray.core.cluster_client import KILL_REASON_MIGRATED
+from godel_ray.core.gpu import GPU_TYPE_RESOURCE_UNITS, gpu_type_resource
 from godel_ray.core.validation import validate_command, validate_exec_timeout
 from godel_ray.errors import AgentMoved, AgentNotRunning, FailedPrecondition
 from godel_ray.models import (
@@ -36,12 +39,13 @@ from godel_ray.models import (
     JournalEntry,
     now_s,
 )
+from godel_ray.raykit import rayapi
+from godel_ray.raykit.gateway import AgentGateway
 from godel_ray.settings import LIMITS, Limits
 
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENCY = 1000  # concurrent calls: many exec streams may wait on the lock
-GPU_TYPE_RESOURCE_UNITS = 0.001  # what Ray's own ``accelerator_type`` option requests
 # Environment a command must not inherit from its Ray worker: Ray's own credential.
 _ENV_DROPPED = ("RAY_AUTH_TOKEN",)
 SIGKILL = 9
@@ -258,7 +262,7 @@ class AgentActor:
 
     def info(self) -> Agent:
         agent = self._agent.model_copy(deep=True)
-        agent.node_id, agent.gpu_ids = _placement()
+        agent.node_id, agent.gpu_ids = rayapi.current_placement()
         return agent
 
     def journal(self) -> list[JournalEntry]:
@@ -273,15 +277,6 @@ class AgentActor:
         return self.info()
 
 
-def _placement() -> tuple[str, list[str]]:
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id(), [str(g) for g in ray.get_gpu_ids()]
-    except Exception:  # noqa: BLE001 - not inside a Ray worker (plain-class use)
-        return "", []
-
-
 def actor_options(agent: Agent, accelerator_type: str | None = None) -> dict[str, Any]:
     """Ray options for an agent's actor: its resources, concurrency, and no restarts."""
     config = agent.config
@@ -293,26 +288,26 @@ def actor_options(agent: Agent, accelerator_type: str | None = None) -> dict[str
     }
     gpu_type = accelerator_type or (config.gpu_type if config.needs_gpu else None)
     if gpu_type:
-        options["resources"] = {f"accelerator_type:{gpu_type}": GPU_TYPE_RESOURCE_UNITS}
+        options["resources"] = {gpu_type_resource(gpu_type): GPU_TYPE_RESOURCE_UNITS}
     return options
 
 
 def create_agent_actor(agent: Agent, workdir_root: str, archive: bytes | None = None,
                        journal: list[JournalEntry] | None = None, *, sha256: str = "",
                        accelerator_type: str | None = None, limits: Limits = LIMITS,
-                       pooled: bool = False) -> Any:
-    """The one place ``ray.remote`` and actor options are applied. Returns the actor handle.
+                       pooled: bool = False) -> AgentGateway:
+    """Create the actor for ``agent`` (options from ``actor_options``); return its typed gateway.
 
     ``accelerator_type`` is the GPU type exactly as the cluster advertises it (the runtime resolves
-    "A100" to "nvidia-a100"); it defaults to ``agent.config.gpu_type``. Call ``start`` on the handle
-    and await it: that is where the workdir is created or restored from ``archive``. With
-    ``pooled`` the actor is a warm-pool member: ``agent`` is a placeholder and ``adopt`` (not
-    ``start``) later gives it its real identity.
+    "A100" to "nvidia-a100", see ``core.gpu``); it defaults to ``agent.config.gpu_type``. Call
+    ``start`` on the gateway and await it: that is where the workdir is created or restored from
+    ``archive``. With ``pooled`` the actor is a warm-pool member: ``agent`` is a placeholder and
+    ``adopt`` (not ``start``) later gives it its real identity. Ray errors are GodelErrors.
     """
-    import ray
+    with rayapi.mapped(f"agent {agent.id}"):
+        handle = rayapi.remote_actor(AgentActor, actor_options(agent, accelerator_type),
+                                     agent, workdir_root, archive, journal, sha256, limits, pooled)
+    return AgentGateway(agent.id, handle)
 
-    cls = ray.remote(AgentActor).options(**actor_options(agent, accelerator_type))
-    return cls.remote(agent, workdir_root, archive, journal, sha256, limits, pooled)
 
-
-__all__ = ["AgentActor", "actor_options", "create_agent_actor"]
+__all__ = ["GPU_TYPE_RESOURCE_UNITS", "AgentActor", "actor_options", "create_agent_actor"]

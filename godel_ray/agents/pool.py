@@ -4,7 +4,8 @@ A pool is keyed by the exact resources its members hold, ``PoolKey(cpus, gpus, g
 default pool holds ``warm_pool_size`` members with the default agent resources, and each opt-in GPU
 pool (``warm_pool_gpu={"nvidia-a100": 1}``) holds members with one GPU of that type. A spawn whose
 resources match a key exactly claims an idle member, which ``adopt``s the agent's identity; the
-pool then refills in the background.
+pool then refills in the background. GPU types match by ``core.gpu``'s rule, as placement does: a
+spawn asking for ``a100`` may claim a member holding an ``nvidia-a100-80g``.
 
 Invariants:
 - a member is handed out at most once: ``claim`` pops it synchronously on the runtime's event
@@ -23,12 +24,19 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
-
-import ray
 
 from godel_ray.agents.actor import create_agent_actor
+from godel_ray.core.gpu import (
+    GPU_TYPE_RESOURCE_UNITS,
+    gpu_type_matches,
+    gpu_type_resource,
+    gpu_types_of,
+    normalise_gpu_type,
+    resolve_gpu_type,
+)
 from godel_ray.models import Agent, SpawnConfig, new_agent_id
+from godel_ray.raykit import rayapi
+from godel_ray.raykit.gateway import AgentGateway
 from godel_ray.settings import LIMITS, Limits
 
 log = logging.getLogger(__name__)
@@ -36,13 +44,7 @@ log = logging.getLogger(__name__)
 REFILL_RETRY_S = 5.0  # a pool short of members looks for free resources again this often
 EVICT_PAUSE_S = 30.0  # after an eviction, refill waits this long (the spawn that needed room goes first)
 READY_TIMEOUT_S = 60.0
-GPU_TYPE_PREFIX = "accelerator_type:"
 DEFAULT_CPUS = SpawnConfig().cpus
-
-
-def normalise_gpu_type(name: str) -> str:
-    """``"nvidia-a100"``, ``"NVIDIA-A100"`` and ``"A100"`` all normalise to ``"a100"``."""
-    return name.strip().lower().removeprefix("nvidia-")
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def pool_sizes(default_size: int = 0, gpu_sizes: dict[str, int] | None = None, *
 
 @dataclass
 class _Member:
-    handle: Any
+    actor: AgentGateway
     key: PoolKey
     accelerator_type: str | None  # the GPU type as the cluster spells it
 
@@ -129,15 +131,23 @@ class WarmPool:
 
     # --- claim / evict -------------------------------------------------------------------------
 
-    def claim(self, config: SpawnConfig) -> tuple[Any, str | None] | None:
-        """Pop an idle member whose resources match ``config`` exactly: (handle, accelerator type)."""
-        members = self._idle.get(PoolKey.of(config))
-        if not members:
-            return None
-        member = members.pop()  # synchronous: no other coroutine can take the same member
-        self.claimed += 1
-        self.wake()
-        return member.handle, member.accelerator_type
+    def claim(self, config: SpawnConfig) -> tuple[AgentGateway, str | None] | None:
+        """Pop an idle member that holds what ``config`` asks: the same CPUs and GPU count, and a GPU
+        type that satisfies the asked one (``core.gpu``). Returns (actor, accelerator type)."""
+        wanted = PoolKey.of(config)
+        for key, members in self._idle.items():
+            if not members or (key.cpus, key.gpus) != (wanted.cpus, wanted.gpus):
+                continue
+            if (key.gpu_type is None) != (wanted.gpu_type is None):
+                continue
+            if wanted.gpu_type is not None and not (
+                    members[-1].accelerator_type and gpu_type_matches(wanted.gpu_type, members[-1].accelerator_type)):
+                continue
+            member = members.pop()  # synchronous: no other coroutine can take the same member
+            self.claimed += 1
+            self.wake()
+            return member.actor, member.accelerator_type
+        return None
 
     async def evict(self, cpus: float, gpus: int = 0) -> int:
         """Make room for a spawn: kill every member still starting (a pending one would take the
@@ -146,7 +156,7 @@ class WarmPool:
         freed_cpus, freed_gpus, count = 0.0, 0, 0
         while self._starting:
             member = self._starting.pop()
-            _kill(member.handle)  # its start then fails and the refill drops it
+            member.actor.kill()  # its start then fails and the refill drops it
             freed_cpus += member.key.cpus
             freed_gpus += member.key.gpus
             count += 1
@@ -154,7 +164,7 @@ class WarmPool:
             members = self._idle[key]
             while members and (freed_cpus < cpus or freed_gpus < gpus):
                 member = members.pop()
-                _kill(member.handle)
+                member.actor.kill()
                 freed_cpus += key.cpus
                 freed_gpus += key.gpus
                 count += 1
@@ -203,7 +213,7 @@ class WarmPool:
         short = {k: n - len(self._idle[k]) for k, n in self.sizes.items() if len(self._idle[k]) < n}
         if not short:
             return
-        total, free = await asyncio.to_thread(_resources)
+        total, free = await asyncio.to_thread(_resources)  # Ray's reads block: off the loop
         starts: list[tuple[PoolKey, str | None]] = []
         for key, missing in short.items():
             accel = self._resolve(key, total)
@@ -218,7 +228,7 @@ class WarmPool:
             if member is None:
                 continue
             if self._closed:
-                _kill(member.handle)
+                member.actor.kill()
             else:
                 self._idle[member.key].append(member)
 
@@ -226,8 +236,7 @@ class WarmPool:
         if key.gpu_type is None:
             return None
         if key not in self._accel:
-            advertised = [k[len(GPU_TYPE_PREFIX):] for k in total if k.startswith(GPU_TYPE_PREFIX)]
-            match = next((a for a in sorted(advertised) if normalise_gpu_type(a) == key.gpu_type), None)
+            match = resolve_gpu_type(key.gpu_type, gpu_types_of(total))
             if match is None:
                 log.warning("cluster %s: no GPU type %s here; its warm pool stays empty", self.name, key.gpu_type)
             self._accel[key] = match
@@ -237,14 +246,14 @@ class WarmPool:
         config = SpawnConfig(cpus=key.cpus, requires_gpu=key.gpus > 0, gpu_count=max(1, key.gpus),
                              gpu_type=accel)
         placeholder = Agent(id=f"warm-{new_agent_id()}", config=config)
-        handle = create_agent_actor(placeholder, self._workdir_root, accelerator_type=accel,
-                                    limits=self._limits, pooled=True)
-        member = _Member(handle, key, accel)
+        actor = create_agent_actor(placeholder, self._workdir_root, accelerator_type=accel,
+                                   limits=self._limits, pooled=True)
+        member = _Member(actor, key, accel)
         self._starting.append(member)
         try:
-            await asyncio.wait_for(handle.ready.remote(), self._ready_timeout_s)
+            await actor.ready().result(self._ready_timeout_s)
         except BaseException as exc:
-            _kill(handle)
+            actor.kill()
             if isinstance(exc, asyncio.CancelledError):
                 raise
             if member in self._starting:  # not evicted: a real failure
@@ -264,11 +273,11 @@ class WarmPool:
                 await self._task
         for members in self._idle.values():
             while members:
-                _kill(members.pop().handle)
+                members.pop().actor.kill()
 
 
 def _resources() -> tuple[dict[str, float], dict[str, float]]:
-    return ray.cluster_resources(), ray.available_resources()  # type: ignore[no-untyped-call]
+    return rayapi.cluster_resources(), rayapi.available_resources()
 
 
 def _take(free: dict[str, float], key: PoolKey, accel: str | None) -> bool:
@@ -277,17 +286,12 @@ def _take(free: dict[str, float], key: PoolKey, accel: str | None) -> bool:
     if key.gpus:
         need["GPU"] = float(key.gpus)
     if accel:
-        need[GPU_TYPE_PREFIX + accel] = 0.001
+        need[gpu_type_resource(accel)] = GPU_TYPE_RESOURCE_UNITS
     if any(free.get(name, 0.0) + 1e-9 < amount for name, amount in need.items()):
         return False
     for name, amount in need.items():
         free[name] = free.get(name, 0.0) - amount
     return True
-
-
-def _kill(handle: Any) -> None:
-    with contextlib.suppress(Exception):
-        ray.kill(handle, no_restart=True)
 
 
 __all__ = ["PoolKey", "WarmPool", "normalise_gpu_type", "pool_sizes"]

@@ -1,8 +1,8 @@
 """``AgentRuntime``: the ``ClusterClient`` that hosts agents on the Ray cluster this process is attached to.
 
 Shared by the ``local`` ClusterActor and every site server: one code path hosts agents. It keeps
-the agent table (id -> actor handle + last known ``Agent``), the idempotency keys, the event log,
-and enforces epochs (fencing), ``max_agents`` and spawn validation.
+the agent table (``agents.table``: id -> actor + last known ``Agent``, fencing by epoch), the
+idempotency keys, the event log and the warm pool, and enforces ``max_agents`` and spawn validation.
 
 Invariants:
 - spawning never leaves a half-created agent: the request is validated and checked against the
@@ -14,7 +14,9 @@ Invariants:
 - the event log records ``agent.spawned``, ``agent.status``, ``command.started``,
   ``command.finished``, ``agent.exported``, ``agent.imported`` and ``agent.killed``.
 
-Runs on one asyncio event loop (the caller's); Ray calls are awaited, never blocking ``ray.get``.
+Runs on one asyncio event loop (the caller's); actor calls go through the typed ``AgentGateway``
+and are awaited, never blocking. What the Ray cluster can host, and the capacity report, are
+``agents.capacity``'s (pure); GPU types match by ``core.gpu``.
 """
 
 from __future__ import annotations
@@ -24,18 +26,15 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
 
-import ray
-import ray.exceptions as rex
-
-from godel_ray import settings
 from godel_ray.agents import snapshot as snap
-from godel_ray.agents.actor import GPU_TYPE_RESOURCE_UNITS, create_agent_actor
-from godel_ray.agents.pool import WarmPool, normalise_gpu_type, pool_sizes
+from godel_ray.agents.actor import create_agent_actor
+from godel_ray.agents.capacity import placement_problem, site_capacity, wants
+from godel_ray.agents.pool import WarmPool, pool_sizes
+from godel_ray.agents.table import AgentEntry, AgentTable, record
 from godel_ray.core.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.core.events import EventLog
+from godel_ray.core.gpu import normalise_gpu_type, resolve_gpu_type
 from godel_ray.core.validation import (
     validate_agent_id,
     validate_command,
@@ -43,11 +42,9 @@ from godel_ray.core.validation import (
     validate_spawn_config,
 )
 from godel_ray.errors import (
-    AgentMoved,
-    AgentNotFound,
     AgentNotRunning,
     AlreadyExists,
-    ClusterUnavailable,
+    DeadlineExceeded,
     GodelError,
     ResourceExhausted,
     StaleEpoch,
@@ -68,6 +65,7 @@ from godel_ray.models import (
     now_s,
 )
 from godel_ray.raykit import rayapi
+from godel_ray.raykit.gateway import AgentGateway
 from godel_ray.settings import LIMITS, Limits
 
 log = logging.getLogger(__name__)
@@ -75,7 +73,6 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 60.0  # an actor not ready by then is killed: its resources are busy or gone
 TERMINATE_TIMEOUT_S = 15.0
 EVENT_WAIT_S = 30.0
-GPU_TYPE_PREFIX = "accelerator_type:"
 LOCAL_WARM_POOL_ENV = "GODEL_LOCAL_WARM_POOL"  # warm pool size of the ``local`` runtime when not given
 
 
@@ -87,61 +84,6 @@ def default_warm_pool_size(name: str) -> int:
     except ValueError:
         log.warning("ignoring %s=%r: not an integer", LOCAL_WARM_POOL_ENV, raw)
         return 0
-
-
-def resolve_gpu_type(requested: str, advertised: list[str]) -> str | None:
-    """The advertised spelling of ``requested`` (case-insensitive, optional ``nvidia-``), or None."""
-    for name in advertised:
-        if name == requested:
-            return name
-    wanted = normalise_gpu_type(requested)
-    for name in sorted(advertised):
-        if normalise_gpu_type(name) == wanted:
-            return name
-    return None
-
-
-def gpu_types_of(resources: dict[str, float]) -> list[str]:
-    return sorted(k[len(GPU_TYPE_PREFIX):] for k, v in resources.items()
-                  if k.startswith(GPU_TYPE_PREFIX) and v > 0)
-
-
-def placement_problem(config: SpawnConfig, nodes: list[dict[str, float]]) -> tuple[str | None, str | None]:
-    """Check ``config`` against each alive node's TOTAL resources.
-
-    Returns ``(problem, accelerator_type)``: ``problem`` is None when some node could host the
-    agent, else a sentence naming what is missing; ``accelerator_type`` is the GPU type as the
-    cluster spells it (None for no type).
-    """
-    advertised = sorted({t for node in nodes for t in gpu_types_of(node)})
-    accel: str | None = None
-    if config.needs_gpu and config.gpu_type:
-        accel = resolve_gpu_type(config.gpu_type, advertised)
-        if accel is None:
-            have = ", ".join(advertised) or "none"
-            return (f"no node has GPU type {config.gpu_type!r} (GPU types here: {have})", None)
-    for node in nodes:
-        if node.get("CPU", 0.0) < config.cpus:
-            continue
-        if node.get("GPU", 0.0) < config.num_gpus:
-            continue
-        if accel and node.get(GPU_TYPE_PREFIX + accel, 0.0) <= 0:
-            continue
-        return None, accel
-    want = f"{config.cpus:g} CPUs"
-    if config.needs_gpu:
-        want += f" and {config.num_gpus} GPU(s)" + (f" of type {accel}" if accel else "")
-    biggest = max(((n.get("CPU", 0.0), n.get("GPU", 0.0)) for n in nodes), default=(0.0, 0.0))
-    return (f"no node has {want} (largest node: {biggest[0]:g} CPUs, {biggest[1]:g} GPUs)", accel)
-
-
-@dataclass
-class _Entry:
-    agent: Agent
-    handle: Any = None  # the AgentActor handle; None once it is gone
-    journal: list[JournalEntry] = field(default_factory=list)  # last known, kept after the actor ends
-    moved: bool = False
-    watcher: asyncio.Task[None] | None = None
 
 
 class AgentRuntime:
@@ -158,10 +100,10 @@ class AgentRuntime:
         self.max_agents = max_agents
         self._limits = limits
         self._ready_timeout_s = ready_timeout_s
-        self._agents: dict[str, _Entry] = {}
         self._idempotency: dict[str, str] = {}  # key -> agent id
         self._key_locks: dict[str, asyncio.Lock] = {}
         self._log = EventLog()
+        self._table = AgentTable(name, self._log)
         self._closed = False
         if warm_pool_size is None:
             warm_pool_size = default_warm_pool_size(name)
@@ -172,87 +114,15 @@ class AgentRuntime:
 
     def _emit(self, type_: str, agent_id: str = "", kind: EventKind = EventKind.AGENT,
               **data: object) -> None:
-        self._log.append(FederationEvent(kind=kind, type=type_, cluster_id=self.name, agent_id=agent_id,
-                                         data={k: str(v) for k, v in data.items()}))
-
-    def _entry(self, agent_id: str, epoch: int = 0) -> _Entry:
-        entry = self._agents.get(agent_id)
-        if entry is None:
-            raise AgentNotFound(f"agent {agent_id} is not on cluster {self.name}", agent_id=agent_id,
-                                cluster_id=self.name)
-        if epoch and epoch != entry.agent.epoch:
-            raise StaleEpoch(f"agent {agent_id} is at epoch {entry.agent.epoch} here, not {epoch}: "
-                             "this copy was superseded; resolve the agent's location again",
-                             agent_id=agent_id, epoch=entry.agent.epoch)
-        return entry
-
-    def _live(self, agent_id: str, epoch: int = 0) -> _Entry:
-        entry = self._entry(agent_id, epoch)
-        if entry.moved:
-            raise AgentMoved(f"agent {agent_id} was migrated away from cluster {self.name}",
-                             agent_id=agent_id, cluster_id=self.name)
-        if entry.agent.status.is_final or entry.handle is None:
-            reason = f" ({entry.agent.status_reason})" if entry.agent.status_reason else ""
-            raise AgentNotRunning(f"agent {agent_id} is {entry.agent.status.value}{reason}",
-                                  agent_id=agent_id, status=entry.agent.status.value)
-        return entry
-
-    def _set_agent(self, entry: _Entry, agent: Agent) -> None:
-        """Record a fresh view of the agent; emit ``agent.status`` when the status changed."""
-        before = entry.agent.status
-        if before.is_final and not agent.status.is_final:
-            return  # a late answer from before the end: final statuses never move back
-        agent = agent.model_copy(update={"cluster_id": self.name})
-        entry.agent = agent
-        if agent.status != before:
-            self._emit(EventType.AGENT_STATUS, agent.id, status=agent.status.value, reason=agent.status_reason)
-
-    def _error(self, entry: _Entry, exc: BaseException) -> GodelError:
-        """Map a Ray failure of ``entry``'s actor into the GodelError tree (one place)."""
-        if isinstance(exc, rex.ActorUnavailableError):
-            return ClusterUnavailable(f"agent {entry.agent.id} is unreachable right now; retry",
-                                      agent_id=entry.agent.id, cluster_id=self.name)
-        if isinstance(exc, rex.RayActorError) and not isinstance(exc, rex.RayTaskError):
-            if entry.moved:
-                return AgentMoved(f"agent {entry.agent.id} was migrated away from cluster {self.name}",
-                                  agent_id=entry.agent.id, cluster_id=self.name)
-            if not entry.agent.status.is_final:
-                died = entry.agent.model_copy(update={
-                    "status": AgentStatus.FAILED, "finished_at": now_s(),
-                    "status_reason": f"agent process died: {str(exc).strip().splitlines()[0][:200]}"})
-                self._set_agent(entry, died)
-                entry.handle = None
-            return AgentNotRunning(f"agent {entry.agent.id} is {entry.agent.status.value} "
-                                   f"({entry.agent.status_reason})", agent_id=entry.agent.id,
-                                   status=entry.agent.status.value)
-        err = rayapi.translate(exc, f"agent {entry.agent.id}")
-        if err is None:
-            raise exc
-        return err
-
-    async def _call(self, entry: _Entry, method: str, *args: Any, timeout_s: float | None = None) -> Any:
-        handle = entry.handle
-        if handle is None:
-            raise AgentNotRunning(f"agent {entry.agent.id} is {entry.agent.status.value}",
-                                  agent_id=entry.agent.id)
-        try:
-            ref = getattr(handle, method).remote(*args)
-            return await (asyncio.wait_for(ref, timeout_s) if timeout_s else ref)
-        except rex.RayError as exc:  # before GodelError: Ray's dual RayTaskError(GodelError) is both
-            raise self._error(entry, exc) from None
+        record(self._log, self.name, type_, agent_id, kind, **data)
 
     async def _resources(self) -> tuple[list[dict[str, float]], dict[str, float], dict[str, float]]:
+        """(each alive node's total resources, the cluster's total, what is free now)."""
         def read() -> tuple[list[dict[str, float]], dict[str, float], dict[str, float]]:
-            alive = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
-            total = ray.cluster_resources()  # type: ignore[no-untyped-call]
-            free = ray.available_resources()  # type: ignore[no-untyped-call]
-            return [dict(n.get("Resources", {})) for n in alive], total, free
+            return rayapi.alive_node_resources(), rayapi.cluster_resources(), rayapi.available_resources()
 
         with rayapi.mapped("ray cluster"):
-            return await asyncio.to_thread(read)
-
-    def _active_count(self) -> int:
-        return sum(1 for e in self._agents.values() if not e.agent.status.is_final)
+            return await asyncio.to_thread(read)  # Ray's reads block: off the loop
 
     # --- creation ----------------------------------------------------------------------------
 
@@ -261,36 +131,33 @@ class AgentRuntime:
         """Create and start the actor for ``agent``; on any failure nothing is left behind."""
         if self._closed:
             raise AgentNotRunning(f"the agent runtime of cluster {self.name} is closed")
-        previous = self._agents.get(agent.id)
+        previous = self._table.get(agent.id)
         if previous is not None and not previous.agent.status.is_final:
             raise AlreadyExists(f"agent {agent.id} already exists on cluster {self.name}", agent_id=agent.id)
         if previous is not None and agent.epoch < previous.agent.epoch:
             raise StaleEpoch(f"agent {agent.id} was at epoch {previous.agent.epoch} here; refusing "
                              f"epoch {agent.epoch}", agent_id=agent.id, epoch=previous.agent.epoch)
-        if self._active_count() >= self.max_agents:
+        if self._table.active_count() >= self.max_agents:
             raise ResourceExhausted(f"cluster {self.name} already runs its maximum of {self.max_agents} "
                                     "agents: kill some or raise --max-agents", cluster_id=self.name)
         self.pool.start()
         agent = agent.model_copy(update={"cluster_id": self.name, "status": AgentStatus.PENDING,
                                          "status_reason": "", "finished_at": None})
-        claimed = self.pool.claim(agent.config)  # a pre-started actor with exactly these resources
+        claimed = self.pool.claim(agent.config)  # a pre-started actor with these resources
         if claimed is not None:
-            entry = _Entry(agent=agent, journal=list(journal or []), handle=claimed[0])
-            self._agents[agent.id] = entry
+            member = claimed[0].for_agent(agent.id)
+            entry = AgentEntry(agent=agent, journal=list(journal or []), actor=member)
+            self._table.put(entry)
             try:
-                started = await self._call(entry, "adopt", agent, self.workdir_root, archive, journal, sha256,
-                                           timeout_s=self._ready_timeout_s)
-            except (GodelError, TimeoutError) as exc:  # the member died meanwhile: start a fresh actor
+                started = await self._table.ask(entry, lambda a: a.adopt(agent, self.workdir_root, archive, journal,
+                                                                   sha256), self._ready_timeout_s)
+            except GodelError as exc:  # the member died meanwhile: start a fresh actor
                 log.warning("agent %s: warm-pool actor unusable (%s); starting a fresh one", agent.id, exc)
-                with contextlib.suppress(Exception):
-                    ray.kill(claimed[0], no_restart=True)
-                self._agents.pop(agent.id, None)
-                if previous is not None:
-                    self._agents[agent.id] = previous
+                member.kill()
+                self._table.restore(agent.id, previous)
             except BaseException:
-                with contextlib.suppress(Exception):
-                    ray.kill(claimed[0], no_restart=True)
-                self._restore(agent.id, previous)
+                member.kill()
+                self._table.restore(agent.id, previous)
                 raise
             else:
                 return self._started(entry, started)
@@ -303,67 +170,57 @@ class AgentRuntime:
                                     agent.config.num_gpus):
             await self.pool.evict(agent.config.cpus - free.get("CPU", 0.0),
                                   max(0, agent.config.num_gpus - int(free.get("GPU", 0.0))))
-        entry = _Entry(agent=agent, journal=list(journal or []))
-        self._agents[agent.id] = entry  # reserves a max_agents slot while the actor starts
+        entry = AgentEntry(agent=agent, journal=list(journal or []))
+        self._table.put(entry)  # reserves a max_agents slot while the actor starts
         try:
-            with rayapi.mapped(f"agent {agent.id}"):
-                entry.handle = create_agent_actor(agent, self.workdir_root, archive, journal, sha256=sha256,
-                                                  accelerator_type=accel, limits=self._limits)
+            entry.actor = create_agent_actor(agent, self.workdir_root, archive, journal, sha256=sha256,
+                                             accelerator_type=accel, limits=self._limits)
             try:
-                started = await self._call(entry, "start", timeout_s=self._ready_timeout_s)
-            except TimeoutError:
+                started = await self._table.ask(entry, AgentGateway.start, self._ready_timeout_s)
+            except DeadlineExceeded:
                 raise ResourceExhausted(
                     f"agent {agent.id} was not placed within {self._ready_timeout_s:g} s on cluster "
-                    f"{self.name}: the resources it needs ({_wants(agent.config, accel)}) exist but are busy",
+                    f"{self.name}: the resources it needs ({wants(agent.config, accel)}) exist but are busy",
                     cluster_id=self.name, agent_id=agent.id) from None
         except BaseException:
-            if entry.handle is not None:
-                with contextlib.suppress(Exception):
-                    ray.kill(entry.handle, no_restart=True)
-            self._restore(agent.id, previous)
+            if entry.actor is not None:
+                entry.actor.kill()
+            self._table.restore(agent.id, previous)
             raise
         return self._started(entry, started)
 
-    def _restore(self, agent_id: str, previous: _Entry | None) -> None:
-        if previous is not None:
-            self._agents[agent_id] = previous
-        else:
-            self._agents.pop(agent_id, None)
-
-    def _started(self, entry: _Entry, started: Agent) -> Agent:
+    def _started(self, entry: AgentEntry, started: Agent) -> Agent:
         entry.agent = started.model_copy(update={"cluster_id": self.name})
-        entry.watcher = asyncio.create_task(self._watch(entry, entry.handle))
+        assert entry.actor is not None
+        entry.watcher = asyncio.create_task(self._watch(entry, entry.actor))
         return entry.agent
 
-    async def _watch(self, entry: _Entry, handle: Any) -> None:
+    async def _watch(self, entry: AgentEntry, actor: AgentGateway) -> None:
         """Notice an agent ending by itself (lifetime) or dying; release its actor."""
         try:
-            done = await handle.wait_done.remote()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any failure of the actor ends the watch
-            if entry.handle is handle and not entry.agent.status.is_final:
-                self._error(entry, exc)
+            done = await actor.wait_done()
+        except GodelError as exc:  # any failure of the actor ends the watch
+            if entry.actor is actor and not entry.agent.status.is_final:
+                self._table.failure(entry, exc)
             return
-        if entry.handle is not handle or entry.agent.status.is_final:
+        if entry.actor is not actor or entry.agent.status.is_final:
             return  # killed through the runtime: kill() did the bookkeeping
-        self._set_agent(entry, done)
+        self._table.set_agent(entry, done)
         await self._release(entry, done.status_reason)
 
-    async def _release(self, entry: _Entry, reason: str) -> None:
+    async def _release(self, entry: AgentEntry, reason: str) -> None:
         """Terminate and kill the actor (idempotent); keep the journal and final status."""
-        handle, entry.handle = entry.handle, None
-        if handle is None:
+        actor, entry.actor = entry.actor, None
+        if actor is None:
             return
         try:
-            entry.journal = await asyncio.wait_for(handle.journal.remote(), TERMINATE_TIMEOUT_S)
-            final = await asyncio.wait_for(handle.terminate.remote(reason), TERMINATE_TIMEOUT_S)
-            self._set_agent(entry, final)
-        except Exception as exc:  # noqa: BLE001 - already dead, or not answering: kill it regardless
+            entry.journal = await actor.journal().result(TERMINATE_TIMEOUT_S)
+            final = await actor.terminate(reason).result(TERMINATE_TIMEOUT_S)
+            self._table.set_agent(entry, final)
+        except GodelError as exc:  # already dead, or not answering: kill it regardless
             log.warning("agent %s: terminate failed (%s); killing its actor", entry.agent.id, exc)
         finally:
-            with contextlib.suppress(Exception):
-                ray.kill(handle, no_restart=True)
+            actor.kill()
 
     # --- ClusterClient -------------------------------------------------------------------------
 
@@ -378,7 +235,7 @@ class AgentRuntime:
             return agent, True
         lock = self._key_locks.setdefault(key, asyncio.Lock())
         async with lock:
-            if key in self._idempotency and self._idempotency[key] in self._agents:
+            if key in self._idempotency and self._idempotency[key] in self._table:
                 return await self.status(self._idempotency[key]), False
             agent = await self._create(Agent(id=agent_id, config=config, epoch=max(epoch, 1)))
             self._idempotency[key] = agent.id
@@ -386,17 +243,17 @@ class AgentRuntime:
             return agent, True
 
     async def kill(self, agent_id: str, *, epoch: int = 0, reason: str = "") -> Agent:
-        entry = self._entry(agent_id, epoch)
+        entry = self._table.entry(agent_id, epoch)
         if reason == KILL_REASON_MIGRATED:
             entry.moved = True
-        if entry.handle is None:
+        if entry.actor is None:
             return entry.agent  # already ended: idempotent
         if entry.watcher is not None:
             entry.watcher.cancel()
         await self._release(entry, reason or "killed")
-        if entry.handle is None and not entry.agent.status.is_final:
+        if entry.actor is None and not entry.agent.status.is_final:
             # terminate did not answer: record the end ourselves
-            self._set_agent(entry, entry.agent.model_copy(update={
+            self._table.set_agent(entry, entry.agent.model_copy(update={
                 "status": AgentStatus.TERMINATED, "status_reason": reason or "killed",
                 "finished_at": now_s()}))
         self._emit(EventType.AGENT_KILLED, agent_id, reason=reason or "killed")
@@ -406,38 +263,40 @@ class AgentRuntime:
                           epoch: int = 0) -> AsyncIterator[ExecChunk]:
         validate_command(command, self._limits)
         timeout = validate_exec_timeout(timeout_s, self._limits)
-        entry = self._live(agent_id, epoch)
+        entry, actor = self._table.live(agent_id, epoch)
         self._emit(EventType.COMMAND_STARTED, agent_id, EventKind.COMMAND, command=command[:200])
         finished = False
-        stream = entry.handle.exec.options(num_returns="streaming").remote(command, timeout)
+        stream = None
         try:
-            async for ref in stream:
-                chunk: ExecChunk = await ref
+            stream = actor.exec(command, timeout)
+            async for chunk in stream:
                 if chunk.result is not None:
                     finished = True
                     self._emit(EventType.COMMAND_FINISHED, agent_id, EventKind.COMMAND,
                                exit_code=chunk.result.exit_code, duration_s=f"{chunk.result.duration_s:.3f}",
                                timed_out=chunk.result.timed_out)
                 yield chunk
-        except rex.RayError as exc:  # before GodelError: Ray's dual RayTaskError(GodelError) is both
+        except (rayapi.ActorUnreachable, rayapi.ActorDied) as exc:
             finished = True
-            raise self._error(entry, exc) from None
+            raise self._table.failure(entry, exc) from None
+        except GodelError:
+            finished = True
+            raise
         finally:
-            if not finished:  # the caller went away mid-command: stop it (its process group dies)
-                with contextlib.suppress(Exception):
-                    ray.cancel(stream)
+            if not finished and stream is not None:  # the caller went away mid-command: stop it
+                stream.cancel()  # (its process group dies)
 
     async def status(self, agent_id: str) -> Agent:
-        entry = self._entry(agent_id)
-        if entry.handle is not None and not entry.agent.status.is_final:
+        entry = self._table.entry(agent_id)
+        if entry.actor is not None and not entry.agent.status.is_final:
             with contextlib.suppress(GodelError):
-                self._set_agent(entry, await self._call(entry, "info"))
+                self._table.set_agent(entry, await self._table.ask(entry, AgentGateway.info))
         return entry.agent
 
     async def list_agents(self, status: AgentStatus | None = None,
                           labels: dict[str, str] | None = None) -> list[Agent]:
         out = []
-        for entry in self._agents.values():
+        for entry in self._table:
             agent = entry.agent
             if status is not None and agent.status != status:
                 continue
@@ -451,19 +310,11 @@ class AgentRuntime:
         evicts them), and idle members never reduce ``available_agents``."""
         self.pool.start()
         _, total, free = await self._resources()
-        types = gpu_types_of(total)
         pool_cpus, pool_gpus = self.pool.held()
-        free_gpu = free.get("GPU", 0.0) + sum(pool_gpus.values())
-        active = self._active_count()
-        return SiteCapacity(
-            name=self.name, region=self.region, cost_per_hour=self.cost_per_hour,
-            max_agents=self.max_agents, active_agents=active,
-            available_agents=max(0, self.max_agents - active), gpu_types=types,
-            free_gpus={t: min(free_gpu, free.get(GPU_TYPE_PREFIX + t, 0.0)
-                              + pool_gpus.get(t, 0.0) * GPU_TYPE_RESOURCE_UNITS) for t in types},
-            total_gpus=total.get("GPU", 0.0), total_cpus=total.get("CPU", 0.0),
-            free_cpus=min(total.get("CPU", 0.0), free.get("CPU", 0.0) + pool_cpus),
-            warm_pool=self.pool.idle_count, version=settings.VERSION)
+        return site_capacity(name=self.name, region=self.region, cost_per_hour=self.cost_per_hour,
+                             max_agents=self.max_agents, active_agents=self._table.active_count(), total=total,
+                             free=free, pool_cpus=pool_cpus, pool_gpus=pool_gpus,
+                             warm_pool=self.pool.idle_count)
 
     async def events(self, since_seq: int = 0) -> AsyncIterator[FederationEvent]:
         # A cursor past our last event comes from an earlier life of this site (its log restarts at 1
@@ -475,15 +326,15 @@ class AgentRuntime:
                 yield event
 
     async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot:
-        entry = self._live(agent_id, epoch)
+        entry, _ = self._table.live(agent_id, epoch)
         if freeze:
-            self._set_agent(entry, await self._call(entry, "freeze"))
+            self._table.set_agent(entry, await self._table.ask(entry, AgentGateway.freeze))
         try:
-            snapshot: AgentSnapshot = await self._call(entry, "export")
+            snapshot = await self._table.ask(entry, AgentGateway.export)
         except BaseException:
             if freeze:
                 with contextlib.suppress(GodelError):
-                    self._set_agent(entry, await self._call(entry, "resume"))
+                    self._table.set_agent(entry, await self._table.ask(entry, AgentGateway.resume))
             raise
         snapshot = snapshot.model_copy(update={"agent": snapshot.agent.model_copy(
             update={"cluster_id": self.name})})
@@ -504,14 +355,14 @@ class AgentRuntime:
         return created
 
     async def resume(self, agent_id: str, *, epoch: int = 0) -> Agent:
-        entry = self._live(agent_id, epoch)
-        self._set_agent(entry, await self._call(entry, "resume"))
+        entry, _ = self._table.live(agent_id, epoch)
+        self._table.set_agent(entry, await self._table.ask(entry, AgentGateway.resume))
         return entry.agent
 
     async def close(self) -> None:
         self._closed = True
         await self.pool.close()
-        live = [e for e in self._agents.values() if e.handle is not None]
+        live = [e for e in self._table if e.actor is not None]
         for entry in live:
             if entry.watcher is not None:
                 entry.watcher.cancel()
@@ -522,10 +373,10 @@ class AgentRuntime:
 
     async def journal(self, agent_id: str) -> list[JournalEntry]:
         """The agent's command journal (kept after the agent ended)."""
-        entry = self._entry(agent_id)
-        if entry.handle is not None:
+        entry = self._table.entry(agent_id)
+        if entry.actor is not None:
             with contextlib.suppress(GodelError):
-                entry.journal = await self._call(entry, "journal")
+                entry.journal = await self._table.ask(entry, AgentGateway.journal)
         return list(entry.journal)
 
     @property
@@ -535,13 +386,6 @@ class AgentRuntime:
     def recent_events(self, since_seq: int = 0) -> list[FederationEvent]:
         """The kept events newer than ``since_seq``, without waiting."""
         return self._log.since(since_seq)
-
-
-def _wants(config: SpawnConfig, accel: str | None) -> str:
-    text = f"{config.cpus:g} CPUs"
-    if config.needs_gpu:
-        text += f", {config.num_gpus} GPU(s)" + (f" of type {accel}" if accel else "")
-    return text
 
 
 __all__ = ["AgentRuntime", "default_warm_pool_size", "normalise_gpu_type", "placement_problem",

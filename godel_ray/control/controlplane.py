@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from godel_ray import settings
-from godel_ray.control.store import StateStore
+from godel_ray.control.store import open_store
 from godel_ray.errors import ControlPlaneNotRunning, GodelError
 from godel_ray.raykit import heads, rayapi
 
@@ -70,7 +70,7 @@ def _write_private(path: Path, text: str) -> None:
 
 def _counts(root: Path) -> tuple[int, int]:
     try:
-        store = StateStore.reader(root)
+        store = open_store(root, readonly=True)
     except ControlPlaneNotRunning:
         return 0, 0
     try:

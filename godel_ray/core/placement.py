@@ -8,7 +8,8 @@ The decision, in order:
 
 1. **Hard filters.** Every cluster that fails one gets a human reason in ``rejections``: not the
    pinned cluster; status not ``active``; no free agent slot or too few free CPUs; GPU work on a
-   cluster without GPUs, without the asked GPU type, or without enough free GPUs of it; RTT over
+   cluster without GPUs, without the asked GPU type (``core.gpu.gpu_type_matches``: the same rule
+   the site applies), or without enough free GPUs of it; RTT over
    ``max_latency_ms``; cost over ``max_cost_per_hour``; an excluded region; a missing capability
    flag. GPU work is never placed on a cluster that lacks the GPU: it fails instead.
 2. **Score** each survivor: factors normalised to 0-100 (latency, cost, availability, and GPU match
@@ -20,12 +21,12 @@ The decision, in order:
 
 from __future__ import annotations
 
-import functools
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from godel_ray.core.gpu import gpu_type_matches
 from godel_ray.errors import NoPlacement
 from godel_ray.models import (
     LOCAL_CLUSTER_ID,
@@ -91,27 +92,6 @@ def local_load(view: ClusterView) -> float:
     if max_agents <= 0:
         return 1.0
     return view.active_agents / max_agents
-
-
-@functools.lru_cache(maxsize=1024)
-def _normalise_gpu_type(name: str) -> str:
-    key = name.strip().lower().replace("_", "-").replace(" ", "-")
-    for prefix in ("nvidia-", "amd-", "intel-"):
-        if key.startswith(prefix):
-            return key[len(prefix):]
-    return key
-
-
-@functools.lru_cache(maxsize=4096)
-def gpu_type_matches(wanted: str, offered: str) -> bool:
-    """Case-insensitive, vendor prefix optional: ``nvidia-a100`` == ``A100`` == ``a100``.
-
-    A bare model also matches its memory variants (``a100`` matches ``A100-80G``), but a variant
-    asked for must be offered exactly (``a100-80g`` does not match ``A100-40G``).
-    """
-    want = _normalise_gpu_type(wanted)
-    have = _normalise_gpu_type(offered)
-    return bool(want) and (have == want or have.startswith(want + "-"))
 
 
 @dataclass(frozen=True)

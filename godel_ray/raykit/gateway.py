@@ -15,6 +15,7 @@ timeout becomes ``DeadlineExceeded``. A reader and mypy can follow every hot pat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -101,8 +102,8 @@ class Stream(Generic[T]):
                 yield value
 
     def cancel(self) -> None:
-        """Stop the generator on the actor (the caller went away mid-stream)."""
-        ray.cancel(self._gen)
+        """Stop the generator on the actor (the caller went away mid-stream); best effort."""
+        rayapi.cancel(self._gen)
 
 
 async def _awaited(awaitable: Awaitable[T]) -> T:
@@ -176,6 +177,72 @@ class ClusterGateway:
 
     def journal(self, agent_id: str) -> Call[list[JournalEntry]]:
         return Call(self.what, lambda: self.handle.journal.remote(agent_id))
+
+
+class AgentGateway:
+    """Typed calls to one AgentActor (``godel_ray.agents.actor``), the agent runtime's handle on it.
+
+    Ray failures come back as the GodelError tree, named ``agent <id>``: a dead actor as
+    ``rayapi.ActorDied``, an unreachable one as ``rayapi.ActorUnreachable`` (the runtime turns
+    those into its agent statuses).
+    """
+
+    __slots__ = ("agent_id", "handle", "what")
+
+    def __init__(self, agent_id: str, handle: Any) -> None:
+        self.agent_id = agent_id
+        self.handle = handle
+        self.what = f"agent {agent_id}"
+
+    def for_agent(self, agent_id: str) -> AgentGateway:
+        """The same actor, named for the agent it now serves (a warm-pool member after ``adopt``)."""
+        return AgentGateway(agent_id, self.handle)
+
+    def ready(self) -> Call[bool]:
+        return Call(self.what, lambda: self.handle.ready.remote())
+
+    def start(self) -> Call[Agent]:
+        return Call(self.what, lambda: self.handle.start.remote())
+
+    def adopt(self, agent: Agent, workdir_root: str, archive: bytes | None = None,
+              journal: list[JournalEntry] | None = None, sha256: str = "") -> Call[Agent]:
+        return Call(self.what, lambda: self.handle.adopt.remote(agent, workdir_root, archive, journal, sha256))
+
+    def origin(self) -> Call[dict[str, int | bool]]:
+        return Call(self.what, lambda: self.handle.origin.remote())
+
+    def exec(self, command: str, timeout_s: float | None = None) -> Stream[ExecChunk]:
+        return Stream(self.what, lambda: self.handle.exec.options(num_returns="streaming").remote(
+            command, timeout_s))
+
+    def freeze(self) -> Call[Agent]:
+        return Call(self.what, lambda: self.handle.freeze.remote())
+
+    def resume(self) -> Call[Agent]:
+        return Call(self.what, lambda: self.handle.resume.remote())
+
+    def terminate(self, reason: str = "") -> Call[Agent]:
+        return Call(self.what, lambda: self.handle.terminate.remote(reason))
+
+    def export(self) -> Call[AgentSnapshot]:
+        return Call(self.what, lambda: self.handle.export.remote())
+
+    def info(self) -> Call[Agent]:
+        return Call(self.what, lambda: self.handle.info.remote())
+
+    def journal(self) -> Call[list[JournalEntry]]:
+        return Call(self.what, lambda: self.handle.journal.remote())
+
+    def workdir(self) -> Call[str]:
+        return Call(self.what, lambda: self.handle.workdir.remote())
+
+    def wait_done(self) -> Call[Agent]:
+        return Call(self.what, lambda: self.handle.wait_done.remote())
+
+    def kill(self) -> None:
+        """End the actor for good (no restart); an actor already gone is fine."""
+        with contextlib.suppress(Exception):
+            rayapi.kill_actor(self.handle)
 
 
 class BalancerGateway:
@@ -257,4 +324,4 @@ class BalancerGateway:
         return Call(self.what, lambda: self.handle.migrations.remote(agent_id))
 
 
-__all__ = ["BalancerGateway", "Call", "ClusterGateway", "Stream"]
+__all__ = ["AgentGateway", "BalancerGateway", "Call", "ClusterGateway", "Stream"]

@@ -1,13 +1,21 @@
 """The one place that talks to Ray's API and maps Ray's exceptions to the GodelError tree.
 
     RayTaskError(cause)                    -> cause, when it is a GodelError (else GodelError)
-    ActorDiedError / ActorUnavailableError -> ClusterUnavailable (a ClusterActor) or
-                                              ControlPlaneNotRunning (the balancer)
+    ActorUnavailableError                  -> ActorUnreachable (a ClusterUnavailable: may come back)
+    ActorDiedError / RayActorError, or     -> ActorDied (a ClusterUnavailable: gone for good)
+      ``.remote()`` on a gone actor
+      ... both ControlPlaneNotRunning when the callee is the balancer
     GetTimeoutError                        -> DeadlineExceeded
     AuthenticationError                    -> ControlPlaneNotRunning (wrong/missing Ray token)
 
+``ActorUnreachable`` and ``ActorDied`` refine ``ClusterUnavailable`` (whoever catches that sees no
+change) so that an owner with its own policy, such as the agent runtime marking a dead agent
+failed, can tell the two apart without importing Ray.
+
 Use ``mapped(...)`` around any Ray call (sync or async), ``get(ref, timeout_s)`` for blocking
-gets, ``init_client(address, env)`` to attach a driver.
+gets, ``init_client(address, env)`` to attach a driver, ``attach(address, namespace)`` for a
+server process (a site) that hosts actors. Reading the cluster: ``cluster_resources``,
+``available_resources``, ``alive_node_resources``, and ``current_placement`` inside an actor.
 """
 
 from __future__ import annotations
@@ -30,6 +38,14 @@ BALANCER_WHAT = "balancer"
 SUBMIT_FAILED_PREFIX = "Failed to submit task to actor"  # Ray's bare Exception from .remote()
 
 
+class ActorUnreachable(ClusterUnavailable):
+    """The actor is alive but cannot be reached right now (Ray's ``ActorUnavailableError``): retry."""
+
+
+class ActorDied(ClusterUnavailable):
+    """The actor's process is gone for good (died, killed, or from an earlier Ray session)."""
+
+
 def translate(exc: BaseException, what: str = "") -> GodelError | None:
     """The GodelError ``exc`` stands for, or None when it is not a Ray error we know."""
     import ray.exceptions as rex
@@ -49,8 +65,9 @@ def translate(exc: BaseException, what: str = "") -> GodelError | None:
             return ControlPlaneNotRunning(
                 "the control plane's balancer is not answering (it may be restarting); retry, or run "
                 "`swarmctl up`")
-        return ClusterUnavailable(f"{what or 'actor'} is unavailable: {_first_line(exc)}",
-                                  cluster_id=what.removeprefix("cluster ") if what else "")
+        kind = ActorUnreachable if isinstance(exc, rex.ActorUnavailableError) else ActorDied
+        return kind(f"{what or 'actor'} is unavailable: {_first_line(exc)}",
+                    cluster_id=what.removeprefix("cluster ") if what else "")
     if isinstance(exc, rex.GetTimeoutError):
         return DeadlineExceeded(f"{what or 'call'} did not answer in time")
     if isinstance(exc, rex.AuthenticationError):
@@ -64,8 +81,8 @@ def translate(exc: BaseException, what: str = "") -> GodelError | None:
         if what == BALANCER_WHAT:
             return ControlPlaneNotRunning("the control plane's balancer is gone (was the control plane "
                                           "restarted?): connect again, or run `swarmctl up`")
-        return ClusterUnavailable(f"{what or 'actor'} is unavailable: {_first_line(exc)}",
-                                  cluster_id=what.removeprefix("cluster ") if what else "")
+        return ActorDied(f"{what or 'actor'} is unavailable: {_first_line(exc)}",
+                         cluster_id=what.removeprefix("cluster ") if what else "")
     return None
 
 
@@ -139,6 +156,46 @@ def cluster_resources() -> dict[str, float]:
     return dict(ray.cluster_resources())  # type: ignore[no-untyped-call]
 
 
+def available_resources() -> dict[str, float]:
+    """The attached Ray cluster's free resources right now (``{}`` when not inside Ray)."""
+    import ray
+
+    if not ray.is_initialized():
+        return {}
+    return dict(ray.available_resources())  # type: ignore[no-untyped-call]
+
+
+def alive_node_resources() -> list[dict[str, float]]:
+    """The TOTAL resources of each alive node of the attached Ray cluster (``[]`` when not inside Ray)."""
+    import ray
+
+    if not ray.is_initialized():
+        return []
+    return [dict(node.get("Resources", {})) for node in ray.nodes()  # type: ignore[no-untyped-call]
+            if node.get("Alive")]
+
+
+def current_placement() -> tuple[str, list[str]]:
+    """Inside an actor: (the id of the node it runs on, the GPU ids Ray assigned it).
+
+    ``("", [])`` outside a Ray worker (a plain-class use, as in unit tests).
+    """
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id(), [str(g) for g in ray.get_gpu_ids()]
+    except Exception:  # noqa: BLE001 - not inside a Ray worker
+        return "", []
+
+
+def cancel(ref: Any) -> None:
+    """Cancel a submitted call or streaming generator (best effort: it may have finished)."""
+    import ray
+
+    with contextlib.suppress(Exception):
+        ray.cancel(ref)
+
+
 def remote_actor(cls: type, options: dict[str, Any], *args: Any) -> Any:
     """Create (or, with ``get_if_exists`` in ``options``, find) an actor of plain class ``cls``.
 
@@ -175,6 +232,27 @@ def init_client(address: str, env: dict[str, str] | None = None) -> None:
                                          "run `swarmctl up`") from exc
 
 
+def attach(address: str, namespace: str) -> None:
+    """Attach this server process (a site) to the Ray cluster at ``address``, in ``namespace``.
+
+    Ray reads its auth settings from the environment when it is first imported: put them in place
+    (``heads.RayHead.env()``) before the first call into this module that imports Ray.
+    """
+    import ray
+
+    with mapped(f"ray cluster at {address}"):
+        ray.init(address=address, namespace=namespace, logging_level=logging.ERROR, log_to_driver=False)
+
+
+def detach() -> None:
+    """Disconnect this process from Ray (nothing when it is not attached)."""
+    import sys
+
+    ray = sys.modules.get("ray")  # never import Ray just to find it was not in use
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 def _reload_auth_config() -> None:
     """Ray reads RAY_AUTH_MODE/RAY_AUTH_TOKEN once per process (at import) and caches them: reload."""
     from ray._private.authentication_test_utils import reset_auth_token_state
@@ -182,5 +260,13 @@ def _reload_auth_config() -> None:
     reset_auth_token_state()
 
 
-__all__ = ["BALANCER_WHAT", "actor", "cluster_resources", "get", "init_client", "kill_actor", "mapped", "put",
-           "remote_actor", "translate"]
+def is_initialized() -> bool:
+    """Whether this process is attached to a Ray cluster (``ray.init`` done, no ``ray.shutdown`` since)."""
+    import ray
+
+    return bool(ray.is_initialized())
+
+
+__all__ = ["BALANCER_WHAT", "ActorDied", "ActorUnreachable", "actor", "alive_node_resources", "attach",
+           "available_resources", "cancel", "cluster_resources", "current_placement", "detach", "get",
+           "init_client", "is_initialized", "kill_actor", "mapped", "put", "remote_actor", "translate"]

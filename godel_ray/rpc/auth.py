@@ -1,9 +1,12 @@
-"""Bearer-token authentication for the site server, and token files.
+"""Bearer-token authentication for the site server, and the secret files it reads.
 
 ``BearerTokenInterceptor`` checks ``authorization: Bearer <token>`` on every RPC except the health
-service and server reflection, in constant time, and rejects with UNAUTHENTICATED *before* the
-handler runs: a refused call has no side effect. ``read_token_file`` refuses files that group or
-others can access (a token is a key to run commands on the site).
+service (``grpc.health.v1``: load balancers probe it), in constant time, and rejects with
+UNAUTHENTICATED *before* the handler runs: a refused call has no side effect. Server reflection
+needs the credential too: it describes the whole API to whoever asks.
+
+``read_token_file`` and ``read_key_file`` (a TLS private key) refuse files that group or others can
+access: a token or a key is what lets a caller run commands on the site.
 """
 
 from __future__ import annotations
@@ -22,32 +25,38 @@ from godel_ray.errors import InvalidArgument
 
 AUTH_METADATA_KEY = "authorization"
 BEARER_PREFIX = "Bearer "
-# Open to every caller: load balancers probe health; reflection only describes the schema.
-PUBLIC_METHOD_PREFIXES = (
-    "/grpc.health.v1.Health/",
-    "/grpc.reflection.v1alpha.ServerReflection/",
-    "/grpc.reflection.v1.ServerReflection/",
-)
+# Open to every caller: load balancers probe health. Nothing else (reflection included).
+PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+def _read_secret_file(path: str | os.PathLike[str], what: str) -> bytes:
+    """The bytes of ``path``; ``InvalidArgument`` if unreadable, not a regular file, empty, or
+    accessible by group/others."""
+    p = Path(path).expanduser()
+    try:
+        mode = p.stat().st_mode
+        if not stat.S_ISREG(mode):
+            raise InvalidArgument(f"{what} {p} is not a regular file")
+        if mode & 0o077:
+            raise InvalidArgument(
+                f"{what} {p} is accessible by group or others (mode {stat.S_IMODE(mode):o}); "
+                f"run: chmod 600 {p}")
+        data = p.read_bytes()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {what} {p}: {exc.strerror or exc}") from exc
+    if not data.strip():
+        raise InvalidArgument(f"{what} {p} is empty")
+    return data
 
 
 def read_token_file(path: str | os.PathLike[str]) -> str:
     """The token in ``path``; ``InvalidArgument`` if missing, empty, or readable by group/others."""
-    p = Path(path).expanduser()
-    try:
-        mode = p.stat().st_mode
-        text = p.read_text()
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read token file {p}: {exc.strerror or exc}") from exc
-    if not stat.S_ISREG(mode):
-        raise InvalidArgument(f"token file {p} is not a regular file")
-    if mode & 0o077:
-        raise InvalidArgument(
-            f"token file {p} is accessible by group or others (mode {stat.S_IMODE(mode):o}); "
-            f"run: chmod 600 {p}")
-    token = text.strip()
-    if not token:
-        raise InvalidArgument(f"token file {p} is empty")
-    return token
+    return _read_secret_file(path, "token file").decode(errors="replace").strip()
+
+
+def read_key_file(path: str | os.PathLike[str]) -> bytes:
+    """A TLS private key (PEM); ``InvalidArgument`` if missing, empty, or readable by group/others."""
+    return _read_secret_file(path, "TLS key file")
 
 
 def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:
@@ -103,4 +112,5 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return handler
 
 
-__all__ = ["AUTH_METADATA_KEY", "BearerTokenInterceptor", "bearer_metadata", "read_token_file"]
+__all__ = ["AUTH_METADATA_KEY", "PUBLIC_METHOD_PREFIXES", "BearerTokenInterceptor", "bearer_metadata",
+           "read_key_file", "read_token_file"]

@@ -1,7 +1,9 @@
 """Launching site servers (`swarmctl site serve`) as separate local processes: for the demo and tests.
 
 Each site runs in its own session, with the Ray head it starts in another; both are stopped by session id
-(SIGTERM, wait, SIGKILL), never with ``ray stop``.
+(SIGTERM, wait, SIGKILL), never with ``ray stop``. A background thread collects each site's output for
+its whole life, so waiting for the ``listening on`` line is bounded by a deadline even when the site
+prints nothing at all.
 """
 
 from __future__ import annotations
@@ -92,29 +94,50 @@ def start_site(tmp_dir: Path, name: str, *, num_cpus: float = 4, num_gpus: int =
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, start_new_session=True)
     site = SiteProcess(name=name, proc=proc, endpoint="", token=token, token_file=token_file, args=args)
+    lines = _pump_output(site)
     deadline = time.monotonic() + SITE_READY_TIMEOUT_S
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        site.output.append(line)
-        if m := re.search(r"ray head session (\d+)", line):
-            site.head_sid = int(m.group(1))
-        if m := re.search(r"listening on (\S+:\d+)", line):
-            site.endpoint = m.group(1)
-            _drain_in_background(site)
-            return site
+    seen = 0
+    with lines:
+        while True:
+            while seen < len(site.output):
+                line = site.output[seen]
+                seen += 1
+                if m := re.search(r"ray head session (\d+)", line):
+                    site.head_sid = int(m.group(1))
+                if m := re.search(r"listening on (\S+:\d+)", line):
+                    site.endpoint = m.group(1)
+                    return site
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not lines.open:
+                break
+            lines.wait(remaining)  # woken by each new line and at the end of the output
     site.kill()
-    raise RuntimeError(f"site {name} did not start:\n{''.join(site.output)[-3000:]}")
+    raise RuntimeError(f"site {name} did not start within {SITE_READY_TIMEOUT_S:g} s:\n"
+                       f"{''.join(site.output)[-3000:]}")
 
 
-def _drain_in_background(site: SiteProcess) -> None:
-    def drain() -> None:
+class _Lines(threading.Condition):
+    """Signals each line a site printed; ``open`` until its output ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = True
+
+
+def _pump_output(site: SiteProcess) -> _Lines:
+    """Collect the site's output into ``site.output`` in a background thread, for its whole life:
+    a line read never blocks the caller, which waits on the returned condition with a deadline."""
+    lines = _Lines()
+
+    def pump() -> None:
         assert site.proc.stdout is not None
         for line in site.proc.stdout:
-            site.output.append(line)
+            with lines:
+                site.output.append(line)
+                lines.notify_all()
+        with lines:
+            lines.open = False
+            lines.notify_all()
 
-    threading.Thread(target=drain, daemon=True).start()
-
-
+    threading.Thread(target=pump, daemon=True, name=f"site-{site.name}-output").start()
+    return lines

@@ -1,16 +1,17 @@
 """The site server: ``SiteConfig`` (every ``swarmctl site serve`` option) and its lifecycle.
 
-``serve(config)``: start a private Ray head unless ``ray_address`` is given, connect to it, build
-the ``AgentRuntime``, and serve ``ClusterFederation`` + ``grpc.health.v1`` + reflection behind the
-bearer-token interceptor (and TLS/mTLS when configured). It prints ``ray head session SID`` (when
-it started a head) and then ``listening on HOST:PORT`` with the real bound port, once ready.
+``serve(config)``: start a private Ray head unless ``ray_address`` is given, attach to it
+(``raykit``), build the ``AgentRuntime``, and serve it through ``rpc.server.build_server`` (the gRPC
+stack: services, credentials, interceptors, stream bounds). It prints ``ray head session SID``
+(when it started a head) and then ``listening on HOST:PORT`` with the real bound port, once ready.
 
 On SIGTERM/SIGINT: health goes NOT_SERVING, the server stops accepting, the runtime closes
 (terminating its agents), the server stops, Ray disconnects, and the head it started (only that
 one) is stopped. Exit code 0.
 
 Safety refusals (before anything starts): a non-loopback ``host`` without TLS unless ``insecure``;
-a token file readable by group/others; no credential at all (neither token nor client CA).
+a token file or TLS key file readable by group/others; no credential at all (neither token nor
+client CA).
 """
 
 from __future__ import annotations
@@ -30,25 +31,18 @@ from typing import Any
 import grpc
 import grpc.aio
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from godel_ray.errors import InvalidArgument
-from godel_ray.rpc.auth import BearerTokenInterceptor, read_token_file
-from godel_ray.rpc.gen import federation_pb2 as pb
-from godel_ray.rpc.gen import federation_pb2_grpc as pb_grpc
-from godel_ray.settings import DEFAULT_SITE_PORT, LIMITS
+from godel_ray.raykit import rayapi
+from godel_ray.rpc.auth import read_key_file, read_token_file
+from godel_ray.rpc.server import build_server, format_hostport, server_credentials
+from godel_ray.settings import DEFAULT_SITE_PORT
 
 log = logging.getLogger(__name__)
 
 SITE_NAMESPACE = "godel-site"
 SHUTDOWN_GRACE_S = 5.0
-MESSAGE_MARGIN_BYTES = 64 * 1024
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ClusterFederation"].full_name
-# Clients ping every 10 s (see client.channel_options); allow it, even between calls.
-MIN_PING_INTERVAL_MS = 5_000
 
 
 class SiteConfig(BaseModel):
@@ -142,59 +136,14 @@ def check_safety(config: SiteConfig) -> str | None:
                         ("--tls-client-ca", config.tls_client_ca)):
         if path is not None and not Path(path).is_file():
             raise InvalidArgument(f"{label} {path}: no such file")
+    if config.tls_key is not None:
+        read_key_file(config.tls_key)  # refuses a key that group or others can read
     return read_token_file(config.auth_token_file) if config.auth_token_file else None
 
 
 def _server_credentials(config: SiteConfig) -> grpc.ServerCredentials:
     assert config.tls_cert and config.tls_key  # checked by SiteConfig
-    key, cert = Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes()
-    client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
-                                       require_client_auth=client_ca is not None)
-
-
-def _format_hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-async def build_server(runtime: Any, *, token: str | None, host: str = "127.0.0.1", port: int = 0,
-                       credentials: grpc.ServerCredentials | None = None, cluster_id: str = ""
-                       ) -> tuple[grpc.aio.Server, int, HealthServicer]:
-    """A started grpc.aio server over ``runtime``; returns (server, bound port, health servicer).
-
-    Shared by ``serve`` and the rpc tests, so both run exactly the same stack.
-    """
-    from godel_ray.rpc.servicer import ClusterFederationServicer
-
-    max_bytes = LIMITS.max_message_bytes + MESSAGE_MARGIN_BYTES
-    interceptors = [BearerTokenInterceptor(token)] if token else []
-    server = grpc.aio.server(interceptors=interceptors, options=[
-        ("grpc.max_receive_message_length", max_bytes),
-        ("grpc.max_send_message_length", max_bytes),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
-        ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
-        ("grpc.http2.max_ping_strikes", 0),
-    ])
-    pb_grpc.add_ClusterFederationServicer_to_server(  # type: ignore[no-untyped-call]
-        ClusterFederationServicer(runtime, cluster_id), server)
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server)
-    address = _format_hostport(host, port)
-    try:
-        bound = (server.add_secure_port(address, credentials) if credentials is not None
-                 else server.add_insecure_port(address))
-    except RuntimeError as exc:
-        raise InvalidArgument(f"cannot bind {address}: {exc}") from exc
-    if bound == 0:
-        raise InvalidArgument(f"cannot bind {address}: the port is in use or the host is not local")
-    await server.start()
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    return server, bound, health
+    return server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
 
 
 def _say(line: str) -> None:
@@ -214,7 +163,6 @@ async def serve(config: SiteConfig) -> None:
         workdir_root = tempfile.mkdtemp(prefix=f"godel-site-{config.name}-")
     runtime: Any = None
     server: grpc.aio.Server | None = None
-    ray: Any = None
     try:
         address = config.ray_address
         if address is None:
@@ -224,13 +172,11 @@ async def serve(config: SiteConfig) -> None:
             _say(f"ray head session {head.pid}")
             os.environ.update(head.env())
             address = head.address
-        # Ray reads its auth settings from the environment when it is first imported: import it
-        # only now, after head.env() is in place.
-        import ray
-
+        # Ray reads its auth settings from the environment when it is first imported: nothing here
+        # imports it before this point, after head.env() is in place.
+        rayapi.attach(address, SITE_NAMESPACE)
         from godel_ray.agents.runtime import AgentRuntime
 
-        ray.init(address=address, namespace=SITE_NAMESPACE, logging_level="ERROR", log_to_driver=False)
         runtime = AgentRuntime(config.name, workdir_root, region=config.region,
                                cost_per_hour=config.cost_per_hour, max_agents=config.max_agents,
                                warm_pool_size=config.warm_pool_size)
@@ -241,7 +187,7 @@ async def serve(config: SiteConfig) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        _say(f"listening on {_format_hostport(config.host, port)}")
+        _say(f"listening on {format_hostport(config.host, port)}")
         await stop.wait()
         _say("shutting down")
         await health.enter_graceful_shutdown()
@@ -255,8 +201,7 @@ async def serve(config: SiteConfig) -> None:
             await server.stop(None)
         if runtime is not None:
             await runtime.close()
-        if ray is not None and ray.is_initialized():
-            ray.shutdown()
+        rayapi.detach()
         if head is not None:
             await asyncio.to_thread(head.stop)
         if own_workdir:
@@ -270,4 +215,4 @@ def run(config: SiteConfig) -> int:
     return 0
 
 
-__all__ = ["SiteConfig", "build_server", "check_safety", "run", "serve"]
+__all__ = ["SiteConfig", "check_safety", "run", "serve"]

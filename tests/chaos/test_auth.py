@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import pytest
 
 from godel_ray import errors as E
-from godel_ray.client.proxy import StateReader
+from godel_ray.client.reader import StateReader
 from godel_ray.models import SpawnConfig
 from godel_ray.rpc.client import GrpcClusterClient
 from godel_ray.site.launcher import write_token
@@ -122,8 +122,9 @@ def test_bad_tokens_are_unauthenticated_and_change_nothing(auth_sites: AuthSites
     site = getattr(auth_sites, target)
     other = auth_sites.mtls if site is auth_sites.tls else auth_sites.tls
     token = {"no-token": "", "wrong-token": "wrong-" + uuid.uuid4().hex, "other-sites-token": other.token}[case]
+    refusal = "missing credential" if case == "no-token" else "invalid bearer token"  # the site's own words
     _refused_with_no_side_effect(auth_sites, site, lambda: auth_sites.client(site, token=token),
-                                 E.Unauthenticated, "")
+                                 E.Unauthenticated, f"{site.endpoint} refused our credential: {refusal}")
 
 
 # --- transport security --------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def test_plaintext_to_a_tls_site_is_refused(auth_sites: AuthSites) -> None:
     """A plaintext client with the right token never reaches the TLS site's service."""
     site = auth_sites.tls
     _refused_with_no_side_effect(auth_sites, site, lambda: auth_sites.client(site, scheme="grpc", ca=False),
-                                 E.ClusterUnavailable, "")
+                                 E.ClusterUnavailable, f"site {site.endpoint} is unavailable")
 
 
 def test_tls_without_the_ca_is_refused(auth_sites: AuthSites) -> None:
@@ -163,6 +164,26 @@ def test_right_credentials_are_served(auth_sites: AuthSites) -> None:
         return names
 
     assert run(scenario) == ["auth-tls", "auth-mtls"]
+
+
+def test_a_tls_key_readable_by_group_or_others_is_refused(tmp_path: Path) -> None:
+    """`swarmctl site serve` refuses a TLS private key that group or others can read, like a token
+    file, before it starts anything, saying how to fix it; the key never reaches the output. (The
+    module's sites, served with 0600 keys, are the control case.)"""
+    pki = _make_pki(tmp_path)
+    token = tmp_path / "site.token"
+    write_token(token)
+    for mode in (0o640, 0o604):
+        pki.server_key.chmod(mode)
+        result = subprocess.run(
+            [sys.executable, "-m", "godel_cli.main", "site", "serve", "--port", "0", "--auth-token-file",
+             str(token), "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)],
+            check=False, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, output
+        assert f"TLS key file {pki.server_key} is accessible by group or others" in output, output
+        assert f"chmod 600 {pki.server_key}" in output and "listening on" not in output, output
+        assert "PRIVATE KEY" not in output
 
 
 # --- the control plane ---------------------------------------------------------------------------

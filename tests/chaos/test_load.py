@@ -125,4 +125,6 @@ def test_a_thousand_concurrent_execs_over_fifty_agents_on_two_sites(
         killed = _bounded(SPAWN_CONCURRENCY, [lambda a=a: aio.kill(a.id) for a in agents])
     kill_errors = [k for k in killed if isinstance(k, BaseException)]
     assert kill_errors == [], f"{len(kill_errors)} kills failed, first: {kill_errors[0]!r}"
-    assert {a.status for a in load_plane.proxy.list(labels={"load": run})} <= {AgentStatus.TERMINATED}
+    listed = load_plane.proxy.list(labels={"load": run})
+    assert sorted(a.id for a in listed) == sorted(a.id for a in agents)  # every agent, none missing or extra
+    assert {a.status for a in listed} == {AgentStatus.TERMINATED}

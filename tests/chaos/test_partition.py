@@ -4,7 +4,8 @@ down, then up.
 Proves: with the link down the cluster goes offline (heartbeats fail: nothing answers); with the link
 up it becomes active again only after the hysteresis (``recover_after`` consecutive successful
 heartbeats, never on the first one), and its agent, untouched by the partition, runs commands again.
-Skips, saying why, where network namespaces cannot be created (no CAP_SYS_ADMIN / no ``ip``).
+Skips, saying why, where network namespaces cannot be created (no CAP_SYS_ADMIN / no ``ip``); under
+``CI=true`` that fails instead (``tests.helpers.skip_or_fail``): CI must run it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from godel_ray.models import ClusterHealthState, ClusterStatus, SpawnConfig
 from godel_ray.site.launcher import SiteProcess, start_site
 from tests.chaos.conftest import FAST_HEALTH, ChaosPlane, wait_for
+from tests.helpers import skip_or_fail
 
 pytestmark = [pytest.mark.chaos, pytest.mark.ray]
 IP_TIMEOUT_S = 10.0
@@ -46,14 +48,14 @@ class Island:
 def island(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Island]:
     """A namespace with a veth to the host (10.213.N.0/30, ours alone) and a site serving inside it."""
     if shutil.which("ip") is None:
-        pytest.skip("network namespaces: the `ip` command (iproute2) is not installed")
+        skip_or_fail("network namespaces: the `ip` command (iproute2) is not installed")
     tag = os.getpid() % 100_000
     subnet = f"10.213.{tag % 250}"
     island = Island(namespace=f"godel-chaos-{tag}", host_veth=f"gch{tag}", host_address=f"{subnet}.1",
                     site_address=f"{subnet}.2")
     probe = ip("netns", "add", island.namespace, check=False)
     if probe.returncode != 0:
-        pytest.skip(f"network namespaces are not permitted here: `ip netns add` said {probe.stderr.strip()!r}")
+        skip_or_fail(f"network namespaces are not permitted here: `ip netns add` said {probe.stderr.strip()!r}")
     try:
         peer = f"gcp{tag}"
         ip("link", "add", island.host_veth, "type", "veth", "peer", "name", peer)

@@ -7,6 +7,8 @@ agents it needs with small CPU requests and kills them.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -281,6 +283,21 @@ def test_max_agents_is_enforced(h: Harness) -> None:
         h.spawn(cpus=0.1)
     for agent in spawned:
         h.kill(agent.id)
+
+
+def test_an_agent_whose_process_dies_is_failed_with_the_reason(h: Harness) -> None:
+    """The actor's worker is SIGKILLed: the runtime marks the agent FAILED (Ray's death, mapped by
+    raykit, through the runtime's policy) and refuses new commands with AgentNotRunning."""
+    agent = h.spawn()
+    actor = h.runtime._table[agent.id].actor  # the test looks at the actor itself
+    assert actor is not None
+    pid = int(h.run(actor.origin().result())["pid"])
+    os.kill(pid, signal.SIGKILL)
+    failed = _poll(h, lambda: h.runtime.status(agent.id), lambda a: a.status == AgentStatus.FAILED)
+    assert failed.status == AgentStatus.FAILED and "agent process died" in failed.status_reason
+    with pytest.raises(AgentNotRunning, match="failed"):
+        h.exec(agent.id, "true")
+    assert h.kill(agent.id).status == AgentStatus.FAILED  # killing a dead agent is a no-op
 
 
 def _poll(h: Harness, call: Callable[[], Awaitable[T]], ok: Callable[[T], bool]) -> T:

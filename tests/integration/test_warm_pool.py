@@ -45,8 +45,9 @@ class Harness:
         return agent
 
     def origin(self, agent_id: str) -> dict[str, Any]:
-        handle = self.runtime._agents[agent_id].handle  # the test looks at the actor itself
-        return self.run(handle.origin.remote())  # type: ignore[no-any-return]
+        actor = self.runtime._table[agent_id].actor  # the test looks at the actor itself
+        assert actor is not None
+        return self.run(actor.origin().result())
 
     def exec(self, agent_id: str, command: str) -> ExecResult:
         async def go() -> ExecResult:
@@ -125,10 +126,11 @@ def test_concurrent_spawns_never_share_an_actor(h: Harness) -> None:
         assert h.exec(agent.id, "echo $GODEL_AGENT_ID").stdout == f"{agent.id}\n"
     # the actor itself refuses a second identity
     claimed = next(a for a, o in zip(agents, origins, strict=True) if o["pooled"])
-    handle = h.runtime._agents[claimed.id].handle
+    actor = h.runtime._table[claimed.id].actor
+    assert actor is not None
     other = Agent(id="intruder", config=SpawnConfig())
     with pytest.raises(FailedPrecondition):
-        h.run(handle.adopt.remote(other, str(h.root)))
+        h.run(actor.adopt(other, str(h.root)).result())
     h.kill_all(agents)
 
 

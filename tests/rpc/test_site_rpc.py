@@ -13,6 +13,7 @@ import hashlib
 import io
 import math
 import os
+import socket
 import tarfile
 import threading
 import time
@@ -37,8 +38,8 @@ from godel_ray.rpc.auth import bearer_metadata
 from godel_ray.rpc.client import GrpcClusterClient
 from godel_ray.rpc.gen import federation_pb2 as pb
 from godel_ray.rpc.gen import federation_pb2_grpc as pb_grpc
-from godel_ray.settings import LIMITS
-from godel_ray.site.serve import SERVICE_NAME, build_server
+from godel_ray.rpc.server import SERVICE_NAME, build_server
+from godel_ray.settings import LIMITS, Limits
 
 pytestmark = pytest.mark.ray
 T = TypeVar("T")
@@ -215,18 +216,155 @@ def test_health_answers_without_a_token(site: Site) -> None:
     site.run(scenario())
 
 
+async def _reflected_services(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...] = ()) -> list[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+
+    async def ask() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+    async for reply in stub.ServerReflectionInfo(ask(), metadata=metadata, timeout=10):
+        return [s.name for s in reply.list_services_response.service]
+    return []
+
+
 def test_reflection_lists_the_service(site: Site) -> None:
     async def scenario() -> list[str]:
         async with site.channel() as channel:
-            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-
-            async def ask() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
-                yield reflection_pb2.ServerReflectionRequest(list_services="")
-            async for reply in stub.ServerReflectionInfo(ask(), timeout=10):
-                return [s.name for s in reply.list_services_response.service]
-        return []
+            return await _reflected_services(channel, bearer_metadata(TOKEN))
 
     assert SERVICE_NAME in site.run(scenario())
+
+
+@pytest.mark.parametrize("token", ["", "wrong-token"])
+def test_reflection_needs_the_credential(site: Site, token: str) -> None:
+    """Only grpc.health.v1 is open: reflection (the whole API's description) needs the token."""
+    async def scenario() -> grpc.StatusCode:
+        async with site.channel() as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await _reflected_services(channel, bearer_metadata(token) if token else ())
+            return info.value.code()
+
+    assert site.run(scenario()) == grpc.StatusCode.UNAUTHENTICATED
+
+
+# --- bounded streams ----------------------------------------------------------------------------
+
+class _Watch:
+    """One health Watch stream, held open; ``first`` is its first reply's status."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+
+    async def next_status(self) -> int:
+        reply = await self.call.read()
+        assert reply is not grpc.aio.EOF
+        return int(reply.status)
+
+
+def _events_call(channel: grpc.aio.Channel) -> Any:
+    async def since_zero() -> AsyncIterator[pb.StreamEventsRequest]:
+        yield pb.StreamEventsRequest(since_seq=0)
+    return pb_grpc.ClusterFederationStub(channel).StreamEvents(since_zero(), metadata=bearer_metadata(TOKEN))
+
+
+def test_open_streams_are_bounded_in_all_and_without_a_credential(site: Site) -> None:
+    """With room for 3 streams, 2 of them public: a third unauthenticated health Watch is refused
+    with RESOURCE_EXHAUSTED, so is any stream once 3 are open (an authenticated one too); unary
+    calls still pass; a stream that ends frees its place."""
+    limits = Limits(max_open_streams=3, max_public_streams=2)
+
+    async def refused(call: Any) -> grpc.StatusCode:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call.read()
+        return info.value.code()
+
+    async def scenario() -> None:
+        server, port, _ = await build_server(site.runtime, token=TOKEN, port=0, cluster_id="rpc-site",
+                                             limits=limits)
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(6)]
+        try:
+            public = [_Watch(channels[0]), _Watch(channels[1])]
+            assert [await w.next_status() for w in public] == [health_pb2.HealthCheckResponse.SERVING] * 2
+            assert await refused(_Watch(channels[2]).call) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+            events = _events_call(channels[3])  # authenticated: the third and last place
+            agent, _ = await site.runtime.spawn(SpawnConfig(labels=_label()))  # an event to read
+            assert (await events.read()).seq >= 1  # so it is open
+            await site.runtime.kill(agent.id)
+            assert await refused(_events_call(channels[4])) == grpc.StatusCode.RESOURCE_EXHAUSTED
+            health = health_pb2_grpc.HealthStub(channels[4])
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING  # unary: not counted
+
+            public[0].call.cancel()  # a place frees up (public and total)
+            again = _Watch(channels[5])
+            assert await again.next_status() == health_pb2.HealthCheckResponse.SERVING
+            again.call.cancel()
+            events.cancel()
+        finally:
+            for channel in channels:
+                await channel.close()
+            await server.stop(None)
+
+    site.run(scenario())
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_SETTINGS = 0x4
+H2_ACK = 0x1
+H2_MAX_CONCURRENT_STREAMS = 0x3
+
+
+def _h2_settings(port: int) -> dict[int, int]:
+    """The SETTINGS the server sends on a fresh HTTP/2 connection (a raw handshake, no gRPC)."""
+    empty_settings = (0).to_bytes(3, "big") + bytes([H2_SETTINGS, 0]) + (0).to_bytes(4, "big")
+    with socket.create_connection(("127.0.0.1", port), timeout=CALL_DEADLINE_S) as sock:
+        sock.sendall(H2_PREFACE + empty_settings)
+        buf = b""
+        while True:
+            while len(buf) < 9 or len(buf) < 9 + int.from_bytes(buf[:3], "big"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise AssertionError("the server closed the connection before its SETTINGS")
+                buf += chunk
+            length, kind, flags = int.from_bytes(buf[:3], "big"), buf[3], buf[4]
+            payload, buf = buf[9:9 + length], buf[9 + length:]
+            if kind == H2_SETTINGS and not flags & H2_ACK:
+                return {int.from_bytes(payload[i:i + 2], "big"): int.from_bytes(payload[i + 2:i + 6], "big")
+                        for i in range(0, length, 6)}
+
+
+def test_streams_per_connection_are_bounded(site: Site) -> None:
+    """The server advertises at most 2 concurrent streams per connection (HTTP/2 SETTINGS); a third
+    stream on a full connection waits until one of the two ends, while another connection is served."""
+    limits = Limits(max_streams_per_connection=2)
+
+    async def scenario() -> None:
+        server, port, _ = await build_server(site.runtime, token=TOKEN, port=0, cluster_id="rpc-site",
+                                             limits=limits)
+        # each channel its own connection (by default, channels in one process share one per target)
+        own = [("grpc.use_local_subchannel_pool", 1)]
+        shared = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=own)
+        other = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=own)
+        try:
+            settings = await asyncio.to_thread(_h2_settings, port)
+            assert settings.get(H2_MAX_CONCURRENT_STREAMS) == 2, settings
+            first, second = _Watch(shared), _Watch(shared)
+            assert await first.next_status() == health_pb2.HealthCheckResponse.SERVING
+            assert await second.next_status() == health_pb2.HealthCheckResponse.SERVING
+            third = _Watch(shared)
+            third_first = asyncio.ensure_future(third.next_status())
+            elsewhere = _Watch(other)  # another connection: served at once
+            assert await elsewhere.next_status() == health_pb2.HealthCheckResponse.SERVING
+            first.call.cancel()  # a place on the shared connection: the third is served
+            assert await third_first == health_pb2.HealthCheckResponse.SERVING
+            for watch in (second, third, elsewhere):
+                watch.call.cancel()
+        finally:
+            await shared.close()
+            await other.close()
+            await server.stop(None)
+
+    site.run(scenario())
 
 
 # --- idempotency and validation -----------------------------------------------------------------
