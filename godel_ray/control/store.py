@@ -320,4 +320,27 @@ class StateStore:
         return value if isinstance(value, int) else default
 
 
+    # --- compare-and-set (appended; the store's owner reconciles) --------------------------------
+
+    def replace_agent(self, expected: Agent, new: Agent) -> bool:
+        """Write ``new`` only if the stored row still equals ``expected`` on cluster_id, epoch and
+        status (a compare-and-set: a racing kill or move wins); False, and nothing written, otherwise."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute("SELECT json FROM agents WHERE id = ?", (expected.id,)).fetchall()
+                current = Agent.model_validate_json(str(rows[0][0])) if rows else None
+                if current is None or (current.cluster_id, current.epoch, current.status) != (
+                        expected.cluster_id, expected.epoch, expected.status):
+                    self._db.execute("ROLLBACK")
+                    return False
+                self._db.execute(
+                    "INSERT OR REPLACE INTO agents (id, cluster_id, status, json) VALUES (?, ?, ?, ?)",
+                    (new.id, new.cluster_id, new.status.value, new.model_dump_json()))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return True
+
 __all__ = ["DB_FILE", "CheckpointRecord", "StateStore"]

@@ -110,3 +110,15 @@ def test_reader_sees_writer_rows_and_cannot_write(store: StateStore, tmp_path: P
 def test_reader_without_state_says_run_up(tmp_path: Path) -> None:
     with pytest.raises(ControlPlaneNotRunning, match="swarmctl up"):
         StateStore.reader(tmp_path / "nothing")
+
+
+def test_replace_agent_is_a_compare_and_set_on_cluster_epoch_and_status(tmp_path: Path) -> None:
+    store = StateStore.for_state_dir(tmp_path)
+    row = Agent(id="ag-cas", config=SpawnConfig(), cluster_id="a", status=AgentStatus.MIGRATING, epoch=2)
+    store.put_agent(row)
+    moved = row.model_copy(update={"cluster_id": "b", "epoch": 3, "status": AgentStatus.RUNNING})
+    killed = row.model_copy(update={"status": AgentStatus.TERMINATED})
+    assert store.replace_agent(row, killed) is True  # the kill lands first
+    assert store.replace_agent(row, moved) is False  # the commit sees a row it did not expect
+    assert store.agent("ag-cas") == killed
+    assert store.replace_agent(Agent(id="ag-none", config=SpawnConfig()), moved) is False
