@@ -205,7 +205,8 @@ class AgentRuntime:
         agent = agent.model_copy(update={"cluster_id": self.name})
         entry.agent = agent
         if agent.status != before:
-            self._emit(EventType.AGENT_STATUS, agent.id, status=agent.status.value, reason=agent.status_reason)
+            self._emit(EventType.AGENT_STATUS, agent.id, status=agent.status.value, reason=agent.status_reason,
+                       epoch=agent.epoch)
 
     def _error(self, entry: _Entry, exc: BaseException) -> GodelError:
         """Map a Ray failure of ``entry``'s actor into the GodelError tree (one place)."""

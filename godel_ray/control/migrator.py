@@ -18,8 +18,8 @@ and a ``migration.<phase>`` event after every step. What each action does here:
     DeleteTarget     rollback: target ``kill(epoch=epoch_to)`` (no copy there counts as done)
 
 The cooldown is recorded on every attempt that passed validation (state store ``meta``).
-``downtime_s`` is measured from the freeze request to the commit: an upper bound, since it also
-counts the wait for a command that was running when the freeze came.
+``downtime_s`` is the machine's (``godel_ray.core.migration``: freeze requested -> commit succeeded);
+this shell reports each step's outcome with the time it happened and never rewrites it.
 """
 
 from __future__ import annotations
@@ -301,11 +301,7 @@ class MigrationExecutor:
         self._emit(EventKind.MIGRATION, f"migration.{stamp.phase.value}", cluster, m.agent_id, **data)
 
     def _finish(self, machine: MigrationMachine, outcome: MigrationPhase, state: _Run) -> None:
-        m = machine.migration
-        committed_at = next((s.at for s in m.phases if s.phase is MigrationPhase.CLEANING_UP), None)
-        freeze_at = next((s.at for s in m.phases if s.phase is MigrationPhase.FREEZING), None)
-        if committed_at is not None and freeze_at is not None:
-            m.downtime_s = max(0.0, committed_at - freeze_at)
+        m = machine.migration  # downtime_s: as the machine defined it (core.migration), never rewritten here
         if outcome is MigrationPhase.ROLLED_BACK:
             self._restore_row(state.previous)
         self.store.put_migration(m)
