@@ -175,6 +175,14 @@ def init_client(address: str, env: dict[str, str] | None = None) -> None:
                                          "run `swarmctl up`") from exc
 
 
+def detach() -> None:
+    """Leave the Ray cluster this process is attached to (a no-op when it is not attached)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def _reload_auth_config() -> None:
     """Ray reads RAY_AUTH_MODE/RAY_AUTH_TOKEN once per process (at import) and caches them: reload."""
     from ray._private.authentication_test_utils import reset_auth_token_state
@@ -182,5 +190,5 @@ def _reload_auth_config() -> None:
     reset_auth_token_state()
 
 
-__all__ = ["BALANCER_WHAT", "actor", "cluster_resources", "get", "init_client", "kill_actor", "mapped", "put",
+__all__ = ["BALANCER_WHAT", "actor", "cluster_resources", "detach", "get", "init_client", "kill_actor", "mapped", "put",
            "remote_actor", "translate"]
