@@ -135,11 +135,11 @@ class Checkpoints:
         ``GodelError``/``OSError`` when the export or the write failed."""
         snapshot = await self._gateway(agent.cluster_id).export(agent.id, epoch=agent.epoch,
                                                                 freeze=freeze).result(timeout_s)
-        record = await asyncio.to_thread(write_checkpoint, self.state_dir, snapshot, agent.epoch)
         current = self._table.get(agent.id)
         if current is None or (current.cluster_id, current.epoch) != (agent.cluster_id, agent.epoch):
             return None  # moved meanwhile: this snapshot is not the agent's latest state
-        self._store.put_checkpoint(record)
+        record = await asyncio.to_thread(write_checkpoint, self.state_dir, snapshot, agent.epoch)
+        self._store.put_checkpoint(record)  # the files are written: their record follows, whatever happened since
         self._records[agent.id] = record
         self._emit(EventKind.AGENT, EventType.AGENT_CHECKPOINTED, agent.cluster_id, agent.id, epoch=str(agent.epoch),
                    bytes=str(record.size_bytes), journal=str(len(snapshot.journal)),

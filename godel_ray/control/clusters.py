@@ -55,6 +55,7 @@ PROBE_TIMEOUT_S = 10.0  # registration's reachability check
 START_TIMEOUT_S = 30.0  # a ClusterActor starting its loops
 CONTROL_CALL_TIMEOUT_S = 5.0  # one health/maintenance/update call to a ClusterActor
 CLEANUP_TIMEOUT_S = 10.0  # closing a removed cluster's actor
+LEDGER_MIN_SETTLE_S = 2.0  # Ray's view of free resources may lag an actor's start or end by this much
 
 MakeGateway = Callable[[Cluster], "ClusterGateway"]  # start (or find) the cluster's actor
 Retire = Callable[["ClusterGateway"], None]  # end the actor of a removed cluster for good
@@ -201,7 +202,8 @@ class ClusterSet:
         self._health[cluster_id] = health
         if health.last_success_at is not None:
             measured_at = health.last_success_at - (health.rtt_ms or 0.0) / 1000.0
-            self.ledger.report(cluster_id, health.capacity, measured_at, cluster.health.heartbeat_interval_s)
+            settle_s = max(cluster.health.heartbeat_interval_s, LEDGER_MIN_SETTLE_S)
+            self.ledger.report(cluster_id, health.capacity, measured_at, settle_s)
 
     # --- registry changes ---------------------------------------------------------------------------
 

@@ -11,8 +11,8 @@ writes it. Placement reads ``capacity(cluster_id)``:
 A report is *quiet* when nothing changed on its cluster for ``settle_s`` before it was measured and
 no reservation is in flight: it then reflects every hold, so it becomes the new baseline, and the
 site's truth wins wherever the two disagree (an agent that ended unseen, another workload on the
-site's Ray). The balancer passes the cluster's heartbeat interval as ``settle_s``: a disagreement
-outlives the last change by at most one heartbeat. Before its first report a cluster's capacity is
+site's Ray). The balancer passes the cluster's heartbeat interval (at least a couple of seconds, the
+lag of Ray's own view) as ``settle_s``: a disagreement outlives the last change by about one heartbeat. Before its first report a cluster's capacity is
 unknown (``None``: placement reads the cluster's health as it is).
 
 Pure: no Ray, no I/O, no clock (times are passed in).
