@@ -1,6 +1,6 @@
 """The balancer's owners against fake clusters (no Ray) with the real store and ledger: spawning at
 the capacity edge, the last slot under concurrency, the kill that races a restore, the checkpoint
-write path, event ingestion's epoch check, and the table's compare-and-set."""
+write path, event ingestion's epoch check, the table's compare-and-set, and a failover tick."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from godel_ray.control.agent_ops import AgentOps
 from godel_ray.control.checkpoints import CHECKPOINT_DIR, Checkpoints, read_checkpoint, write_checkpoint
+from godel_ray.control.failover import Failover
 from godel_ray.control.reconciler import Reconciler
 from godel_ray.control.spawner import Spawner
 from godel_ray.errors import ClusterUnavailable, NoPlacement
@@ -19,9 +20,12 @@ from godel_ray.models import (
     Agent,
     AgentSnapshot,
     AgentStatus,
+    ClusterHealthState,
+    ClusterStatus,
     EventKind,
     EventType,
     FederationEvent,
+    RestartPolicy,
     SpawnConfig,
 )
 from tests.fakes import Control, capacity
@@ -195,3 +199,30 @@ def test_restore_switches_the_row_to_the_target_at_the_next_epoch(tmp_path: Path
     assert restored.status_reason == "restored after src died" and restored.config.labels == {"k": "v"}
     assert c.fakes["dst"].agents["ag-1"].epoch == 2 and c.store.agent("ag-1") == restored
     assert (c.ledger.holds("src"), c.ledger.holds("dst")) == (0, 1)
+
+
+def test_failover_restores_a_checkpointed_agent_of_a_dead_cluster_elsewhere(tmp_path: Path) -> None:
+    c = Control(tmp_path)
+    row = c.put_agent(Agent(id="ag-1", config=SpawnConfig(restart_policy=RestartPolicy.CHECKPOINT), cluster_id="src",
+                            status=AgentStatus.RUNNING, epoch=1))
+    plain = c.put_agent(Agent(id="ag-2", config=SpawnConfig(), cluster_id="src", status=AgentStatus.RUNNING))
+    checkpoints = _checkpoints(c, tmp_path)
+    asyncio.run(checkpoints.take(row, freeze=False))
+    failover = Failover(c.clusters, c.table, checkpoints, c.store, c.emitter, busy=set, clock=c.clock)
+    grace_s = c.clusters.require("src").health.grace_period_s
+    c.clusters.set_health("src", ClusterHealthState(cluster_id="src", status=ClusterStatus.OFFLINE,
+                                                    offline_since=c.now - grace_s - 1))
+
+    async def tick_until_idle() -> None:
+        await failover.tick()
+        while failover.busy():  # the restore runs as a background task: let it finish
+            await asyncio.sleep(0)
+
+    asyncio.run(tick_until_idle())
+    restored = c.table.require("ag-1")
+    assert restored.cluster_id in ("local", "dst") and restored.epoch == 2 and restored.status is AgentStatus.RUNNING
+    assert "went offline" in restored.status_reason
+    assert c.fakes[restored.cluster_id].agents["ag-1"].epoch == 2
+    assert c.table.require(plain.id).status is AgentStatus.FAILED  # no checkpoint policy: failed, with why
+    assert [(m.source, m.reason) for m in c.store.migrations("ag-1")] == [("src", "failover")]
+    assert (c.ledger.holds("src"), c.ledger.holds(restored.cluster_id)) == (0, 1)
