@@ -1,6 +1,7 @@
 """The balancer's owners against fake clusters (no Ray) with the real store and ledger: spawning at
 the capacity edge, the last slot under concurrency, the kill that races a restore, the checkpoint
-write path, event ingestion's epoch check, the table's compare-and-set, and a failover tick."""
+write path, event ingestion's epoch check, the table's compare-and-set, a failover tick, and where
+local agents' workdirs live."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from godel_ray.control.agent_ops import AgentOps
 from godel_ray.control.checkpoints import CHECKPOINT_DIR, Checkpoints, read_checkpoint, write_checkpoint
+from godel_ray.control.cluster_actor import local_workdir_root
 from godel_ray.control.failover import Failover
 from godel_ray.control.reconciler import Reconciler
 from godel_ray.control.spawner import Spawner
@@ -28,6 +30,7 @@ from godel_ray.models import (
     RestartPolicy,
     SpawnConfig,
 )
+from godel_ray.settings import WORK_DIR_ENV
 from tests.fakes import Control, capacity
 
 
@@ -226,3 +229,14 @@ def test_failover_restores_a_checkpointed_agent_of_a_dead_cluster_elsewhere(tmp_
     assert c.table.require(plain.id).status is AgentStatus.FAILED  # no checkpoint policy: failed, with why
     assert [(m.source, m.reason) for m in c.store.migrations("ag-1")] == [("src", "failover")]
     assert (c.ledger.holds("src"), c.ledger.holds(restored.cluster_id)) == (0, 1)
+
+
+def test_local_workdirs_live_beside_the_state_dir_never_inside_it(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(WORK_DIR_ENV, raising=False)
+    state = tmp_path / "state"
+    root = local_workdir_root(state)
+    assert root == tmp_path / "state-work" / "local" and state not in root.parents
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o700 for p in (root, root.parent))
+    monkeypatch.setenv(WORK_DIR_ENV, str(tmp_path / "elsewhere"))
+    assert local_workdir_root(state) == tmp_path / "elsewhere" / "local"
