@@ -148,6 +148,7 @@ class Control:
 
     def __init__(self, tmp_path: Path, cluster_ids: tuple[str, ...] = ("local", "src", "dst")) -> None:
         self.now = 1000.0
+        self.probe_capacity = SiteCapacity()  # what a registration's probe heartbeat reports
         self.store = StateStore.for_state_dir(tmp_path)
         self.events: list[FederationEvent] = []
         self.emitter = Emitter(self.store)
@@ -168,7 +169,8 @@ class Control:
         return self.now
 
     async def _probe(self, cluster: Cluster) -> SiteCapacity:
-        return SiteCapacity()
+        self.fakes.setdefault(cluster.id, FakeCluster(cluster.id))
+        return self.probe_capacity
 
     def gateway(self, cluster_id: str) -> Any:
         return self.clusters.gateway(cluster_id)

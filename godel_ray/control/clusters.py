@@ -74,6 +74,14 @@ async def probe_site(cluster: Cluster, state_dir: str) -> SiteCapacity:
         await client.close()
 
 
+def _older(health: ClusterHealthState, current: ClusterHealthState | None) -> bool:
+    """``health`` was measured before ``current`` (a new ClusterActor that has not beaten yet, say,
+    answering a poll right after registration's own probe): it must not replace it."""
+    if current is None or current.last_heartbeat_at is None:
+        return False
+    return health.last_heartbeat_at is None or health.last_heartbeat_at < current.last_heartbeat_at
+
+
 class ClusterSet:
     """The registered clusters.
 
@@ -196,7 +204,8 @@ class ClusterSet:
     def set_health(self, cluster_id: str, health: ClusterHealthState) -> None:
         """A cluster's latest health (written through when it changed; a new report goes to the ledger)."""
         cluster = self._clusters.get(cluster_id)
-        if cluster is None or self._health.get(cluster_id) == health:
+        current = self._health.get(cluster_id)
+        if cluster is None or current == health or _older(health, current):
             return
         self._store.put_health(health)
         self._health[cluster_id] = health

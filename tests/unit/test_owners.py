@@ -22,6 +22,7 @@ from godel_ray.models import (
     Agent,
     AgentSnapshot,
     AgentStatus,
+    Cluster,
     ClusterHealthState,
     ClusterStatus,
     EventKind,
@@ -240,3 +241,16 @@ def test_local_workdirs_live_beside_the_state_dir_never_inside_it(tmp_path: Path
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o700 for p in (root, root.parent))
     monkeypatch.setenv(WORK_DIR_ENV, str(tmp_path / "elsewhere"))
     assert local_workdir_root(state) == tmp_path / "elsewhere" / "local"
+
+
+def test_registration_keeps_its_probe_over_a_new_actor_that_has_not_beaten_yet(tmp_path: Path) -> None:
+    c = Control(tmp_path, ("local",))
+    c.probe_capacity = capacity(4.0, 4.0)
+    info = asyncio.run(c.clusters.register(Cluster(id="west", endpoint="127.0.0.1:50051", region="west")))
+    assert info.health.capacity.total_cpus == 4.0
+    asyncio.run(_reconciler(c, tmp_path).poll("west"))  # the actor answers with a fresh, empty health
+    assert c.clusters.health_of("west").capacity.total_cpus == 4.0
+    beat = ClusterHealthState(cluster_id="west", capacity=capacity(3.0, 4.0), last_heartbeat_at=c.now + 1,
+                              last_success_at=c.now + 1)
+    c.clusters.set_health("west", beat)  # its first heartbeat replaces the probe's
+    assert c.clusters.health_of("west") == beat and c.store.health("west") == beat
