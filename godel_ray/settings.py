@@ -1,7 +1,8 @@
 """Settings and limits: one frozen object built at the edge and passed down.
 
 Environment variables use the ``GODEL_`` prefix. ``state_dir()`` is where the control plane keeps
-its SQLite file, its Ray head's description and its Ray auth token.
+its SQLite file, its Ray head's description and its Ray auth token; ``work_dir()``, beside it, is
+where its own (``local``) agents keep their working directories.
 """
 
 from __future__ import annotations
@@ -53,7 +54,25 @@ class Limits(BaseModel):
 LIMITS = Limits()
 
 
+WORK_DIR_ENV = "GODEL_WORK_DIR"
+WORK_DIR_SUFFIX = "-work"
+
+
 def state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """``explicit`` > ``$GODEL_STATE_DIR`` > ``~/.godel``."""
     raw = explicit or os.environ.get("GODEL_STATE_DIR") or Path.home() / ".godel"
     return Path(raw).expanduser().resolve()
+
+
+def work_dir(state: str | os.PathLike[str] | None = None) -> Path:
+    """Where the control plane's own agents keep their working directories: ``$GODEL_WORK_DIR``, else
+    ``<state dir>-work`` beside the state dir (``~/.godel-work`` by default).
+
+    Never inside the state dir: an agent's workdir must not lead (through ``..``) to the state store,
+    the Ray token or key files. Created with mode 0700 by whoever first writes there.
+    """
+    raw = os.environ.get(WORK_DIR_ENV)
+    if raw:
+        return Path(raw).expanduser().resolve()
+    root = state_dir(state)
+    return root.with_name(root.name + WORK_DIR_SUFFIX)
