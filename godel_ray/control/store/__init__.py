@@ -19,7 +19,7 @@ import os
 from urllib.parse import urlsplit
 
 from godel_ray import settings
-from godel_ray.control.store.protocol import CheckpointRecord, Retention, RetentionResult, Store
+from godel_ray.control.store.protocol import CheckpointRecord, Lease, Retention, RetentionResult, Store
 from godel_ray.control.store.sqlite import DB_FILE, SQLiteStore, StateStore
 from godel_ray.errors import InvalidArgument
 
@@ -50,5 +50,5 @@ def open_store(state_dir: str | os.PathLike[str] | None = None, *, readonly: boo
     return StateStore.for_state_dir(root, retention=retention)
 
 
-__all__ = ["DB_FILE", "STATE_URL_ENV", "CheckpointRecord", "Retention", "RetentionResult", "SQLiteStore",
+__all__ = ["DB_FILE", "STATE_URL_ENV", "CheckpointRecord", "Lease", "Retention", "RetentionResult", "SQLiteStore",
            "StateStore", "Store", "open_store"]
