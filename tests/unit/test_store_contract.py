@@ -8,8 +8,6 @@ fail instead. No Ray: this suite belongs to the pure stage (``-m "not ray"``).
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -49,31 +47,6 @@ Opener = Callable[..., Store]  # open(readonly=False, retention=None) -> a store
 
 
 # --- backends ------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[Any]:
-    """One real PostgreSQL server for the session (about 2 s to start), deleted after.
-
-    Its data dir is a fresh ``mkdtemp`` rather than pytest's tmp dir: run as root, pgserver starts
-    the server as another user, who must be able to reach the directory (pytest keeps its base
-    dir 0700 and re-tightens it whenever another pytest run starts).
-    """
-    try:
-        import pgserver
-        import psycopg
-
-        server = pgserver.get_server(tempfile.mkdtemp(prefix="godel-pg-"), cleanup_mode="delete")
-        with psycopg.connect(server.get_uri(), autocommit=True) as admin:
-            admin.execute("ALTER SYSTEM SET fsync = off")  # a throwaway server: speed over durability
-            admin.execute("SELECT pg_reload_conf()")
-    except Exception as exc:  # noqa: BLE001 - any reason it cannot start is reported
-        reason = f"PostgreSQL could not start here (pgserver): {type(exc).__name__}: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    yield server
-    server.cleanup()
-
 
 @pytest.fixture()
 def pg_url(pg_server: Any) -> Iterator[str]:
