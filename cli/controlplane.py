@@ -27,21 +27,29 @@ def up(state_dir: StateDirOption = None,
        num_cpus: Annotated[int | None, typer.Option("--num-cpus", min=0, help="CPUs of the local Ray cluster.")] = None,
        num_gpus: Annotated[int, typer.Option("--num-gpus", min=0, help="GPUs of the local Ray cluster.")] = 0,
        gpu_type: Annotated[str | None, typer.Option("--gpu-type", help="Accelerator type of those GPUs.")] = None,
+       state_url: Annotated[str | None, typer.Option(
+           "--state-url", envvar="GODEL_STATE_URL", show_default=False, show_envvar=True,
+           help="A PostgreSQL store shared by several control planes (postgresql://user@host/db); "
+                "default: SQLite in the state dir.")] = None,
        json_out: JsonOption = False) -> None:
-    """Start the control plane (or attach to the one already running)."""
+    """Start the control plane (or attach to the one already running). With a shared --state-url,
+    the first control plane serves and later ones wait as standbys, ready to take over."""
     from godel_ray.control import controlplane
 
     if json_out:
-        info = controlplane.up(state_dir, num_cpus=num_cpus, num_gpus=num_gpus, gpu_type=gpu_type)
+        info = controlplane.up(state_dir, num_cpus=num_cpus, num_gpus=num_gpus, gpu_type=gpu_type,
+                                    state_url=state_url or None)
         render.emit_json(info)
         return
     if render.interactive():
         with render.err().status("starting the control plane (Ray head + balancer)..."):
-            info = controlplane.up(state_dir, num_cpus=num_cpus, num_gpus=num_gpus, gpu_type=gpu_type)
+            info = controlplane.up(state_dir, num_cpus=num_cpus, num_gpus=num_gpus, gpu_type=gpu_type,
+                                    state_url=state_url or None)
     else:
-        info = controlplane.up(state_dir, num_cpus=num_cpus, num_gpus=num_gpus, gpu_type=gpu_type)
+        info = controlplane.up(state_dir, num_cpus=num_cpus, num_gpus=num_gpus, gpu_type=gpu_type,
+                                    state_url=state_url or None)
     verb = "started" if info.started else "already running"
-    render.say("control plane ", (verb, "bold green"), f" at {info.address}")
+    render.say("control plane ", (verb, "bold green"), f" at {info.address}" + (f" ({info.role})" if info.role else ""))
     _print_info(info)
 
 
@@ -86,7 +94,7 @@ def env(state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
 
 def _print_info(info: object) -> None:
     table = safetext.grid()
-    for key in ("state_dir", "address", "dashboard_url", "ray_pid", "clusters", "agents"):
+    for key in ("state_dir", "store", "address", "dashboard_url", "ray_pid", "role", "lease", "clusters", "agents"):
         value = getattr(info, key, "")
         if value not in ("", 0, None) or key in ("clusters", "agents"):
             table.add_row(key.replace("_", " "), str(value))

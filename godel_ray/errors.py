@@ -18,7 +18,9 @@ mapped to this tree in exactly one place each: ``godel_ray.rpc.errors`` for gRPC
     │   ├── AgentMoved                  this copy was migrated away; ask the balancer again
     │   ├── AgentNotRunning             agent completed, failed, or terminated
     │   ├── MigrationInProgress
-    │   └── CooldownActive              migration cooldown not elapsed (``retry_after_s``)
+    │   ├── CooldownActive              migration cooldown not elapsed (``retry_after_s``)
+    │   ├── Standby                     this control plane waits; ``holder`` is the active one
+    │   └── LeaseLost                   fenced: a deposed balancer's write (``token``) is refused
     ├── ResourceExhausted               no capacity (max agents, CPUs, GPUs)          (RESOURCE_EXHAUSTED)
     │   └── NoPlacement                 nothing fits; ``reasons`` maps cluster id to why
     ├── ClusterUnavailable              a cluster cannot be reached                   (UNAVAILABLE)
@@ -112,6 +114,14 @@ class CooldownActive(FailedPrecondition):
     pass
 
 
+class Standby(FailedPrecondition):
+    pass
+
+
+class LeaseLost(FailedPrecondition):
+    pass
+
+
 class ResourceExhausted(GodelError):
     code = "RESOURCE_EXHAUSTED"
 
@@ -135,7 +145,7 @@ class ControlPlaneNotRunning(GodelError):
 ALL_ERRORS: tuple[type[GodelError], ...] = (
     GodelError, InvalidArgument, SnapshotRejected, NotFound, AgentNotFound, ClusterNotFound,
     AlreadyExists, Unauthenticated, FailedPrecondition, StaleEpoch, AgentMoved, AgentNotRunning,
-    MigrationInProgress, CooldownActive, ResourceExhausted, NoPlacement, ClusterUnavailable,
+    MigrationInProgress, CooldownActive, Standby, LeaseLost, ResourceExhausted, NoPlacement, ClusterUnavailable,
     DeadlineExceeded, ControlPlaneNotRunning,
 )
 ERRORS_BY_NAME: dict[str, type[GodelError]] = {cls.__name__: cls for cls in ALL_ERRORS}
@@ -145,6 +155,6 @@ ERRORS_BY_NAME: dict[str, type[GodelError]] = {cls.__name__: cls for cls in ALL_
 __all__ = [
     "AgentMoved", "AgentNotFound", "AgentNotRunning", "AlreadyExists", "ClusterNotFound", "ClusterUnavailable",
     "ControlPlaneNotRunning", "CooldownActive", "DeadlineExceeded", "FailedPrecondition", "GodelError",
-    "InvalidArgument", "MigrationInProgress", "NoPlacement", "NotFound", "ResourceExhausted", "SnapshotRejected",
-    "StaleEpoch", "Unauthenticated",
+    "InvalidArgument", "LeaseLost", "MigrationInProgress", "NoPlacement", "NotFound", "ResourceExhausted",
+    "SnapshotRejected", "StaleEpoch", "Standby", "Unauthenticated",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -69,3 +70,30 @@ def ray_client(ray_head: heads.RayHead) -> Iterator[heads.RayHead]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """One real PostgreSQL server for the session (about 2 s to start), deleted after.
+
+    Its data dir is a fresh ``mkdtemp`` rather than pytest's tmp dir: run as root, pgserver starts
+    the server as another user, who must be able to reach the directory (pytest keeps its base
+    dir 0700 and re-tightens it whenever another pytest run starts).
+    """
+    import tempfile
+
+    try:
+        import pgserver
+        import psycopg
+
+        server = pgserver.get_server(tempfile.mkdtemp(prefix="godel-pg-"), cleanup_mode="delete")
+        with psycopg.connect(server.get_uri(), autocommit=True) as admin:
+            admin.execute("ALTER SYSTEM SET fsync = off")  # a throwaway server: speed over durability
+            admin.execute("SELECT pg_reload_conf()")
+    except Exception as exc:  # noqa: BLE001 - any reason it cannot start is reported
+        reason = f"PostgreSQL could not start here (pgserver): {type(exc).__name__}: {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    yield server
+    server.cleanup()

@@ -12,8 +12,10 @@ actor. Each public method routes to the one owner of what it asks about; no owne
     MigrationExecutor  live migration (``godel_ray.core.migration`` decides)
     Failover           periodic checkpoints, restore after a cluster's death, stale copies
 
-The store is read once, when the balancer starts; every change is written through before the call
-that made it answers.
+The store is read once, when the balancer takes the control-plane lease (``control/lease.py``);
+every change is written through, fenced by the lease's token, before the call that made it answers.
+Until it holds the lease the balancer is a standby: ``ping`` answers, every other call raises
+``Standby`` naming the active control plane.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ from godel_ray.control.cluster_actor import LOCAL_WORKDIR_NAME
 from godel_ray.control.clusters import DEFAULT_LOCAL_MAX_AGENTS, ClusterSet, probe_site
 from godel_ray.control.eventlog import Emitter, EventCursors
 from godel_ray.control.failover import Failover
+from godel_ray.control.lease import LEASE_RETRY_S, LeaseKeeper, Role, describe, holder_name, lease_ttl_from_env
 from godel_ray.control.ledger import CapacityLedger
 from godel_ray.control.migrator import MigrationExecutor, cooldown_from_env
 from godel_ray.control.reconciler import Reconciler
 from godel_ray.control.spawner import Spawner
 from godel_ray.control.store import open_store
-from godel_ray.errors import FailedPrecondition
+from godel_ray.errors import FailedPrecondition, Standby
 from godel_ray.models import (
     LOCAL_CLUSTER_ID,
     Agent,
@@ -91,8 +94,10 @@ class MultiClusterLoadBalancer:
     - a kill that races a migration or a restore wins (AgentOps, MigrationExecutor, Checkpoints);
     - freed capacity is usable by the very next spawn (the ledger, fed by AgentTable);
     - the control loop never blocks on one cluster and never dies.
-    After a restart (Ray's ``max_restarts``, or ``swarmctl down``/``up``) everything is reloaded from
-    the store and reconciled with each cluster's ``list_agents`` before the first answer.
+    - it serves only while it holds the lease; a standby loads nothing, a deposed one serves nothing
+      and its writes are refused by the store (LeaseKeeper, the store's fencing).
+    After a restart (Ray's ``max_restarts``, or ``swarmctl down``/``up``) or a takeover everything is
+    reloaded from the store and reconciled with each cluster's ``list_agents`` before the first answer.
     """
 
     def __init__(self, state_dir: str, cluster_actor: ClusterActorFactory = _no_cluster_actors) -> None:
@@ -106,33 +111,61 @@ class MultiClusterLoadBalancer:
                                    retire=lambda gateway: rayapi.kill_actor(gateway.handle),
                                    probe=lambda cluster: probe_site(cluster, state_dir),
                                    local_max_agents=_local_max_agents())
-        self.table.load()
-        self.clusters.load()
-        live = [a.id for a in self.table.live()]
         gateway = self.clusters.gateway
         self.checkpoints = Checkpoints(store, state_dir, self.table, ledger, gateway, emitter)
-        self.checkpoints.load(live)
         self.spawner = Spawner(self.clusters, self.table, emitter, local_id=LOCAL_ID)
         self.agents = AgentOps(gateway, self.table, store, local_id=LOCAL_ID)
         self.migrator = MigrationExecutor(store, self.table, gateway, emitter, ledger=ledger, views=self.clusters.view,
                                           cooldown_s=cooldown_from_env(), local_id=LOCAL_ID)
-        self.migrator.load(live)
         self.failover = Failover(self.clusters, self.table, self.checkpoints, store, emitter,
                                  busy=lambda: set(self.migrator.in_progress), local_id=LOCAL_ID)
         self.reconciler = Reconciler(self.clusters, self.table, self.checkpoints, cursors, emitter,
                                      spawning=lambda: self.spawner.spawning,
                                      local_workdir_root=work_dir(state_dir) / LOCAL_WORKDIR_NAME, local_id=LOCAL_ID)
+        self.lease = LeaseKeeper(store, holder_name(state_dir), ttl_s=lease_ttl_from_env(),
+                                 address=rayapi.gcs_address())
         self._ready: asyncio.Task[None] | None = None
+        self._tried_lease = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._lease_task: asyncio.Task[None] | None = None
 
-    # --- readiness and the control loop -------------------------------------------------------------
+    # --- the lease, readiness and the control loop ----------------------------------------------------
 
     async def _ensure_ready(self) -> None:
-        if self._ready is None:
-            self._ready = asyncio.create_task(self._startup())
+        self._start()
+        await self._tried_lease.wait()
+        if self.lease.role is not Role.ACTIVE:
+            raise self.lease.refusal()
+        assert self._ready is not None
         await asyncio.shield(self._ready)
 
+    def _start(self) -> None:
+        if self._ready is None:
+            self._ready = asyncio.create_task(self._startup())
+
+    async def _take_lease(self) -> None:
+        """Wait as a standby until the lease is ours."""
+        while True:
+            try:
+                if self.lease.try_acquire():
+                    return
+            except Exception:
+                log.exception("taking the control-plane lease failed; trying again")
+            finally:
+                self._tried_lease.set()
+            await asyncio.sleep(LEASE_RETRY_S)
+
+    def _load(self) -> None:
+        self.table.load()
+        self.clusters.load()
+        live = [a.id for a in self.table.live()]
+        self.checkpoints.load(live)
+        self.migrator.load(live)
+
     async def _startup(self) -> None:
+        await self._take_lease()
+        self._lease_task = asyncio.create_task(self._lease_loop())
+        self._load()
         await self.clusters.start_all()
         await self.reconciler.reconcile_all()
         try:
@@ -141,8 +174,19 @@ class MultiClusterLoadBalancer:
             log.exception("recovering unfinished migrations failed; carrying on")
         self._loop_task = asyncio.create_task(self._control_loop())
 
+    async def _lease_loop(self) -> None:
+        """Renew the lease every third of its TTL; once deposed, stop the control loop for good."""
+        while self.lease.role is Role.ACTIVE:
+            await asyncio.sleep(self.lease.renew_every_s)
+            try:
+                self.lease.renew()
+            except Exception:
+                log.exception("renewing the control-plane lease failed; trying again")
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+
     async def _control_loop(self) -> None:
-        while True:
+        while self.lease.role is Role.ACTIVE:
             started = time.monotonic()
             try:
                 await self.reconciler.tick()
@@ -154,13 +198,26 @@ class MultiClusterLoadBalancer:
             await asyncio.sleep(max(0.0, CONTROL_LOOP_INTERVAL_S - (time.monotonic() - started)))
 
     async def ping(self) -> str:
-        await self._ensure_ready()
+        """``ok`` once active and ready; ``standby`` (or ``deposed``) while another control plane serves."""
+        try:
+            await self._ensure_ready()
+        except Standby:
+            return self.lease.role.value
         return "ok"
 
+    async def role(self) -> dict[str, str]:
+        """This control plane's role and the lease as stored (answers in every role)."""
+        self._start()
+        await self._tried_lease.wait()
+        return {"role": self.lease.role.value, "holder": self.lease.holder, "lease": describe(self.store.lease())}
+
     async def prepare_shutdown(self) -> int:
-        """Checkpoint every non-final local agent (frozen) so ``up`` can restore it. Returns how many."""
+        """Checkpoint every non-final local agent (frozen) so ``up`` can restore it, then hand the lease
+        back (a standby takes over at once, and restores them). Returns how many."""
         await self._ensure_ready()
-        return await self.checkpoints.prepare_shutdown(LOCAL_ID)
+        frozen = await self.checkpoints.prepare_shutdown(LOCAL_ID)
+        self.lease.release()
+        return frozen
 
     # --- registry -----------------------------------------------------------------------------------
 

@@ -3,8 +3,12 @@
 ``up`` starts a private Ray head (dashboard on, Ray token auth with a fresh token kept in
 ``<state_dir>/ray_token``, mode 0600), writes ``<state_dir>/control.json`` (the ``RayHead``), attaches
 this process as a Ray driver and creates the balancer, then waits until it answers (it reloads and
-reconciles the state store first). ``down`` checkpoints local agents, detaches and stops the head by
-its session. ``status`` reads files only: it never needs Ray.
+reconciles the state store first). ``down`` checkpoints local agents, hands the lease back, detaches
+and stops the head by its session. ``status`` reads files and the store only: it never needs Ray.
+
+Several control planes may share one PostgreSQL store (``GODEL_STATE_URL``, or ``up(state_url=)``):
+each has its own state dir and Ray head; the one holding the lease serves, the others wait as
+standbys (``control/lease.py``), and ``status`` says which is active and since when.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from godel_ray import settings
-from godel_ray.control.store import open_store
-from godel_ray.errors import ControlPlaneNotRunning, GodelError
+from godel_ray.control.lease import describe, holder_name
+from godel_ray.control.store import STATE_URL_ENV, describe_store, open_store
+from godel_ray.errors import ControlPlaneNotRunning, GodelError, InvalidArgument
 from godel_ray.raykit import heads, rayapi
 
 CONTROL_FILE = "control.json"
@@ -36,6 +41,12 @@ class ControlPlaneInfo(BaseModel):
     clusters: int = 0
     agents: int = 0
     started: bool = False  # True if this call started it
+    store: str = ""  # where the state is (a URL without its password, or the SQLite file)
+    role: str = ""  # active | standby (this control plane, by the lease); "" when not running
+    lease: str = ""  # who is active, where and since when
+    active_holder: str = ""
+    active_address: str = ""  # the active control plane's Ray address
+    active_since: float = 0.0
 
 
 def _dir(state_dir: str | os.PathLike[str] | None) -> Path:
@@ -68,15 +79,36 @@ def _write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
-def _counts(root: Path) -> tuple[int, int]:
+def _from_store(root: Path, running: bool) -> dict[str, object]:
+    """Counts and the lease, read from the store (nothing when there is no state yet)."""
     try:
         store = open_store(root, readonly=True)
     except ControlPlaneNotRunning:
-        return 0, 0
+        return {}
     try:
-        return len(store.clusters()), sum(store.active_counts().values())
+        lease = store.lease()
+        out: dict[str, object] = {"clusters": len(store.clusters()), "agents": sum(store.active_counts().values()),
+                                  "lease": describe(lease)}
+        if lease is not None and lease.active:
+            out.update(active_holder=lease.holder, active_address=lease.address, active_since=lease.acquired_at)
+        if running:
+            mine = lease is not None and lease.active and lease.holder == holder_name(str(root))
+            out["role"] = "active" if mine else "standby"
+        return out
     finally:
         store.close()
+
+
+def _use_state_url(state_url: str | None) -> None:
+    """Make ``state_url`` this process's store (and so its actors'); refused unless PostgreSQL."""
+    if state_url is None:
+        return
+    from godel_ray.control.store.postgres import SCHEMES, redact
+
+    url = state_url.strip()
+    if url.split(":", 1)[0] not in SCHEMES:
+        raise InvalidArgument(f"--state-url {redact(url)!r}: expected postgresql://user@host/db")
+    os.environ[STATE_URL_ENV] = url
 
 
 def _wait_for_balancer(root: Path) -> None:
@@ -96,8 +128,13 @@ def _wait_for_balancer(root: Path) -> None:
 
 
 def up(state_dir: str | os.PathLike[str] | None = None, *, num_cpus: float | None = None, num_gpus: int = 0,
-       gpu_type: str | None = None) -> ControlPlaneInfo:
-    """Start the control plane (or attach to the running one) and wait until the balancer answers."""
+       gpu_type: str | None = None, state_url: str | None = None) -> ControlPlaneInfo:
+    """Start the control plane (or attach to the running one) and wait until the balancer answers
+    (as the active one, or as a standby when another control plane holds the lease).
+
+    ``state_url``: a PostgreSQL store shared with other control planes (default ``$GODEL_STATE_URL``).
+    """
+    _use_state_url(state_url)
     root = _dir(state_dir)
     if not root.exists():
         root.mkdir(mode=0o700, parents=True)  # holds the Ray token
@@ -144,16 +181,15 @@ def down(state_dir: str | os.PathLike[str] | None = None) -> bool:
 
 
 def _info(root: Path, head: heads.RayHead | None, *, started: bool = False) -> ControlPlaneInfo:
-    clusters, agents = _counts(root)
+    known = {"state_dir": str(root), "store": describe_store(root), **_from_store(root, head is not None)}
     if head is None:
-        return ControlPlaneInfo(running=False, state_dir=str(root), clusters=clusters, agents=agents)
-    return ControlPlaneInfo(running=True, state_dir=str(root), address=head.address,
-                            dashboard_url=head.dashboard_url, ray_pid=head.pid, clusters=clusters, agents=agents,
-                            started=started)
+        return ControlPlaneInfo.model_validate({"running": False, **known})
+    return ControlPlaneInfo.model_validate({"running": True, "address": head.address, "dashboard_url": head.dashboard_url,
+                                            "ray_pid": head.pid, "started": started, **known})
 
 
 def status(state_dir: str | os.PathLike[str] | None = None) -> ControlPlaneInfo:
-    """Running or not, where, and what it holds: from files only (no Ray)."""
+    """Running or not, where, what it holds, and which control plane is active: no Ray."""
     root = _dir(state_dir)
     return _info(root, read_head(root))
 

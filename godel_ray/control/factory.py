@@ -8,16 +8,21 @@
 - one ``ClusterActor`` per registered cluster, named ``godel-cluster-<id>``, detached, restarted
   forever.
 
-Control actors take no CPU (``num_cpus=0``): the cluster's CPUs are for agents.
+Control actors take no CPU (``num_cpus=0``): the cluster's CPUs are for agents. They see the
+store's settings (``GODEL_STATE_URL``, ``GODEL_RETAIN_*``, ``GODEL_LEASE_TTL_S``) as the process that created them does,
+through their ``runtime_env`` (``store.forwarded_env``): a head started elsewhere need not have them.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from godel_ray import settings
 from godel_ray.control.balancer import MultiClusterLoadBalancer
 from godel_ray.control.cluster_actor import ClusterActor
+from godel_ray.control.lease import LEASE_TTL_ENV
+from godel_ray.control.store import forwarded_env
 from godel_ray.models import Cluster
 from godel_ray.raykit import rayapi
 from godel_ray.raykit.gateway import BalancerGateway, ClusterGateway
@@ -32,8 +37,15 @@ def cluster_actor_name(cluster_id: str) -> str:
 
 
 def _detached(name: str, max_concurrency: int) -> dict[str, Any]:
-    return {"name": name, "namespace": settings.NAMESPACE, "lifetime": "detached", "max_restarts": -1,
-            "max_task_retries": 0, "num_cpus": 0, "get_if_exists": True, "max_concurrency": max_concurrency}
+    options: dict[str, Any] = {
+        "name": name, "namespace": settings.NAMESPACE, "lifetime": "detached", "max_restarts": -1,
+        "max_task_retries": 0, "num_cpus": 0, "get_if_exists": True, "max_concurrency": max_concurrency}
+    env = forwarded_env()
+    if os.environ.get(LEASE_TTL_ENV, "").strip():
+        env[LEASE_TTL_ENV] = os.environ[LEASE_TTL_ENV]
+    if env:
+        options["runtime_env"] = {"env_vars": env}
+    return options
 
 
 def balancer(state_dir: str) -> Any:

@@ -147,6 +147,15 @@ def kill_actor(handle: Any) -> None:
     ray.kill(handle, no_restart=True)
 
 
+def gcs_address() -> str:
+    """The attached Ray cluster's address (``""`` when not inside Ray)."""
+    import ray
+
+    if not ray.is_initialized():
+        return ""
+    return str(ray.get_runtime_context().gcs_address)
+
+
 def cluster_resources() -> dict[str, float]:
     """The attached Ray cluster's total resources (``{}`` when not inside Ray)."""
     import ray

@@ -8,8 +8,6 @@ fail instead. No Ray: this suite belongs to the pure stage (``-m "not ray"``).
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,7 +18,13 @@ import pytest
 
 from godel_ray.control.store import CheckpointRecord, Retention, StateStore, Store, open_store
 from godel_ray.control.store.schema import LATEST_VERSION
-from godel_ray.errors import AgentNotFound, ControlPlaneNotRunning, FailedPrecondition, InvalidArgument
+from godel_ray.errors import (
+    AgentNotFound,
+    ControlPlaneNotRunning,
+    FailedPrecondition,
+    InvalidArgument,
+    LeaseLost,
+)
 from godel_ray.models import (
     Agent,
     AgentStatus,
@@ -43,31 +47,6 @@ Opener = Callable[..., Store]  # open(readonly=False, retention=None) -> a store
 
 
 # --- backends ------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[Any]:
-    """One real PostgreSQL server for the session (about 2 s to start), deleted after.
-
-    Its data dir is a fresh ``mkdtemp`` rather than pytest's tmp dir: run as root, pgserver starts
-    the server as another user, who must be able to reach the directory (pytest keeps its base
-    dir 0700 and re-tightens it whenever another pytest run starts).
-    """
-    try:
-        import pgserver
-        import psycopg
-
-        server = pgserver.get_server(tempfile.mkdtemp(prefix="godel-pg-"), cleanup_mode="delete")
-        with psycopg.connect(server.get_uri(), autocommit=True) as admin:
-            admin.execute("ALTER SYSTEM SET fsync = off")  # a throwaway server: speed over durability
-            admin.execute("SELECT pg_reload_conf()")
-    except Exception as exc:  # noqa: BLE001 - any reason it cannot start is reported
-        reason = f"PostgreSQL could not start here (pgserver): {type(exc).__name__}: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    yield server
-    server.cleanup()
-
 
 @pytest.fixture()
 def pg_url(pg_server: Any) -> Iterator[str]:
@@ -375,6 +354,105 @@ def test_an_unreadable_row_is_reported_and_skipped_never_the_table(store: Store,
         assert any(table in r.getMessage() and key in r.getMessage() for r in caplog.records), (table, key)
     assert "hunter2" not in caplog.text  # the row's values (an agent's env) never reach the log
     assert store.active_counts() == {"local": 2}  # counts come from columns, not the JSON
+
+
+# --- the control-plane lease and its fencing token ------------------------------------------------
+
+LIVE_S = 600.0  # a lease that cannot expire during a test
+EXPIRED_S = 0.0  # a lease that has expired by the next statement (the database's clock only rises)
+
+
+def test_the_lease_goes_to_one_holder_while_it_is_live(opener: Opener) -> None:
+    a, b = opener(), opener()
+    assert a.lease() is None
+    token = a.acquire_lease("head-a", LIVE_S, address="10.0.0.1:6379")
+    assert token is not None and token >= 1
+    assert b.acquire_lease("head-b", LIVE_S) is None
+    lease = b.lease()
+    assert lease is not None and lease.active
+    assert (lease.holder, lease.token, lease.address) == ("head-a", token, "10.0.0.1:6379")
+    assert lease.acquired_at <= lease.renewed_at < lease.expires_at
+    assert a.renew_lease("head-a", token, LIVE_S)
+    assert not b.renew_lease("head-b", token, LIVE_S) and not b.renew_lease("head-a", token + 1, LIVE_S)
+    b.put_cluster(Cluster(id="from-b"))  # b never acquired: it writes unfenced (one control plane, tools)
+    a.put_cluster(Cluster(id="from-a"))
+    assert [c.id for c in a.clusters()] == ["from-a", "from-b"]
+
+
+def test_an_expired_lease_is_taken_with_a_higher_token_and_fences_the_old_holder(opener: Opener) -> None:
+    old, new = opener(), opener()
+    old_token = old.acquire_lease("head-a", EXPIRED_S)
+    assert old_token is not None
+    before = _agent("before")
+    old.put_agent(before)  # still ours: nobody took it yet, even though it expired
+    new_token = new.acquire_lease("head-b", LIVE_S, address="b:6379")
+    assert new_token is not None and new_token > old_token
+    # the deposed holder wakes up: it can neither renew nor write, and nothing it tried is there
+    assert not old.renew_lease("head-a", old_token, LIVE_S)
+    writes: list[Callable[[], object]] = [
+        lambda: old.put_agent(_agent("after")),
+        lambda: old.put_spawn(_agent("spawned"), PlacementDecision(agent_id="spawned"), "k1"),
+        lambda: old.replace_agent(before, before.model_copy(update={"status": AgentStatus.FAILED})),
+        lambda: old.append_events([_event("before")]),
+        lambda: old.put_event_cursor("c1", 9),
+        lambda: old.delete_cluster("local"),
+    ]
+    for write in writes:
+        with pytest.raises(LeaseLost, match="head-a.*deposed"):
+            write()
+    assert [a.id for a in new.agents()] == ["before"] and new.agent("before") == before
+    assert new.idempotent_agent("k1") is None and new.events() == [] and new.event_cursor("c1") == 0
+    new.put_agent(_agent("after"))
+    assert [a.id for a in new.agents()] == ["before", "after"]
+    lease = old.lease()
+    assert lease is not None and (lease.holder, lease.token, lease.address) == ("head-b", new_token, "b:6379")
+
+
+def test_tokens_only_rise_across_release_and_reacquisition(opener: Opener) -> None:
+    a, b = opener(), opener()
+    first = a.acquire_lease("head-a", LIVE_S)
+    assert first is not None
+    again = a.acquire_lease("head-a", LIVE_S)  # the same holder restarted: a new token fences the old one
+    assert again is not None and again > first
+    assert not a.renew_lease("head-a", first, LIVE_S) and a.renew_lease("head-a", again, LIVE_S)
+    assert b.release_lease("head-b", again) is False
+    assert a.release_lease("head-a", again)
+    lease = b.lease()
+    assert lease is not None and not lease.active and lease.token == again
+    taken = b.acquire_lease("head-b", LIVE_S)  # released: no need to wait for the expiry
+    assert taken is not None and taken > again
+    with pytest.raises(LeaseLost):
+        a.put_meta("k", 1)
+
+
+def test_concurrent_acquisitions_let_exactly_one_win(opener: Opener) -> None:
+    stores = [opener() for _ in range(4)]
+    won: list[int | None] = [None] * len(stores)
+
+    def attempt(n: int) -> None:
+        won[n] = stores[n].acquire_lease(f"head-{n}", LIVE_S)
+
+    threads = [threading.Thread(target=attempt, args=(n,)) for n in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [n for n, token in enumerate(won) if token is not None]
+    assert len(winners) == 1
+    lease = stores[0].lease()
+    assert lease is not None and lease.holder == f"head-{winners[0]}" and lease.token == won[winners[0]]
+
+
+def test_a_reader_sees_the_lease_and_cannot_take_it(opener: Opener) -> None:
+    writer = opener()
+    token = writer.acquire_lease("head-a", LIVE_S, address="a:6379")
+    reader = opener(readonly=True)
+    lease = reader.lease()
+    assert lease is not None and lease.holder == "head-a" and lease.token == token
+    with pytest.raises(FailedPrecondition, match="readonly"):
+        reader.acquire_lease("head-r", LIVE_S)
+    with pytest.raises(InvalidArgument):
+        writer.acquire_lease("", LIVE_S)
 
 
 # --- readers ------------------------------------------------------------------------------------

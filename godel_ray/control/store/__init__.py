@@ -19,11 +19,36 @@ import os
 from urllib.parse import urlsplit
 
 from godel_ray import settings
-from godel_ray.control.store.protocol import CheckpointRecord, Retention, RetentionResult, Store
+from godel_ray.control.store.protocol import (
+    RETAIN_EVENTS_ENV,
+    RETAIN_MIGRATION_DAYS_ENV,
+    CheckpointRecord,
+    Lease,
+    Retention,
+    RetentionResult,
+    Store,
+)
 from godel_ray.control.store.sqlite import DB_FILE, SQLiteStore, StateStore
 from godel_ray.errors import InvalidArgument
 
 STATE_URL_ENV = "GODEL_STATE_URL"
+FORWARDED_ENV = (STATE_URL_ENV, RETAIN_EVENTS_ENV, RETAIN_MIGRATION_DAYS_ENV)
+
+
+def forwarded_env() -> dict[str, str]:
+    """The settings of the store that the control-plane actors must see as this process does
+    (``GODEL_STATE_URL``, ``GODEL_RETAIN_*``): those set here, for their ``runtime_env``."""
+    return {key: os.environ[key] for key in FORWARDED_ENV if os.environ.get(key, "").strip()}
+
+
+def describe_store(state_dir: str | os.PathLike[str] | None = None) -> str:
+    """Where the store is, for people: the URL without its password, or the SQLite file."""
+    url = os.environ.get(STATE_URL_ENV, "").strip()
+    if url:
+        from godel_ray.control.store.postgres import redact
+
+        return redact(url)
+    return str(settings.state_dir(state_dir) / DB_FILE)
 
 
 def open_store(state_dir: str | os.PathLike[str] | None = None, *, readonly: bool = False,
@@ -50,5 +75,18 @@ def open_store(state_dir: str | os.PathLike[str] | None = None, *, readonly: boo
     return StateStore.for_state_dir(root, retention=retention)
 
 
-__all__ = ["DB_FILE", "STATE_URL_ENV", "CheckpointRecord", "Retention", "RetentionResult", "SQLiteStore",
-           "StateStore", "Store", "open_store"]
+__all__ = [
+    "DB_FILE",
+    "FORWARDED_ENV",
+    "STATE_URL_ENV",
+    "CheckpointRecord",
+    "Lease",
+    "Retention",
+    "RetentionResult",
+    "SQLiteStore",
+    "StateStore",
+    "Store",
+    "describe_store",
+    "forwarded_env",
+    "open_store",
+]

@@ -14,7 +14,12 @@ that contract:
   migration or a restore, so a racing kill wins;
 - one unreadable row (say a ``null`` where a number belongs) is logged with its id and skipped;
   it never makes a whole table unreadable;
-- a store opened ``readonly`` refuses every write with ``FailedPrecondition``.
+- a store opened ``readonly`` refuses every write with ``FailedPrecondition``;
+- the lease: ``acquire_lease`` succeeds when the lease is free, expired (by the database's clock)
+  or already the caller's, and returns a fencing token one above every token handed out before;
+  from then on every write through that store object carries the token, and is refused with
+  ``LeaseLost`` (nothing written) once another holder has acquired the lease since. A store that
+  never acquired the lease writes unfenced (a single control plane, tools, tests).
 """
 
 from __future__ import annotations
@@ -60,6 +65,24 @@ class CheckpointRecord:
     meta_path: str
     sha256: str
     size_bytes: int
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The control-plane lease as stored: ``active`` when it had not expired at ``now`` (both by the
+    database's clock). ``address`` tells clients how to reach the holder (its Ray head's address)."""
+
+    holder: str
+    token: int
+    address: str
+    acquired_at: float
+    renewed_at: float
+    expires_at: float
+    now: float
+
+    @property
+    def active(self) -> bool:
+        return self.expires_at > self.now
 
 
 @dataclass(frozen=True)
@@ -201,6 +224,22 @@ class Store(Protocol):
     def meta(self, key: str, default: object = None) -> object: ...
     def meta_int(self, key: str, default: int = 0) -> int: ...
 
+    # the control-plane lease and its fencing token
+    def acquire_lease(self, holder: str, ttl_s: float, *, address: str = "") -> int | None:
+        """Take the lease for ``ttl_s`` if it is free, expired or ``holder``'s own: the new fencing
+        token (higher than any before), which this store's writes carry from now on; None if
+        another holder has it."""
+        ...
+    def renew_lease(self, holder: str, token: int, ttl_s: float) -> bool:
+        """Extend the lease by ``ttl_s`` from now; False if ``(holder, token)`` no longer holds it."""
+        ...
+    def release_lease(self, holder: str, token: int) -> bool:
+        """Let the lease expire now (a clean shutdown, so a standby need not wait); False if not held."""
+        ...
+    def lease(self) -> Lease | None:
+        """The lease row (None: never acquired)."""
+        ...
+
     # retention
     def apply_retention(self, now: float | None = None) -> RetentionResult:
         """Delete events beyond ``max_events`` and migrations finished over the age limit."""
@@ -211,6 +250,7 @@ __all__ = [
     "MIGRATION_ATTEMPT_PREFIX",
     "SITE_CURSOR_PREFIX",
     "CheckpointRecord",
+    "Lease",
     "Retention",
     "RetentionResult",
     "Store",

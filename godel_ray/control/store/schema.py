@@ -37,14 +37,18 @@ class Dialect:
     order_column: str  # the column that keeps first-insert order of agents and migrations
     order_column_def: str  # its definition, if it is not implicit
     lock_sql: str = ""  # serialises schema migrations between processes, run inside the transaction
+    now_sql: str = ""  # the database's clock, in epoch seconds (leases expire by one clock: the server's)
+    share_lock: str = ""  # appended to the fencing read, so a takeover waits for writes in flight
 
 
 SQLITE = Dialect(name="sqlite", serial_pk="INTEGER PRIMARY KEY AUTOINCREMENT", float_type="REAL",
-                 int64="INTEGER", order_column="rowid", order_column_def="")
+                 int64="INTEGER", order_column="rowid", order_column_def="",
+                 now_sql="((julianday('now') - 2440587.5) * 86400.0)")
 POSTGRES = Dialect(name="postgresql", serial_pk="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
                    float_type="DOUBLE PRECISION", int64="BIGINT", order_column="ord",
                    order_column_def=", ord BIGINT GENERATED ALWAYS AS IDENTITY",
-                   lock_sql="SELECT pg_advisory_xact_lock(7319204118)")
+                   lock_sql="SELECT pg_advisory_xact_lock(7319204118)",
+                   now_sql="(EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION)", share_lock=" FOR SHARE")
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS clusters (id TEXT PRIMARY KEY, json TEXT NOT NULL);
@@ -72,6 +76,15 @@ ALTER TABLE events ADD COLUMN type TEXT NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS events_by_agent ON events (agent_id, seq);
 CREATE INDEX IF NOT EXISTS migrations_by_agent ON migrations (agent_id);
 CREATE INDEX IF NOT EXISTS migrations_by_finish ON migrations (finished_at)
+"""
+
+
+# The control-plane lease (one row per lease name): who holds it, its fencing token (rises by one
+# at every acquisition, never reused), and until when (the database's clock).
+_V3 = """
+CREATE TABLE IF NOT EXISTS lease (
+    name TEXT PRIMARY KEY, holder TEXT NOT NULL, token {int64} NOT NULL, address TEXT NOT NULL,
+    acquired_at {float_type} NOT NULL, renewed_at {float_type} NOT NULL, expires_at {float_type} NOT NULL)
 """
 
 
@@ -108,6 +121,7 @@ class Step:
 STEPS: tuple[Step, ...] = (
     Step(1, _V1),
     Step(2, _V2, _backfill_v2),
+    Step(3, _V3),
 )
 LATEST_VERSION = STEPS[-1].version
 

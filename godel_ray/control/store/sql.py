@@ -29,11 +29,12 @@ from godel_ray.control.store.protocol import (
     SECONDS_PER_DAY,
     SITE_CURSOR_PREFIX,
     CheckpointRecord,
+    Lease,
     Retention,
     RetentionResult,
 )
 from godel_ray.control.store.schema import Dialect, current_version
-from godel_ray.errors import AgentNotFound, FailedPrecondition, InvalidArgument
+from godel_ray.errors import AgentNotFound, FailedPrecondition, InvalidArgument, LeaseLost
 from godel_ray.models import (
     Agent,
     AgentStatus,
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 _FINAL_STATUSES = tuple(s.value for s in AgentStatus if s.is_final)
+LEASE_NAME = "control-plane"
 
 
 def _text(value: object) -> str:
@@ -68,7 +70,9 @@ class SqlStore:
     """The ``Store`` contract over a DB-API connection. Single writer; thread-safe through one lock.
 
     Invariants: every public write commits before it returns; a readonly store never writes;
-    event seqs only rise; retention never removes idempotency keys, agents or checkpoints.
+    event seqs only rise; retention never removes idempotency keys, agents or checkpoints; once
+    this store acquired the lease, each write transaction first reads the lease row (on PostgreSQL
+    ``FOR SHARE``, so a takeover waits for it) and writes nothing unless the token is still ours.
     """
 
     dialect: Dialect
@@ -80,6 +84,7 @@ class SqlStore:
         self.retention = retention or Retention()
         self._lock = threading.Lock()
         self._appended_since_retention = 0
+        self._fence: tuple[str, int] | None = None  # (holder, token) once this store acquired the lease
 
     # --- what a backend supplies ------------------------------------------------------------------
 
@@ -118,17 +123,30 @@ class SqlStore:
             return list(self._raw(sql, tuple(args)).fetchall())
 
     def _write(self, sql: str, args: Iterable[object] = ()) -> int:
-        """One statement in its own transaction; the number of rows it changed."""
-        self._check_writable()
-        with self._lock, self._transaction():
+        """One statement in its own (fenced) transaction; the number of rows it changed."""
+        with self._tx():
             return int(self._raw(sql, tuple(args)).rowcount)
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
-        """Several statements, atomically (use ``self._raw`` inside)."""
+        """Several statements, atomically (use ``self._raw`` inside), fenced by the lease if held."""
         self._check_writable()
         with self._lock, self._transaction():
+            self._check_fence()
             yield
+
+    def _check_fence(self) -> None:
+        """Inside a write transaction: raise ``LeaseLost`` unless the lease still carries our token."""
+        if self._fence is None:
+            return
+        holder, token = self._fence
+        rows = self._raw(f"SELECT holder, token FROM lease WHERE name = ?{self.dialect.share_lock}",
+                         (LEASE_NAME,)).fetchall()
+        if rows and (str(rows[0][0]), int(rows[0][1])) == (holder, token):
+            return
+        now = f"{rows[0][0]!r} with token {rows[0][1]}" if rows else "nobody"
+        raise LeaseLost(f"{holder!r} no longer holds the control-plane lease (its token {token}; now {now}): "
+                        "it was deposed, and writes nothing", holder=holder, token=token)
 
     def _decode(self, model: type[M], table: str, key: object, body: object) -> M | None:
         try:
@@ -381,6 +399,55 @@ class SqlStore:
     def put_migration_attempt(self, agent_id: str, at: float) -> None:
         self.put_meta(MIGRATION_ATTEMPT_PREFIX + agent_id, float(at))
 
+    # --- the lease ------------------------------------------------------------------------------
+
+    def acquire_lease(self, holder: str, ttl_s: float, *, address: str = "") -> int | None:
+        if not holder:
+            raise InvalidArgument("acquire_lease: the holder must be named")
+        now = self.dialect.now_sql
+        self._check_writable()
+        with self._lock, self._transaction():
+            # One conditional upsert: on PostgreSQL it takes the row lock, so it waits for fenced
+            # writes in flight (they hold FOR SHARE) and re-checks the condition on the newest row.
+            rows = self._raw(
+                "INSERT INTO lease (name, holder, token, address, acquired_at, renewed_at, expires_at) "
+                f"VALUES (?, ?, 1, ?, {now}, {now}, {now} + ?) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, token = lease.token + 1, "
+                "address = excluded.address, acquired_at = excluded.acquired_at, "
+                "renewed_at = excluded.renewed_at, expires_at = excluded.expires_at "
+                "WHERE lease.expires_at <= excluded.acquired_at OR lease.holder = excluded.holder "
+                "RETURNING token", (LEASE_NAME, holder, address, float(ttl_s))).fetchall()
+        if not rows:
+            return None
+        token = int(rows[0][0])
+        self._fence = (holder, token)
+        return token
+
+    def renew_lease(self, holder: str, token: int, ttl_s: float) -> bool:
+        now = self.dialect.now_sql
+        self._check_writable()
+        with self._lock, self._transaction():
+            changed = int(self._raw(f"UPDATE lease SET renewed_at = {now}, expires_at = {now} + ? "
+                                    "WHERE name = ? AND holder = ? AND token = ?",
+                                    (float(ttl_s), LEASE_NAME, holder, int(token))).rowcount)
+        return changed == 1
+
+    def release_lease(self, holder: str, token: int) -> bool:
+        self._check_writable()
+        with self._lock, self._transaction():
+            changed = int(self._raw("UPDATE lease SET expires_at = 0 WHERE name = ? AND holder = ? AND token = ?",
+                                    (LEASE_NAME, holder, int(token))).rowcount)
+        return changed == 1
+
+    def lease(self) -> Lease | None:
+        rows = self._rows("SELECT holder, token, address, acquired_at, renewed_at, expires_at, "
+                          f"{self.dialect.now_sql} FROM lease WHERE name = ?", (LEASE_NAME,))
+        if not rows:
+            return None
+        holder, token, address, acquired, renewed, expires, now = rows[0]
+        return Lease(str(holder), int(token), str(address), float(acquired), float(renewed), float(expires),
+                     float(now))
+
     # --- retention ------------------------------------------------------------------------------
 
     def apply_retention(self, now: float | None = None) -> RetentionResult:
@@ -398,4 +465,4 @@ class SqlStore:
         return RetentionResult(events_deleted=max(0, events), migrations_deleted=max(0, migrations))
 
 
-__all__ = ["SqlStore"]
+__all__ = ["LEASE_NAME", "SqlStore"]
