@@ -5,6 +5,11 @@ stderr are read concurrently and handed out as ``ExecChunk``s as they arrive. On
 the caller cancels via ``ProcessControl.kill``) the WHOLE process group is signalled: SIGTERM, a
 short grace, then SIGKILL, so children die with the command. Output past ``max_output_bytes`` is
 dropped (and the result says ``truncated``). No ray here.
+
+With a ``Sandbox`` (``godel_ray.agents.sandbox``) the command runs inside bubblewrap instead, with
+the agent's limits, in a cgroup of its own where one can be made (bwrap waits on ``--block-fd``
+until its processes are in it). A limit the command hit is said on stderr as a last
+``godel: ...`` line and kept in ``ProcessControl.limit_reason``; the exit code is the command's.
 """
 
 from __future__ import annotations
@@ -12,18 +17,24 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import itertools
+import json
 import os
 import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from godel_ray.agents import sandbox as sbx
+from godel_ray.agents.cgroups import CommandCgroup
 from godel_ray.models import ExecChunk, ExecResult, OutputStream
 
 KILL_GRACE_S = 1.0  # between SIGTERM and SIGKILL of the process group
 PIPE_DRAIN_GRACE_S = 2.0  # after the command exits, how long background children may hold its pipes
 READ_BYTES = 64 * 1024
 TIMEOUT_EXIT_CODE = 124  # what coreutils `timeout` uses
+LIMIT_NOTE_PREFIX = "godel: "  # the stderr line that says which limit a sandboxed command hit
+_COMMAND_SEQ = itertools.count(1)  # names each command's cgroup uniquely within this process
 
 
 def kill_process_group(pgid: int, sig: int) -> bool:
@@ -41,6 +52,7 @@ class ProcessControl:
 
     pgid: int | None = None
     kill_reason: str = ""
+    limit_reason: str = ""  # the limits a sandboxed command hit ("" when none)
     exit_code: int | None = None  # set once the command has exited, even when nobody read the result
     _kill_requested: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -65,15 +77,80 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode  # -9 -> 137, like a shell
 
 
+def _read_to_end(fd: int) -> bytes:
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+async def _spawn(command: str, cwd: str, env: dict[str, str], sandbox: sbx.Sandbox | None,
+                 cgroup: CommandCgroup | None) -> asyncio.subprocess.Process:
+    """Start the command (plain, or in ``sandbox``; inside ``cgroup`` before it runs, when given)."""
+    options = {"cwd": cwd, "stdin": asyncio.subprocess.DEVNULL, "stdout": asyncio.subprocess.PIPE,
+               "stderr": asyncio.subprocess.PIPE, "start_new_session": True}
+    if sandbox is None:
+        return await asyncio.create_subprocess_exec("bash", "-c", command, env=env, **options)  # type: ignore[arg-type]
+    fds: list[int] = []  # ours to close, whatever happens
+    try:
+        startup = sbx.startup_pipe(sandbox.startup_script(cgroup=cgroup is not None))
+        fds.append(startup)
+        if cgroup is None:
+            return await asyncio.create_subprocess_exec(
+                *sandbox.argv(command, startup_fd=startup), env=sandbox.run_env(env), pass_fds=(startup,),
+                **options)  # type: ignore[arg-type]
+        block_r, block_w = os.pipe()
+        info_r, info_w = os.pipe()
+        fds += [block_r, block_w, info_r, info_w]
+        proc = await asyncio.create_subprocess_exec(
+            *sandbox.argv(command, startup_fd=startup, block_fd=block_r, info_fd=info_w),
+            env=sandbox.run_env(env), pass_fds=(startup, block_r, info_w), **options)  # type: ignore[arg-type]
+        for fd in (block_r, info_w):  # the child's ends: closing ours lets EOF reach us
+            fds.remove(fd)
+            os.close(fd)
+        info = await asyncio.to_thread(_read_to_end, info_r)  # bwrap writes its sandbox's pid, then waits
+        fds.remove(info_r)  # _read_to_end closed it
+        with contextlib.suppress(ValueError, KeyError, OSError):  # bwrap failed to start: nothing to move
+            child = int(json.loads(info)["child-pid"])
+            cgroup.add(proc.pid)
+            cgroup.add(child)
+        with contextlib.suppress(OSError):
+            os.write(block_w, b"1")  # go
+        return proc
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+async def _limit_reasons(sandbox: sbx.Sandbox, cgroup: CommandCgroup | None, exit_code: int) -> list[str]:
+    reasons = cgroup.breaches() if cgroup is not None else []
+    if note := sbx.describe_breach(exit_code, sandbox.limits):
+        reasons.append(note)
+    used_mb = await asyncio.to_thread(sbx.workdir_usage_mb, sandbox.workdir, sandbox.limits.workdir_mb)
+    if used_mb > sandbox.limits.workdir_mb:
+        reasons.append(f"the workdir holds over {sandbox.limits.workdir_mb} MiB, its limit: delete files "
+                       "before it is checkpointed or moved")
+    return reasons
+
+
 async def run_streaming(command: str, *, cwd: str, env: dict[str, str], timeout_s: float,
                         max_output_bytes: int, control: ProcessControl | None = None,
-                        ) -> AsyncIterator[ExecChunk]:
-    """Run ``command``; yield output chunks as they arrive, then one chunk with the ``result``."""
+                        sandbox: sbx.Sandbox | None = None) -> AsyncIterator[ExecChunk]:
+    """Run ``command`` (in ``sandbox`` when given); yield output chunks as they arrive, then one
+    chunk with the ``result``."""
     control = control or ProcessControl()
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        "bash", "-c", command, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    cgroup: CommandCgroup | None = None
+    if sandbox is not None:
+        await asyncio.to_thread(sbx.prepare_workdir, sandbox)
+        if sandbox.cgroups:
+            cgroup = await asyncio.to_thread(
+                CommandCgroup.create, f"{sandbox.name}-{os.getpid()}-{next(_COMMAND_SEQ)}",
+                sandbox.limits.memory_mb, sandbox.limits.processes)
+    try:
+        proc = await _spawn(command, cwd, env, sandbox, cgroup)
+    except BaseException:
+        if cgroup is not None:
+            await asyncio.to_thread(cgroup.remove)
+        raise
     pgid = proc.pid  # start_new_session: the child leads its own group
     control.pgid = pgid
     queue: asyncio.Queue[tuple[OutputStream, bytes] | None] = asyncio.Queue()
@@ -146,14 +223,22 @@ async def run_streaming(command: str, *, cwd: str, env: dict[str, str], timeout_
             if tail:
                 yield ExecChunk(stream=kind, data=tail)
         timed_out = await supervisor
+        if sandbox is not None:
+            assert control.exit_code is not None
+            reasons = await _limit_reasons(sandbox, cgroup, control.exit_code)
+            if reasons:
+                control.limit_reason = "; ".join(reasons)
+                yield ExecChunk(stream=OutputStream.STDERR, data=f"{LIMIT_NOTE_PREFIX}{control.limit_reason}\n")
     finally:
         if not supervisor.done():  # the consumer went away: stop the command
             control.kill("exec stream closed")
             with contextlib.suppress(BaseException):
                 await asyncio.shield(supervisor)
+        if cgroup is not None:
+            await asyncio.to_thread(cgroup.remove)
     assert control.exit_code is not None
     yield ExecChunk(result=ExecResult(exit_code=control.exit_code, duration_s=time.monotonic() - started,
                                       timed_out=timed_out, truncated=truncated[0]))
 
 
-__all__ = ["KILL_GRACE_S", "TIMEOUT_EXIT_CODE", "ProcessControl", "kill_process_group", "run_streaming"]
+__all__ = ["KILL_GRACE_S", "LIMIT_NOTE_PREFIX", "TIMEOUT_EXIT_CODE", "ProcessControl", "kill_process_group", "run_streaming"]
