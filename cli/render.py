@@ -36,6 +36,7 @@ from godel_ray.models import (
     ClusterStats,
     ClusterStatus,
     FederationEvent,
+    Isolation,
     JournalEntry,
     Migration,
     MigrationPhase,
@@ -236,6 +237,15 @@ def latency(rtt_ms: float | None) -> Text:
     return Text(f"{rtt_ms:.1f} ms", style=style)
 
 
+def isolation(value: Isolation | None) -> Text:
+    """A cluster's isolation; ``none`` is a warning: its agents run without a sandbox."""
+    if value is None:
+        return Text("-", style="dim")
+    if value == Isolation.NONE:
+        return Text("none (no sandbox!)", style="bold red")
+    return Text(value.value, style="green")
+
+
 def ago(ts: float | None) -> str:
     if not ts:
         return "-"
@@ -273,14 +283,15 @@ def new_table(title: str) -> Table:
 
 def clusters_table(infos: Iterable[ClusterInfo]) -> Table:
     table = new_table("clusters")
-    for column in ("ID", "ENDPOINT", "REGION", "STATUS", "GPUS", "AGENTS", "COST", "RTT", "LAST HEARTBEAT"):
+    for column in ("ID", "ENDPOINT", "REGION", "STATUS", "GPUS", "AGENTS", "COST", "RTT", "ISOLATION",
+                   "LAST HEARTBEAT"):
         table.add_column(column, no_wrap=column in ("ID", "STATUS"))
     for info in infos:
         c, h = info.cluster, info.health
         gpus = ",".join(c.capabilities.gpu_types or h.capacity.gpu_types) or ("yes" if c.capabilities.gpu else "-")
         table.add_row(c.id, c.endpoint or "(this ray cluster)", c.region, cluster_status(h.status), gpus,
                       f"{info.agents}/{c.max_agents}", cost(c.cost_per_hour), latency(h.rtt_ms),
-                      ago(h.last_success_at))
+                      isolation(h.capacity.isolation), ago(h.last_success_at))
     return table
 
 

@@ -463,7 +463,7 @@ class AgentRuntime:
                               + pool_gpus.get(t, 0.0) * GPU_TYPE_RESOURCE_UNITS) for t in types},
             total_gpus=total.get("GPU", 0.0), total_cpus=total.get("CPU", 0.0),
             free_cpus=min(total.get("CPU", 0.0), free.get("CPU", 0.0) + pool_cpus),
-            warm_pool=self.pool.idle_count, version=settings.VERSION)
+            warm_pool=self.pool.idle_count, version=settings.VERSION, isolation=self._limits.sandbox.isolation)
 
     async def events(self, since_seq: int = 0) -> AsyncIterator[FederationEvent]:
         # A cursor past our last event comes from an earlier life of this site (its log restarts at 1
