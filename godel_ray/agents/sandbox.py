@@ -133,6 +133,14 @@ class Sandbox:
             args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
         if not self.network:
             args.append("--unshare-net")
+        # Fresh filesystems first, so allow-listed paths inside them (say under /tmp) are bound on top.
+        tmp_bytes = str(self.limits.tmp_mb * MIB)
+        args += ["--proc", "/proc", "--dev", "/dev",
+                 "--perms", "1777", "--size", tmp_bytes, "--tmpfs", "/tmp",
+                 "--perms", "1777", "--size", tmp_bytes, "--tmpfs", "/dev/shm",
+                 "--perms", "0444", "--ro-bind-data", str(startup_fd), STARTUP_FILE]
+        for device in self.devices:
+            args += ["--dev-bind", device, device]
         made: list[str] = []
         for link, target in self.links:
             args += ["--symlink", target, link]
@@ -145,13 +153,6 @@ class Sandbox:
             args += ["--perms", "0755", "--tmpfs", path]
         for path in self.hidden_files:
             args += ["--ro-bind", "/dev/null", path]
-        args += ["--proc", "/proc", "--dev", "/dev"]
-        for device in self.devices:
-            args += ["--dev-bind", device, device]
-        tmp_bytes = str(self.limits.tmp_mb * MIB)
-        args += ["--perms", "1777", "--size", tmp_bytes, "--tmpfs", "/tmp",
-                 "--perms", "1777", "--size", tmp_bytes, "--tmpfs", "/dev/shm",
-                 "--perms", "0444", "--ro-bind-data", str(startup_fd), STARTUP_FILE]
         args += _ancestors(self.workdir, made)
         # No --chdir: as root, bwrap has no capabilities left when it would chdir, and the workdir is
         # the agent uid's (0700); the startup script changes directory once it runs as that uid.
@@ -178,19 +179,26 @@ class Sandbox:
         values = {  # ulimit flag -> (resource, value in ulimit's unit, value in bytes/count)
             "-d": (resource.RLIMIT_DATA, memory_mb * 1024, memory_mb * MIB),
             "-u": (resource.RLIMIT_NPROC, processes, processes),
-            "-t": (resource.RLIMIT_CPU, max(1, int(lim.cpu_time_s)), max(1, int(lim.cpu_time_s))),
             "-n": (resource.RLIMIT_NOFILE, lim.open_files, lim.open_files),
             "-f": (resource.RLIMIT_FSIZE, lim.workdir_mb * 1024, lim.workdir_mb * MIB),
         }
         parts = ["ulimit", "-c", "0"]
         for flag, (res, value, raw) in values.items():
-            hard = resource.getrlimit(res)[1]
-            if hard != resource.RLIM_INFINITY and raw > hard:  # we may lower a limit, never raise it
-                value = hard // 1024 if flag in ("-d", "-f") else hard
-            parts += [flag, str(value)]
+            parts += [flag, str(_within_hard(res, value, raw, 1024 if flag in ("-d", "-f") else 1))]
+        # CPU: SIGXCPU at the soft limit, SIGKILL only a second later (were they equal, SIGKILL would
+        # come first, with no trace of why). The command may raise its soft limit by that one second.
+        cpu = max(1, int(lim.cpu_time_s))
+        parts += ["&&", "ulimit", "-t", str(_within_hard(resource.RLIMIT_CPU, cpu + 1, cpu + 1, 1)),
+                  "&&", "ulimit", "-S", "-t", str(_within_hard(resource.RLIMIT_CPU, cpu, cpu, 1))]
         return (f"unset BASH_ENV\ncd -- {shlex.quote(self.workdir)} && " + " ".join(parts)
                 + " || { echo 'godel-sandbox: cannot enter the workdir or set the limits' >&2; "
                 f"exit {WRAPPER_FAILED_EXIT}; }}\n")
+
+
+def _within_hard(res: int, value: int, raw: int, unit: int) -> int:
+    """``value`` (in ulimit's unit), lowered to the current hard limit: a limit may be lowered, never raised."""
+    hard = resource.getrlimit(res)[1]
+    return value if hard == resource.RLIM_INFINITY or raw <= hard else hard // unit
 
 
 def _ancestors(path: str, made: list[str]) -> list[str]:

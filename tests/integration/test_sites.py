@@ -26,6 +26,7 @@ from godel_ray.core.cluster_client import collect
 from godel_ray.models import AgentStatus, SpawnConfig
 from godel_ray.raykit.heads import session_pids
 from godel_ray.rpc.client import GrpcClusterClient
+from tests.helpers import ECHO_CHILD, process_gone
 
 pytestmark = pytest.mark.ray
 T = TypeVar("T")
@@ -287,7 +288,7 @@ def test_a_command_over_its_timeout_is_killed_with_its_children(sites: Sites) ->
         try:
             agent, _ = await client.spawn(SpawnConfig(labels={"t": "timeout"}))
             result = collect([c async for c in client.exec_stream(
-                agent.id, "sleep 300 & echo $!; sleep 300; wait", timeout_s=1)])
+                agent.id, f"sleep 300 & {ECHO_CHILD}; sleep 300; wait", timeout_s=1)])
             await client.kill(agent.id)
             return result
         finally:
@@ -295,8 +296,8 @@ def test_a_command_over_its_timeout_is_killed_with_its_children(sites: Sites) ->
 
     result = run(scenario)
     assert result.timed_out
-    child = int(result.stdout.split()[0])
-    assert _poll(lambda: _pid_gone(child)), f"background child {child} survived the timeout"
+    child = result.stdout.strip()
+    assert _poll(lambda: process_gone(child)), f"background child {child} survived the timeout"
 
 
 # --- migration between sites ---------------------------------------------------------------------
@@ -378,12 +379,12 @@ def test_sigterm_stops_the_site_cleanly(sites: Sites) -> None:
     head_sid = site.head_sid
     assert head_sid and session_pids(head_sid), "the site should have reported its Ray head session"
 
-    async def scenario() -> tuple[int, int | None]:
+    async def scenario() -> tuple[str, int | None]:
         client = sites.cpu_client()
         agent, _ = await client.spawn(SpawnConfig(labels={"t": "sigterm"}))
-        stream = client.exec_stream(agent.id, "sleep 300 & echo $!; wait", timeout_s=600)
-        child = int((await stream.__anext__()).data.split()[0])
-        assert not _pid_gone(child)
+        stream = client.exec_stream(agent.id, f"sleep 300 & {ECHO_CHILD}; wait", timeout_s=600)
+        child = (await stream.__anext__()).data.strip()
+        assert not process_gone(child)
         # SIGTERM while the command runs and the stream is open
         site.proc.send_signal(signal.SIGTERM)
         try:
@@ -405,4 +406,4 @@ def test_sigterm_stops_the_site_cleanly(sites: Sites) -> None:
     assert code == 0, "".join(site.output)[-2000:]
     assert _poll(lambda: not session_pids(site.proc.pid)), session_pids(site.proc.pid)
     assert _poll(lambda: not session_pids(head_sid)), session_pids(head_sid)
-    assert _poll(lambda: _pid_gone(child)), f"the agent's command {child} outlived the site"
+    assert _poll(lambda: process_gone(child)), f"the agent's command {child} outlived the site"
