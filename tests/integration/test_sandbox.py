@@ -326,3 +326,43 @@ def test_without_root_a_user_namespace_holds_the_command_and_its_limits(unprivil
                              "ls /proc | grep -c '^[0-9]'", AgentLimits(processes=32))
     assert int(bomb.stdout.split()[0]) <= 32 + 2, bomb.stdout  # + bwrap's init and this shell
     assert "Resource temporarily unavailable" in bomb.stderr
+
+
+# --- a site chooses its isolation ----------------------------------------------------------------
+
+def test_a_site_without_a_working_sandbox_refuses_to_start(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from godel_ray.site.launcher import write_token
+
+    token = tmp_path / "site.token"
+    write_token(token)
+    env = dict(os.environ, GODEL_BWRAP=str(tmp_path / "no-such-bwrap"))
+    done = subprocess.run([sys.executable, "-m", "godel_cli.main", "site", "serve", "--port", "0",
+                           "--auth-token-file", str(token)], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode != 0 and "listening on" not in done.stdout
+    assert "the agent sandbox cannot start on this machine" in done.stderr
+    assert "GODEL_BWRAP" in done.stderr and "--isolation none" in done.stderr
+
+
+def test_a_site_with_isolation_none_says_so_in_its_heartbeat(site_factory: Any) -> None:
+    from godel_ray.rpc.client import GrpcClusterClient
+
+    site = site_factory("open-site", num_cpus=1, extra=["--isolation", "none"])
+
+    async def heartbeat() -> Any:
+        client = GrpcClusterClient(site.endpoint, token=site.token, cluster_id="open-site")
+        try:
+            return await client.heartbeat()
+        finally:
+            await client.close()
+
+    loop = asyncio.new_event_loop()
+    try:
+        capacity = loop.run_until_complete(heartbeat())
+    finally:
+        loop.close()
+    assert capacity.isolation == Isolation.NONE
+    assert any("warning: isolation none" in line for line in site.output), site.output
