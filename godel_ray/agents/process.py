@@ -91,18 +91,18 @@ async def _spawn(command: str, cwd: str, env: dict[str, str], sandbox: sbx.Sandb
         return await asyncio.create_subprocess_exec("bash", "-c", command, env=env, **options)  # type: ignore[arg-type]
     fds: list[int] = []  # ours to close, whatever happens
     try:
-        startup = sbx.startup_pipe(sandbox.startup_script(cgroup=cgroup is not None))
+        startup = sbx.startup_pipe(sandbox.startup_script(env, cgroup=cgroup is not None))
         fds.append(startup)
         if cgroup is None:
             return await asyncio.create_subprocess_exec(
-                *sandbox.argv(command, startup_fd=startup), env=sandbox.run_env(env), pass_fds=(startup,),
+                *sandbox.argv(command, startup_fd=startup), env=sandbox.run_env(), pass_fds=(startup,),
                 **options)  # type: ignore[arg-type]
         block_r, block_w = os.pipe()
         info_r, info_w = os.pipe()
         fds += [block_r, block_w, info_r, info_w]
         proc = await asyncio.create_subprocess_exec(
             *sandbox.argv(command, startup_fd=startup, block_fd=block_r, info_fd=info_w),
-            env=sandbox.run_env(env), pass_fds=(startup, block_r, info_w), **options)  # type: ignore[arg-type]
+            env=sandbox.run_env(), pass_fds=(startup, block_r, info_w), **options)  # type: ignore[arg-type]
         for fd in (block_r, info_w):  # the child's ends: closing ours lets EOF reach us
             fds.remove(fd)
             os.close(fd)

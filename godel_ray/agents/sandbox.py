@@ -18,8 +18,11 @@ Who the command runs as, and why:
   ``--disable-userns`` stops the command from making more. ``RLIMIT_NPROC`` is counted per user
   namespace and uid, so setting it inside the sandbox bounds only the sandbox's processes.
 
-Limits (``ResolvedLimits``) are set with ``ulimit`` by a small bash wrapper inside the sandbox (after
-the user namespace exists, which the process limit needs), which then ``exec``s ``bash -c COMMAND``.
+The command is ``bash -c COMMAND``; bash first runs a startup file (``BASH_ENV``, delivered by bwrap
+from a pipe) that exports the command's environment, enters the workdir and sets the limits
+(``ResolvedLimits``) with ``ulimit``: inside the sandbox, after the user namespace exists (which
+the process limit needs), and only once bash runs as the agent, so nothing of the agent's
+environment reaches a privileged process. bwrap and ``setpriv`` see only ``run_env()``.
 ``describe_breach`` turns an exit status into a sentence ("CPU time limit of 60 s reached").
 
 Every command's sandbox ends with the command: the PID namespace dies with its first process, so a
@@ -29,8 +32,10 @@ background child does not outlive its command (state that must persist belongs i
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import os
+import re
 import resource
 import shlex
 import shutil
@@ -58,7 +63,8 @@ FRESH_MOUNTS = ("/proc", "/dev", "/dev/shm", "/tmp")  # made new in every sandbo
 STARTUP_FILE = "/.godel-startup"  # in the sandbox's own (read-only) root: the limits, run by bash first
 WRAPPER_FAILED_EXIT = 125
 PROBE_TIMEOUT_S = 20.0
-PIPE_SAFE_BYTES = 4096  # a pipe takes this much without a reader (POSIX PIPE_BUF)
+PIPE_DEFAULT_BYTES = 65536  # what a Linux pipe holds without a reader, unless grown
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SIGXCPU, SIGXFSZ, SIGKILL = 24, 25, 9
 MIB = 1024 * 1024
 CGROUP_BACKSTOP_FACTOR = 2  # with a cgroup, the per-process data rlimit is this times the memory limit
@@ -163,13 +169,19 @@ class Sandbox:
                      "--inh-caps=-all", "--"]
         return [*args, self.bash, "-c", command]
 
-    def run_env(self, env: Mapping[str, str]) -> dict[str, str]:
-        """``env`` for bwrap: the command's environment plus ``BASH_ENV`` (last: the agent cannot override it)."""
-        return {**env, "BASH_ENV": STARTUP_FILE}
+    def run_env(self) -> dict[str, str]:
+        """The environment bwrap (and, as root, ``setpriv``) runs with: nothing of the agent's.
 
-    def startup_script(self, cgroup: bool = False) -> str:
-        """What bash runs before the command: enter the workdir, set the limits (soft = hard, so the
-        command cannot raise them), forget ``BASH_ENV``; on failure exit ``WRAPPER_FAILED_EXIT``.
+        The agent's environment reaches the command through the startup file, exported by bash once
+        it runs as the agent: no variable of the agent's (``LD_PRELOAD``, ``LD_LIBRARY_PATH``, ...) ever
+        reaches a process that still holds privileges.
+        """
+        return {"PATH": DEFAULT_PATH, "BASH_ENV": STARTUP_FILE}
+
+    def startup_script(self, env: Mapping[str, str], cgroup: bool = False) -> str:
+        """What bash runs before the command: export the command's ``env``, forget ``BASH_ENV``,
+        enter the workdir, set the limits (soft = hard, so the command cannot raise them); on failure
+        exit ``WRAPPER_FAILED_EXIT``.
 
         With a ``cgroup`` the memory and process rlimits are backstops above the cgroup's limits:
         the cgroup, which records what it refused, is the one that trips.
@@ -191,7 +203,9 @@ class Sandbox:
         cpu = max(1, int(lim.cpu_time_s))
         parts += ["&&", "ulimit", "-t", str(_within_hard(resource.RLIMIT_CPU, cpu + 1, cpu + 1, 1)),
                   "&&", "ulimit", "-S", "-t", str(_within_hard(resource.RLIMIT_CPU, cpu, cpu, 1))]
-        return (f"unset BASH_ENV\ncd -- {shlex.quote(self.workdir)} && " + " ".join(parts)
+        exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items()
+                          if ENV_NAME.fullmatch(name) and name != "BASH_ENV")
+        return (f"{exports}unset BASH_ENV\ncd -- {shlex.quote(self.workdir)} && " + " ".join(parts)
                 + " || { echo 'godel-sandbox: cannot enter the workdir or set the limits' >&2; "
                 f"exit {WRAPPER_FAILED_EXIT}; }}\n")
 
@@ -224,13 +238,19 @@ def _covered(path: str, made: list[str]) -> bool:
 
 
 def startup_pipe(script: str) -> int:
-    """A pipe's read end holding ``script`` (for ``argv(startup_fd=...)``); the caller closes it."""
+    """A pipe's read end holding ``script`` (for ``argv(startup_fd=...)``); the caller closes it.
+
+    The whole script is written before bwrap starts, so the pipe is grown to hold it when needed.
+    """
     data = script.encode()
-    if len(data) > PIPE_SAFE_BYTES:
-        raise ValueError("startup script too long for one pipe write")
     read_fd, write_fd = os.pipe()
     try:
+        if len(data) > PIPE_DEFAULT_BYTES:
+            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, len(data))  # OSError past fs.pipe-max-size
         os.write(write_fd, data)
+    except BaseException:
+        os.close(read_fd)
+        raise
     finally:
         os.close(write_fd)
     return read_fd
@@ -410,11 +430,11 @@ def probe(policy: SandboxPolicy, workdir_root: str) -> None:
     try:
         sandbox = build_sandbox("sandbox-probe", probe_dir, AgentLimits(), policy)
         prepare_workdir(sandbox)
-        startup = startup_pipe(sandbox.startup_script())
         env = command_env(os.environ, {}, {}, Isolation.SANDBOX, home=probe_dir)
+        startup = startup_pipe(sandbox.startup_script(env))
         try:
             done = subprocess.run(sandbox.argv("touch .probe && test -w /tmp", startup_fd=startup),
-                                  env=sandbox.run_env(env), pass_fds=(startup,), stdin=subprocess.DEVNULL,
+                                  env=sandbox.run_env(), pass_fds=(startup,), stdin=subprocess.DEVNULL,
                                   capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise SandboxUnavailable(unavailable_message(f"bwrap did not run: {exc}")) from exc

@@ -298,10 +298,10 @@ def _run_unprivileged(workdir: Path, command: str, limits: AgentLimits, timeout_
     sandbox = sbx.Sandbox(bwrap=sandbox.bwrap, workdir=sandbox.workdir, limits=sandbox.limits, uid=None,
                           ro_paths=tuple(p for p in sandbox.ro_paths if not p.startswith("/root")),
                           links=sandbox.links)
-    startup = sbx.startup_pipe(sandbox.startup_script())
     env = sbx.command_env({"PATH": "/usr/bin:/bin"}, {}, {}, Isolation.SANDBOX, home=str(workdir))
+    startup = sbx.startup_pipe(sandbox.startup_script(env))
     try:
-        return subprocess.run(sandbox.argv(command, startup_fd=startup), env=sandbox.run_env(env),
+        return subprocess.run(sandbox.argv(command, startup_fd=startup), env=sandbox.run_env(),
                               pass_fds=(startup,), user=NOBODY, group=NOBODY, extra_groups=[],
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s,
                               check=False)

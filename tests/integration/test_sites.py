@@ -11,6 +11,7 @@ import asyncio
 import datetime
 import ipaddress
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -257,10 +258,13 @@ def test_heartbeat_capacity_reflects_gpus(sites: Sites) -> None:
 # --- exec ----------------------------------------------------------------------------------------
 
 def test_exec_streams_output_before_the_command_ends(sites: Sites, tmp_path: Path) -> None:
-    gate = tmp_path / "go"
     # The command cannot finish until the test opens the gate, which it does only after the first
-    # chunk arrived: the chunk must have been streamed while the command was still running.
-    command = f"echo first; while [ ! -e {gate} ]; do sleep 0.05; done; echo second"
+    # chunk arrived: the chunk must have been streamed while the command was still running. The gate
+    # is a port on loopback that starts listening: the agent's sandbox shows it none of the test's files.
+    gate = socket.socket()
+    gate.bind(("127.0.0.1", 0))
+    port = gate.getsockname()[1]
+    command = f"echo first; until (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; do sleep 0.05; done; echo second"
 
     async def scenario() -> list[Any]:
         client = sites.cpu_client()
@@ -269,14 +273,17 @@ def test_exec_streams_output_before_the_command_ends(sites: Sites, tmp_path: Pat
             agent, _ = await client.spawn(SpawnConfig(labels={"t": "stream"}))
             async for chunk in client.exec_stream(agent.id, command, timeout_s=60):
                 if not chunks:
-                    gate.touch()
+                    gate.listen()
                 chunks.append(chunk)
             await client.kill(agent.id)
         finally:
             await client.close()
         return chunks
 
-    chunks = run(scenario)
+    try:
+        chunks = run(scenario)
+    finally:
+        gate.close()
     assert chunks[0].data == "first\n" and chunks[0].result is None
     result = collect(chunks)
     assert (result.exit_code, result.timed_out, result.stdout) == (0, False, "first\nsecond\n")

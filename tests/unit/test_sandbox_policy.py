@@ -69,13 +69,33 @@ def test_ancestors_outside_the_allow_list_are_made_traversable() -> None:
     assert all(argv[i - 2:i] == ["--perms", "0755"] for i in dirs)  # bwrap would make them 0700
 
 
-def test_the_startup_script_enters_the_workdir_and_sets_every_limit() -> None:
-    script = _sandbox(workdir="/srv/work/it's").startup_script()
-    assert script.startswith("unset BASH_ENV\ncd -- '/srv/work/it'\"'\"'s' && ulimit -c 0 -d 524288 -u 64 -n 256 -f 102400")
+def test_the_startup_script_exports_the_env_enters_the_workdir_and_sets_every_limit() -> None:
+    env = {"TASK": "it's $x", "LD_PRELOAD": "/w/evil.so", "BASH_ENV": "/w/evil", "bad name": "x"}
+    script = _sandbox(workdir="/srv/work/it's").startup_script(env)
+    lines = script.splitlines()
+    assert lines[:3] == ["export TASK='it'\"'\"'s $x'", "export LD_PRELOAD=/w/evil.so", "unset BASH_ENV"]
+    assert lines[3].startswith("cd -- '/srv/work/it'\"'\"'s' && ulimit -c 0 -d 524288 -u 64 -n 256 -f 102400")
     assert "ulimit -t 31 && ulimit -S -t 30" in script and f"exit {sbx.WRAPPER_FAILED_EXIT}" in script
-    with_cgroup = _sandbox().startup_script(cgroup=True)
-    assert "-d 1048576 -u 80" in with_cgroup  # backstops above the cgroup's limits
-    assert _sandbox().run_env({"BASH_ENV": "/workdir/evil", "A": "1"}) == {"BASH_ENV": sbx.STARTUP_FILE, "A": "1"}
+    assert "-d 1048576 -u 80" in _sandbox().startup_script({}, cgroup=True)  # backstops above the cgroup's
+
+
+def test_privileged_steps_see_none_of_the_agents_environment() -> None:
+    # bwrap and setpriv (uid 0 until it drops) run with this only; LD_PRELOAD & co. come later, as the agent
+    assert _sandbox(uid=2_000_000_001).run_env() == {"PATH": sbx.DEFAULT_PATH, "BASH_ENV": sbx.STARTUP_FILE}
+
+
+def test_a_large_environment_fits_the_startup_pipe() -> None:
+    import os
+
+    script = _sandbox().startup_script({"BIG": "x" * 200_000})
+    fd = sbx.startup_pipe(script)
+    try:
+        got = b""
+        while chunk := os.read(fd, 1 << 16):
+            got += chunk
+    finally:
+        os.close(fd)
+    assert got.decode() == script
 
 
 def test_the_environment_is_an_allow_list() -> None:
