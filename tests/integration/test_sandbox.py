@@ -209,7 +209,7 @@ def _still_serving(world: World) -> None:
 
 def test_a_fork_bomb_is_contained(world: World) -> None:
     agent = world.spawn(limits=AgentLimits(processes=64))
-    result = world.exec(agent.id, "bomb() { bomb | bomb; }; bomb", timeout_s=8.0)
+    result = world.exec(agent.id, "bomb() { bomb | bomb; }; bomb", timeout_s=4.0)
     assert result.exit_code != 0
     if cgroups_available():
         assert "godel: process limit of 64 reached" in result.stderr, result.stderr[-500:]
@@ -322,7 +322,7 @@ def test_without_root_a_user_namespace_holds_the_command_and_its_limits(unprivil
     assert lines[0] == "hi" and lines[1] == str(NOBODY) and int(lines[2]) <= 5 and lines[3] == "32"
     # RLIMIT_NPROC counts per user namespace: set inside, it bounds this sandbox's processes only
     # the shell exits after counting; its PID namespace, and the bomb with it, goes
-    bomb = _run_unprivileged(unprivileged_workdir, "bomb() { bomb | bomb; }; bomb & sleep 3; "
+    bomb = _run_unprivileged(unprivileged_workdir, "bomb() { bomb | bomb; }; bomb & sleep 2; "
                              "ls /proc | grep -c '^[0-9]'", AgentLimits(processes=32))
     assert int(bomb.stdout.split()[0]) <= 32 + 2, bomb.stdout  # + bwrap's init and this shell
     assert "Resource temporarily unavailable" in bomb.stderr
