@@ -26,6 +26,7 @@ DEFAULT_SITE_PORT = 50051
 
 ISOLATION_ENV = "GODEL_ISOLATION"  # sandbox | none, for the ``local`` cluster (sites take --isolation)
 SANDBOX_RO_PATHS_ENV = "GODEL_SANDBOX_RO_PATHS"  # extra read-only paths in every sandbox, ':'-separated
+SANDBOX_CGROUPS_ENV = "GODEL_SANDBOX_CGROUPS"  # 0: no cgroup per command (rlimits only)
 
 
 def isolation_from_env() -> Isolation:
@@ -38,6 +39,11 @@ def isolation_from_env() -> Isolation:
     except ValueError:
         log.warning("ignoring %s=%r: use sandbox or none; running agents in the sandbox", ISOLATION_ENV, raw)
         return Isolation.SANDBOX
+
+
+def _cgroups_from_env() -> bool:
+    """``$GODEL_SANDBOX_CGROUPS=0`` turns the per-command cgroup off (rlimits only; saves a few ms per exec)."""
+    return os.environ.get(SANDBOX_CGROUPS_ENV, "1").strip() != "0"
 
 
 def _ro_paths_from_env() -> tuple[str, ...]:
@@ -67,7 +73,7 @@ class SandboxPolicy(BaseModel):
     uid_span: int = Field(default=100_000_000, gt=0)
     ro_paths: tuple[str, ...] = Field(default_factory=_ro_paths_from_env)
     hidden_paths: tuple[str, ...] = ()
-    cgroups: bool = True  # also bound memory and processes with a cgroup where one is writable
+    cgroups: bool = Field(default_factory=_cgroups_from_env)  # a cgroup per command where one can be made
 
 
 class Limits(BaseModel):

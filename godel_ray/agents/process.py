@@ -125,9 +125,9 @@ async def _spawn(command: str, cwd: str, env: dict[str, str], sandbox: sbx.Sandb
             os.close(fd)
         try:  # bwrap writes its sandbox's pid, then waits on block_fd
             info = await asyncio.wait_for(info_reading, SANDBOX_SETUP_TIMEOUT_S)
-            child = int(json.loads(info)["child-pid"])
-            cgroup.add(proc.pid)
-            cgroup.add(child)
+            # Only the sandbox's first process: it forks the command. Each move into a cgroup costs
+            # the kernel a grace period (ms), so bwrap's monitor, which only waits, stays out.
+            cgroup.add(int(json.loads(info)["child-pid"]))
         except (ValueError, KeyError, OSError, TimeoutError) as exc:  # bwrap failed early: it says why
             log.debug("command not moved into its cgroup: %r", exc)
         except BaseException:  # cancelled: the command must not run unattended
