@@ -1,18 +1,21 @@
-"""A cgroup per sandboxed command, where this process may make one: memory and processes bounded for
-the command as a whole, and a record of which limit it hit. Optional; no ray here.
+"""A cgroup per agent, where this process may make one: memory and processes bounded for each of
+its commands as a whole, and a record of which limit a command hit. Optional; no ray here.
 
 rlimits (``godel_ray.agents.sandbox``) bound each process; a cgroup bounds the sum (a hundred
 processes of 1 GiB each) and, unlike an rlimit, leaves a trace: ``oom_kill`` in the memory
-controller, ``max`` in ``pids.events``. That trace is how a command's result can say "memory limit
-of 256 MiB reached" rather than only "killed".
+controller, ``max`` in ``pids.events``. That trace (its change over one command: an agent runs one command at
+a time) is how a command's result can say "memory limit of 256 MiB reached" rather than "killed".
+The cgroup is made once per agent process and reused by every command: making and removing a
+memory cgroup per command costs the kernel more than the move of one process into it.
 
 Both hierarchies are handled: cgroup v1 (``memory`` and ``pids`` controllers mounted separately)
 and v2 (one tree; the cgroup this process is in must be able to delegate ``memory`` and ``pids``
-to a child). ``CommandCgroup.create`` returns ``None`` where neither works (no write access, a
-read-only cgroupfs, v2 without delegation): the command then runs with rlimits only.
+to a child). ``AgentCgroup.create`` returns ``None`` where neither works (no write access, a
+read-only cgroupfs, v2 without delegation): the commands then run with rlimits only.
 
-Invariants: a cgroup is created under this process's own cgroup, in ``godel-sandbox/``; it is
-removed when its command ends (``remove`` retries while the last processes exit).
+Invariants: a cgroup is created under this process's own cgroup, in ``godel-sandbox/``, named
+``<agent id>-<pid of the agent's process>``; ``sweep`` removes those whose process is gone (an
+agent's process is killed when the agent ends), so none outlives its agent for long.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PARENT = "godel-sandbox"
+SANDBOX_INIT = 1  # bwrap's init in the sandbox is in the cgroup too: it does not count against the agent
 REMOVE_ATTEMPTS = 50
 REMOVE_PAUSE_S = 0.02  # between rmdir attempts while the command's last processes exit
 _UNAVAILABLE: list[str] = []  # set once creation failed in this process: don't try every command
@@ -89,8 +93,8 @@ def _read_counter(path: Path, key: str) -> int:
 
 
 @dataclass
-class CommandCgroup:
-    """One command's cgroup(s): ``dirs`` are the v1 memory and pids directories, or the one v2 directory."""
+class AgentCgroup:
+    """One agent's cgroup(s): ``dirs`` are the v1 memory and pids directories, or the one v2 directory."""
 
     dirs: tuple[Path, ...]
     version: int
@@ -98,7 +102,7 @@ class CommandCgroup:
     processes: int
 
     @classmethod
-    def create(cls, name: str, memory_mb: int, processes: int) -> CommandCgroup | None:
+    def create(cls, name: str, memory_mb: int, processes: int) -> AgentCgroup | None:
         """Make and configure the cgroup; ``None`` (and a debug log) where this process cannot."""
         if _UNAVAILABLE:
             return None
@@ -117,7 +121,7 @@ class CommandCgroup:
 
     @classmethod
     def _create_v1(cls, name: str, memory_mb: int, processes: int,
-                   mounts: dict[str, tuple[str, str]], own: dict[str, str]) -> CommandCgroup:
+                   mounts: dict[str, tuple[str, str]], own: dict[str, str]) -> AgentCgroup:
         made: list[Path] = []
         try:
             for controller in ("memory", "pids"):
@@ -131,7 +135,7 @@ class CommandCgroup:
             if (memory / "memory.memsw.limit_in_bytes").exists():  # swap must not be a way round
                 with contextlib.suppress(OSError):
                     _write(memory / "memory.memsw.limit_in_bytes", limit)
-            _write(pids / "pids.max", str(processes))
+            _write(pids / "pids.max", str(processes + SANDBOX_INIT))
         except OSError:
             for directory in made:
                 with contextlib.suppress(OSError):
@@ -141,7 +145,7 @@ class CommandCgroup:
 
     @classmethod
     def _create_v2(cls, name: str, memory_mb: int, processes: int, mount: tuple[str, str],
-                   own: str) -> CommandCgroup:
+                   own: str) -> AgentCgroup:
         parent = _join(mount[0], mount[1], own) / PARENT
         parent.mkdir(exist_ok=True)
         # Our own cgroup holds processes (us), so it cannot delegate; ``godel-sandbox`` holds none.
@@ -153,7 +157,7 @@ class CommandCgroup:
             _write(directory / "memory.max", str(memory_mb * 1024 * 1024))
             with contextlib.suppress(OSError):
                 _write(directory / "memory.swap.max", "0")
-            _write(directory / "pids.max", str(processes))
+            _write(directory / "pids.max", str(processes + SANDBOX_INIT))
         except OSError:
             with contextlib.suppress(OSError):
                 directory.rmdir()
@@ -165,24 +169,30 @@ class CommandCgroup:
         for directory in self.dirs:
             _write(directory / "cgroup.procs", str(pid))
 
-    def breaches(self) -> list[str]:
-        """The limits the command hit, as sentences (empty when none)."""
-        out: list[str] = []
+    def counters(self) -> tuple[int, int]:
+        """(processes the kernel killed for memory, forks it refused), since the cgroup was made."""
         if self.version == 1:
             memory, pids = self.dirs
-            oom_kills = _read_counter(memory / "memory.oom_control", "oom_kill")
-            refused = _read_counter(pids / "pids.events", "max")
-        else:
-            (directory,) = self.dirs
-            oom_kills = _read_counter(directory / "memory.events", "oom_kill")
-            refused = _read_counter(directory / "pids.events", "max")
-        if oom_kills:
+            return (_read_counter(memory / "memory.oom_control", "oom_kill"),
+                    _read_counter(pids / "pids.events", "max"))
+        (directory,) = self.dirs
+        return _read_counter(directory / "memory.events", "oom_kill"), _read_counter(directory / "pids.events", "max")
+
+    def breaches(self, since: tuple[int, int] = (0, 0)) -> list[str]:
+        """The limits hit after ``since`` (``counters()`` before the command), as sentences."""
+        now = self.counters()
+        oom_kills, refused = now[0] - since[0], now[1] - since[1]
+        out: list[str] = []
+        if oom_kills > 0:
             out.append(f"memory limit of {self.memory_mb} MiB reached: the kernel killed "
                        f"{oom_kills} process{'es' if oom_kills > 1 else ''} (out of memory)")
-        if refused:
+        if refused > 0:
             out.append(f"process limit of {self.processes} reached: {refused} new "
                        f"process{'es were' if refused > 1 else ' was'} refused")
         return out
+
+    def exists(self) -> bool:
+        return all(directory.is_dir() for directory in self.dirs)
 
     def try_remove(self) -> bool:
         """One attempt: True when every directory is gone."""
@@ -212,13 +222,27 @@ class CommandCgroup:
                 log.warning("cgroup %s still busy; left in place", directory)
 
 
+def sweep(parent_dirs: tuple[Path, ...]) -> int:
+    """Remove the cgroups in ``parent_dirs`` (``godel-sandbox/`` directories) whose agent process is gone."""
+    removed = 0
+    for parent in parent_dirs:
+        with contextlib.suppress(OSError):
+            for child in parent.iterdir():
+                _, _, pid = child.name.rpartition("-")
+                if child.is_dir() and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                    with contextlib.suppress(OSError):  # busy or gone: a later sweep
+                        child.rmdir()
+                        removed += 1
+    return removed
+
+
 def available() -> bool:
     """Whether this process can give commands a cgroup (tries once, by making and removing one)."""
-    probe = CommandCgroup.create(f"probe-{os.getpid()}", 64, 64)
+    probe = AgentCgroup.create(f"probe-{os.getpid()}", 64, 64)
     if probe is None:
         return False
     probe.remove()
     return True
 
 
-__all__ = ["CommandCgroup", "available"]
+__all__ = ["AgentCgroup", "available", "sweep"]

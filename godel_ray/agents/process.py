@@ -7,8 +7,8 @@ short grace, then SIGKILL, so children die with the command. Output past ``max_o
 dropped (and the result says ``truncated``). No ray here.
 
 With a ``Sandbox`` (``godel_ray.agents.sandbox``) the command runs inside bubblewrap instead, with
-the agent's limits, in a cgroup of its own where one can be made (bwrap waits on ``--block-fd``
-until its processes are in it). A limit the command hit is said on stderr as a last
+the agent's limits, in the agent's cgroup where one can be made (bwrap waits on ``--block-fd``
+until the sandbox's first process is in it). A limit the command hit is said on stderr as a last
 ``godel: ...`` line and kept in ``ProcessControl.limit_reason``; the exit code is the command's.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from godel_ray.agents import sandbox as sbx
-from godel_ray.agents.cgroups import CommandCgroup
+from godel_ray.agents.cgroups import AgentCgroup, sweep
 from godel_ray.models import ExecChunk, ExecResult, OutputStream
 
 KILL_GRACE_S = 1.0  # between SIGTERM and SIGKILL of the process group
@@ -37,8 +36,8 @@ READ_BYTES = 64 * 1024
 TIMEOUT_EXIT_CODE = 124  # what coreutils `timeout` uses
 SANDBOX_SETUP_TIMEOUT_S = 30.0  # bwrap reports its sandbox's pid well within this
 LIMIT_NOTE_PREFIX = "godel: "  # the stderr line that says which limit a sandboxed command hit
-_COMMAND_SEQ = itertools.count(1)
-log = logging.getLogger(__name__)  # names each command's cgroup uniquely within this process
+_AGENT_CGROUPS: dict[str, AgentCgroup] = {}  # this process's agents' cgroups, by agent id
+log = logging.getLogger(__name__)
 
 
 def kill_process_group(pgid: int, sig: int) -> bool:
@@ -94,7 +93,7 @@ async def _read_to_eof(fd: int) -> bytes:
 
 
 async def _spawn(command: str, cwd: str, env: dict[str, str], sandbox: sbx.Sandbox | None,
-                 cgroup: CommandCgroup | None) -> asyncio.subprocess.Process:
+                 cgroup: AgentCgroup | None) -> asyncio.subprocess.Process:
     """Start the command (plain, or in ``sandbox``; inside ``cgroup`` before it runs, when given)."""
     options = {"cwd": cwd, "stdin": asyncio.subprocess.DEVNULL, "stdout": asyncio.subprocess.PIPE,
                "stderr": asyncio.subprocess.PIPE, "start_new_session": True}
@@ -141,14 +140,32 @@ async def _spawn(command: str, cwd: str, env: dict[str, str], sandbox: sbx.Sandb
             os.close(fd)
 
 
-def _remove_cgroup(cgroup: CommandCgroup) -> None:
-    """Remove at once when it is empty (the usual case); else let a thread wait for its last processes."""
-    if not cgroup.try_remove():
+def _agent_cgroup(sandbox: sbx.Sandbox) -> AgentCgroup | None:
+    """The agent's cgroup, made on its first command and reused (None where none can be made)."""
+    lim = sandbox.limits
+    cgroup = _AGENT_CGROUPS.get(sandbox.name)
+    if cgroup is not None and cgroup.exists() and (cgroup.memory_mb, cgroup.processes) == (lim.memory_mb,
+                                                                                             lim.processes):
+        return cgroup
+    if cgroup is not None:
+        cgroup.try_remove()
+    cgroup = AgentCgroup.create(f"{sandbox.name}-{os.getpid()}", lim.memory_mb, lim.processes)
+    if cgroup is not None:
+        _AGENT_CGROUPS[sandbox.name] = cgroup
+        sweep(tuple(d.parent for d in cgroup.dirs))  # those of agents whose process has gone
+    return cgroup
+
+
+def release_agent_cgroup(agent_id: str) -> None:
+    """Remove ``agent_id``'s cgroup (when the agent ends; else a later ``sweep`` does, once its process is gone)."""
+    cgroup = _AGENT_CGROUPS.pop(agent_id, None)
+    if cgroup is not None and not cgroup.try_remove():
         threading.Thread(target=cgroup.remove, name="godel-cgroup-remove", daemon=True).start()
 
 
-async def _limit_reasons(sandbox: sbx.Sandbox, cgroup: CommandCgroup | None, exit_code: int) -> list[str]:
-    reasons = cgroup.breaches() if cgroup is not None else []
+async def _limit_reasons(sandbox: sbx.Sandbox, cgroup: AgentCgroup | None, before: tuple[int, int],
+                         exit_code: int) -> list[str]:
+    reasons = cgroup.breaches(before) if cgroup is not None else []
     if note := sbx.describe_breach(exit_code, sandbox.limits):
         reasons.append(note)
     used_mb = await asyncio.to_thread(sbx.workdir_usage_mb, sandbox.workdir, sandbox.limits.workdir_mb)
@@ -165,19 +182,15 @@ async def run_streaming(command: str, *, cwd: str, env: dict[str, str], timeout_
     chunk with the ``result``."""
     control = control or ProcessControl()
     started = time.monotonic()
-    cgroup: CommandCgroup | None = None
+    cgroup: AgentCgroup | None = None
+    before = (0, 0)
     if sandbox is not None:
         if not sbx.workdir_prepared(sandbox):
             await asyncio.to_thread(sbx.prepare_workdir, sandbox)
-        if sandbox.cgroups:  # a few small writes to cgroupfs: cheaper inline than through a thread
-            cgroup = CommandCgroup.create(f"{sandbox.name}-{os.getpid()}-{next(_COMMAND_SEQ)}",
-                                          sandbox.limits.memory_mb, sandbox.limits.processes)
-    try:
-        proc = await _spawn(command, cwd, env, sandbox, cgroup)
-    except BaseException:
-        if cgroup is not None:
-            _remove_cgroup(cgroup)
-        raise
+        if sandbox.cgroups:  # a few stats (and, once, a few writes): cheaper inline than through a thread
+            cgroup = _agent_cgroup(sandbox)
+            before = cgroup.counters() if cgroup is not None else before
+    proc = await _spawn(command, cwd, env, sandbox, cgroup)
     pgid = proc.pid  # start_new_session: the child leads its own group
     control.pgid = pgid
     queue: asyncio.Queue[tuple[OutputStream, bytes] | None] = asyncio.Queue()
@@ -252,7 +265,7 @@ async def run_streaming(command: str, *, cwd: str, env: dict[str, str], timeout_
         timed_out = await supervisor
         if sandbox is not None:
             assert control.exit_code is not None
-            reasons = await _limit_reasons(sandbox, cgroup, control.exit_code)
+            reasons = await _limit_reasons(sandbox, cgroup, before, control.exit_code)
             if reasons:
                 control.limit_reason = "; ".join(reasons)
                 yield ExecChunk(stream=OutputStream.STDERR, data=f"{LIMIT_NOTE_PREFIX}{control.limit_reason}\n")
@@ -261,11 +274,10 @@ async def run_streaming(command: str, *, cwd: str, env: dict[str, str], timeout_
             control.kill("exec stream closed")
             with contextlib.suppress(BaseException):
                 await asyncio.shield(supervisor)
-        if cgroup is not None:
-            _remove_cgroup(cgroup)
     assert control.exit_code is not None
     yield ExecChunk(result=ExecResult(exit_code=control.exit_code, duration_s=time.monotonic() - started,
                                       timed_out=timed_out, truncated=truncated[0]))
 
 
-__all__ = ["KILL_GRACE_S", "LIMIT_NOTE_PREFIX", "TIMEOUT_EXIT_CODE", "ProcessControl", "kill_process_group", "run_streaming"]
+__all__ = ["KILL_GRACE_S", "LIMIT_NOTE_PREFIX", "TIMEOUT_EXIT_CODE", "ProcessControl", "kill_process_group",
+           "release_agent_cgroup", "run_streaming"]
