@@ -321,9 +321,11 @@ def test_without_root_a_user_namespace_holds_the_command_and_its_limits(unprivil
     assert work.returncode == 0, work.stderr
     assert lines[0] == "hi" and lines[1] == str(NOBODY) and int(lines[2]) <= 5 and lines[3] == "32"
     # RLIMIT_NPROC counts per user namespace: set inside, it bounds this sandbox's processes only
-    # the shell exits after counting; its PID namespace, and the bomb with it, goes
-    bomb = _run_unprivileged(unprivileged_workdir, "bomb() { bomb | bomb; }; bomb & sleep 2; "
-                             "ls /proc | grep -c '^[0-9]'", AgentLimits(processes=32))
+    # Builtins only once the bomb runs (it takes every process slot); the shell exits after counting,
+    # and its PID namespace, the bomb with it, goes.
+    bomb = _run_unprivileged(unprivileged_workdir, "bomb() { bomb | bomb; }; bomb & "
+                             "while (( SECONDS < 2 )); do :; done; n=0; for p in /proc/[0-9]*; do n=$((n+1)); done; "
+                             "echo $n", AgentLimits(processes=32))
     assert int(bomb.stdout.split()[0]) <= 32 + 2, bomb.stdout  # + bwrap's init and this shell
     assert "Resource temporarily unavailable" in bomb.stderr
 
