@@ -26,6 +26,7 @@ import ray
 
 from bench import floors
 from bench.placement_bench import make_views, rate
+from bench.sandbox_bench import agent_worker_pid, bench_sandbox
 from bench.stats import Row, Target
 from godel_ray.errors import FailedPrecondition, GodelError
 from godel_ray.models import Cluster, Priority, SpawnConfig
@@ -320,7 +321,7 @@ def bench_memory(fed: Federation, opt: Options) -> list[Row]:
     agent = fed.spawn("local")
     try:
         time.sleep(1.0)  # let both settle (bench only)
-        agent_pid = int(fed.proxy.exec(agent.id, "echo $PPID").stdout.strip())
+        agent_pid = agent_worker_pid(fed, agent.id)  # $PPID inside the sandbox is not the host's pid
         uss, rss = floors.memory_kib(agent_pid)
         raw_uss, raw_rss = floors.memory_kib(raw_pid)
     finally:
@@ -421,6 +422,7 @@ def bench_scale(fed: Federation, opt: Options) -> list[Row]:
 BENCHES: dict[str, Callable[[Federation, Options], list[Row]]] = {
     "exec": bench_exec, "stream": bench_stream, "spawn": bench_spawn, "placement": bench_placement,
     "migration": bench_migration, "cli": bench_cli, "memory": bench_memory, "scale": bench_scale,
+    "sandbox": bench_sandbox,
 }
 
 

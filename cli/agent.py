@@ -47,19 +47,32 @@ def spawn(model: Annotated[str | None, typer.Option("--model", help="Model name 
           checkpoint_interval: Annotated[float | None, typer.Option("--checkpoint-interval", help="Seconds.")] = None,
           priority: Annotated[str | None, typer.Option("--priority", help="latency|cost|availability|gpu")] = None,
           region: Annotated[str | None, typer.Option("--region", help="Preferred region.")] = None,
+          unshare_net: Annotated[bool, typer.Option(
+              "--unshare-net", help="No network for the agent's commands (sandbox only).")] = False,
+          memory_mb: Annotated[int | None, typer.Option("--memory-mb", help="Memory limit (MiB).")] = None,
+          max_processes: Annotated[int | None, typer.Option(
+              "--max-processes", help="Processes and threads at once.")] = None,
+          cpu_time: Annotated[float | None, typer.Option("--cpu-time", help="CPU seconds per process.")] = None,
+          max_open_files: Annotated[int | None, typer.Option("--max-open-files")] = None,
+          workdir_mb: Annotated[int | None, typer.Option("--workdir-mb", help="Workdir size limit (MiB).")] = None,
           state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
-    """Spawn an agent; the balancer places it (see `swarmctl agent explain ID`)."""
+    """Spawn an agent; the balancer places it (see `swarmctl agent explain ID`).
+
+    Limits not given take the cluster's defaults (docs/security.md).
+    """
     from godel_cli.envfile import read_env_file
 
     from godel_ray import inputs
     from godel_ray.errors import GodelError
 
     env_items = [item for path in env_file or [] for item in read_env_file(path)] + (env or [])
+    limits = {k: v for k, v in (("memory_mb", memory_mb), ("processes", max_processes), ("cpu_time_s", cpu_time),
+                                ("open_files", max_open_files), ("workdir_mb", workdir_mb)) if v is not None}
     spawn_config = inputs.build_spawn_config(
         model=model, labels=inputs.parse_labels(label), env=inputs.parse_env(env_items), timeout_s=timeout,
         requires_gpu=gpu, gpu_type=gpu_type, gpu_count=gpu_count, cpus=cpus, cluster=cluster,
         idempotency_key=idempotency_key, restart_policy=restart_policy, checkpoint_interval_s=checkpoint_interval,
-        priority=priority, preferred_region=region)
+        priority=priority, preferred_region=region, limits=limits or None, unshare_net=unshare_net or None)
     proxy = _connect(state_dir)
     agent = proxy.spawn(spawn_config)
     if json_out:

@@ -19,7 +19,7 @@ from rich.style import StyleType
 from rich.table import Table
 from rich.text import Text
 
-from godel_ray.models import AgentStatus, ClusterStatus
+from godel_ray.models import AgentStatus, ClusterStatus, Isolation
 
 # ---------------------------------------------------------------- untrusted text
 
@@ -95,6 +95,15 @@ def latency(rtt_ms: float | None) -> Text:
         return Text("-", style="dim")
     style = "green" if rtt_ms < 50 else "yellow" if rtt_ms < 250 else "red"
     return Text(f"{rtt_ms:.1f} ms", style=style)
+
+
+def isolation(value: Isolation | None) -> Text:
+    """A cluster's isolation; ``none`` is a warning: its agents run without a sandbox."""
+    if value is None:
+        return Text("-", style="dim")
+    if value == Isolation.NONE:
+        return Text("none (no sandbox!)", style="bold red")
+    return Text(value.value, style="green")
 
 
 def ago(ts: float | None) -> str:

@@ -39,6 +39,9 @@ def serve(
         "--tls-client-ca", help="CA of client certificates: require mTLS.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Site config YAML; flags override it.")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback bind without TLS.")] = False,
+    isolation: Annotated[str | None, typer.Option(
+        "--isolation", help="sandbox (default): each command in a bubblewrap sandbox with limits; none: "
+        "agents run as this user with its files and environment (docs/security.md).")] = None,
 ) -> None:
     """Serve agents on a Ray cluster; prints 'listening on HOST:PORT' once ready; stops on SIGTERM."""
     from godel_ray.errors import GodelError
@@ -50,7 +53,7 @@ def serve(
             cost_per_hour=cost, max_agents=max_agents, warm_pool_size=warm_pool_size,
             ray_address=ray_address, num_cpus=num_cpus,
             num_gpus=num_gpus, gpu_type=gpu_type, tls_cert=_str(tls_cert), tls_key=_str(tls_key),
-            tls_client_ca=_str(tls_client_ca), insecure=insecure or None)
+            tls_client_ca=_str(tls_client_ca), insecure=insecure or None, isolation=isolation)
         code = run(site_config)
     except GodelError as exc:
         fail(str(exc))

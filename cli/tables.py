@@ -17,6 +17,7 @@ from godel_cli.safetext import (
     cluster_status,
     cost,
     grid,
+    isolation,
     kv,
     latency,
     line,
@@ -44,14 +45,15 @@ from godel_ray.models import (
 
 def clusters_table(infos: Iterable[ClusterInfo]) -> Table:
     table = new_table("clusters")
-    for column in ("ID", "ENDPOINT", "REGION", "STATUS", "GPUS", "AGENTS", "COST", "RTT", "LAST HEARTBEAT"):
+    for column in ("ID", "ENDPOINT", "REGION", "STATUS", "GPUS", "AGENTS", "COST", "RTT", "ISOLATION",
+                   "LAST HEARTBEAT"):
         table.add_column(column, no_wrap=column in ("ID", "STATUS"))
     for info in infos:
         c, h = info.cluster, info.health
         gpus = ",".join(c.capabilities.gpu_types or h.capacity.gpu_types) or ("yes" if c.capabilities.gpu else "-")
         table.add_row(c.id, c.endpoint or "(this ray cluster)", c.region, cluster_status(h.status), gpus,
                       f"{info.agents}/{c.max_agents}", cost(c.cost_per_hour), latency(h.rtt_ms),
-                      ago(h.last_success_at))
+                      isolation(h.capacity.isolation), ago(h.last_success_at))
     return table
 
 

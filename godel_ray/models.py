@@ -61,6 +61,13 @@ class RestartPolicy(str, Enum):
     CHECKPOINT = "checkpoint"
 
 
+class Isolation(str, Enum):
+    """How a cluster runs its agents' commands (docs/security.md)."""
+
+    SANDBOX = "sandbox"  # bubblewrap: own namespaces, allow-listed files and environment, limits
+    NONE = "none"  # plain processes of the site's user: only when asked for explicitly
+
+
 class Priority(str, Enum):
     """Which factor weighs most in placement."""
 
@@ -68,6 +75,21 @@ class Priority(str, Enum):
     COST = "cost"
     AVAILABILITY = "availability"
     GPU = "gpu"
+
+
+class AgentLimits(_Model):
+    """Per-agent limits inside the sandbox; ``None`` takes the cluster's default (``SandboxPolicy``).
+
+    ``memory_mb`` bounds each process's data (and the command as a whole where cgroups are
+    writable); ``processes`` counts processes and threads; ``cpu_time_s`` is per process;
+    ``workdir_mb`` bounds every file written (and the workdir's total, checked after each command).
+    """
+
+    memory_mb: int | None = Field(default=None, gt=0)
+    processes: int | None = Field(default=None, gt=0)
+    cpu_time_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    open_files: int | None = Field(default=None, gt=0)
+    workdir_mb: int | None = Field(default=None, gt=0)
 
 
 class SpawnConfig(_Model):
@@ -92,6 +114,9 @@ class SpawnConfig(_Model):
     max_latency_ms: float | None = None
     max_cost_per_hour: float | None = None
     required_capabilities: list[str] = Field(default_factory=list)  # each must be in capabilities.flags
+    # the sandbox (ignored where the cluster runs with isolation none)
+    limits: AgentLimits = Field(default_factory=AgentLimits)
+    unshare_net: bool = False  # True: the agent's commands get no network (loopback only)
 
     @property
     def needs_gpu(self) -> bool:
@@ -238,6 +263,7 @@ class SiteCapacity(_Model):
     free_cpus: float = 0.0
     warm_pool: int = 0
     version: str = ""
+    isolation: Isolation | None = None  # None: the site did not say (an older site)
 
 
 class ClusterHealthState(_Model):
@@ -374,6 +400,7 @@ class PlacementDecision(_Model):
 __all__ = [
     "LOCAL_CLUSTER_ID",
     "Agent",
+    "AgentLimits",
     "AgentSnapshot",
     "AgentStatus",
     "CandidateScore",
@@ -389,6 +416,7 @@ __all__ = [
     "ExecResult",
     "FederationEvent",
     "HealthSettings",
+    "Isolation",
     "JournalEntry",
     "Migration",
     "MigrationPhase",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import pytest
@@ -43,3 +44,29 @@ def skip_or_fail(reason: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"{reason} (CI={os.environ['CI']}: a missing machine feature fails in CI instead of skipping)")
     pytest.skip(reason)
+
+
+# What a command inside an agent prints to name a process the host can find: its pid as the agent
+# sees it and its PID namespace (agents run in a PID namespace of their own).
+ECHO_CHILD = "echo $! $(readlink /proc/self/ns/pid)"
+
+
+def process_gone(ref: str) -> bool:
+    """True when the process named by ``ref`` (what ``ECHO_CHILD`` printed inside an agent: a pid and
+    a PID namespace) no longer runs anywhere; a zombie counts as gone."""
+    ns_pid_text, _, pidns = ref.strip().partition(" ")
+    ns_pid = int(ns_pid_text)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if pidns and os.readlink(f"/proc/{entry.name}/ns/pid") != pidns:
+                continue
+            status = Path(f"/proc/{entry.name}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        nspids = fields.get("NSpid", "").split()
+        if nspids and int(nspids[-1]) == ns_pid and not fields.get("State", "").strip().startswith("Z"):
+            return False
+    return True

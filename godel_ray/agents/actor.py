@@ -23,6 +23,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+from godel_ray.agents import sandbox as sbx
 from godel_ray.agents import snapshot as snap
 from godel_ray.agents.process import ProcessControl, kill_process_group, run_streaming
 from godel_ray.agents.workdir import remove_tree
@@ -36,6 +37,7 @@ from godel_ray.models import (
     AgentStatus,
     ExecChunk,
     ExecResult,
+    Isolation,
     JournalEntry,
     now_s,
 )
@@ -46,8 +48,6 @@ from godel_ray.settings import LIMITS, Limits
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENCY = 1000  # concurrent calls: many exec streams may wait on the lock
-# Environment a command must not inherit from its Ray worker: Ray's own credential.
-_ENV_DROPPED = ("RAY_AUTH_TOKEN",)
 SIGKILL = 9
 
 
@@ -156,11 +156,19 @@ class AgentActor:
     # --- commands --------------------------------------------------------------------------
 
     def _command_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _ENV_DROPPED}
-        env.update(self._agent.config.env)
-        env.update(GODEL_AGENT_ID=self._agent.id, GODEL_MODEL=self._agent.config.model,
-                   GODEL_WORKDIR=self._workdir)
-        return env
+        """Allow-listed in the sandbox (``sandbox.command_env``); the worker's, less Ray's credential, without."""
+        own = {"GODEL_AGENT_ID": self._agent.id, "GODEL_MODEL": self._agent.config.model,
+               "GODEL_WORKDIR": self._workdir}
+        return sbx.command_env(os.environ, self._agent.config.env, own, self._limits.sandbox.isolation,
+                               home=self._workdir)
+
+    def _sandbox(self) -> sbx.Sandbox | None:
+        """This command's sandbox; None with ``isolation: none``. ``SandboxUnavailable`` without bwrap."""
+        policy, config = self._limits.sandbox, self._agent.config
+        if policy.isolation == Isolation.NONE:
+            return None
+        return sbx.build_sandbox(self._agent.id, self._workdir, config.limits, policy,
+                                 network=not config.unshare_net, gpu=config.needs_gpu)
 
     async def _acquire(self) -> None:
         """Take the command lock once the agent is running and not frozen (FIFO among waiters)."""
@@ -188,7 +196,8 @@ class AgentActor:
             try:
                 async for chunk in run_streaming(command, cwd=self._workdir, env=self._command_env(),
                                                  timeout_s=timeout, control=control,
-                                                 max_output_bytes=self._limits.max_output_bytes):
+                                                 max_output_bytes=self._limits.max_output_bytes,
+                                                 sandbox=self._sandbox()):
                     if control.pgid is not None:
                         self._pgids.add(control.pgid)
                     if chunk.result is not None:

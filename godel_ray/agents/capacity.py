@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from godel_ray import settings
 from godel_ray.core.gpu import GPU_TYPE_RESOURCE_UNITS, gpu_type_resource, gpu_types_of, matching_gpu_types
-from godel_ray.models import SiteCapacity, SpawnConfig
+from godel_ray.models import Isolation, SiteCapacity, SpawnConfig
 
 Resources = Mapping[str, float]
 
@@ -60,7 +60,7 @@ def wants(config: SpawnConfig, accel: str | None) -> str:
 
 def site_capacity(*, name: str, region: str, cost_per_hour: float, max_agents: int, active_agents: int,
                   total: Resources, free: Resources, pool_cpus: float, pool_gpus: Mapping[str, float],
-                  warm_pool: int) -> SiteCapacity:
+                  warm_pool: int, isolation: Isolation) -> SiteCapacity:
     """The capacity a heartbeat reports. ``pool_cpus``/``pool_gpus`` (by advertised GPU type) are what
     idle and starting warm-pool members hold: they count as free; idle members take no agent slot."""
     types = gpu_types_of(total)
@@ -73,7 +73,7 @@ def site_capacity(*, name: str, region: str, cost_per_hour: float, max_agents: i
                           + pool_gpus.get(t, 0.0) * GPU_TYPE_RESOURCE_UNITS) for t in types},
         total_gpus=total.get("GPU", 0.0), total_cpus=total.get("CPU", 0.0),
         free_cpus=min(total.get("CPU", 0.0), free.get("CPU", 0.0) + pool_cpus),
-        warm_pool=warm_pool, version=settings.VERSION)
+        warm_pool=warm_pool, version=settings.VERSION, isolation=isolation)
 
 
 __all__ = ["placement_problem", "site_capacity", "wants"]

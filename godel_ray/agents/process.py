@@ -5,6 +5,11 @@ stderr are read concurrently and handed out as ``ExecChunk``s as they arrive. On
 the caller cancels via ``ProcessControl.kill``) the WHOLE process group is signalled: SIGTERM, a
 short grace, then SIGKILL, so children die with the command. Output past ``max_output_bytes`` is
 dropped (and the result says ``truncated``). No ray here.
+
+With a ``Sandbox`` (``godel_ray.agents.sandbox``) the command runs inside bubblewrap instead, with
+the agent's limits, in the agent's cgroup where one can be made (bwrap waits on ``--block-fd``
+until the sandbox's first process is in it). A limit the command hit is said on stderr as a last
+``godel: ...`` line and kept in ``ProcessControl.limit_reason``; the exit code is the command's.
 """
 
 from __future__ import annotations
@@ -12,18 +17,27 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import json
+import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from godel_ray.agents import sandbox as sbx
+from godel_ray.agents.cgroups import AgentCgroup, sweep
 from godel_ray.models import ExecChunk, ExecResult, OutputStream
 
 KILL_GRACE_S = 1.0  # between SIGTERM and SIGKILL of the process group
 PIPE_DRAIN_GRACE_S = 2.0  # after the command exits, how long background children may hold its pipes
 READ_BYTES = 64 * 1024
 TIMEOUT_EXIT_CODE = 124  # what coreutils `timeout` uses
+SANDBOX_SETUP_TIMEOUT_S = 30.0  # bwrap reports its sandbox's pid well within this
+LIMIT_NOTE_PREFIX = "godel: "  # the stderr line that says which limit a sandboxed command hit
+_AGENT_CGROUPS: dict[str, AgentCgroup] = {}  # this process's agents' cgroups, by agent id
+log = logging.getLogger(__name__)
 
 
 def kill_process_group(pgid: int, sig: int) -> bool:
@@ -41,6 +55,7 @@ class ProcessControl:
 
     pgid: int | None = None
     kill_reason: str = ""
+    limit_reason: str = ""  # the limits a sandboxed command hit ("" when none)
     exit_code: int | None = None  # set once the command has exited, even when nobody read the result
     _kill_requested: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -65,15 +80,117 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode  # -9 -> 137, like a shell
 
 
+async def _read_to_eof(fd: int) -> bytes:
+    """Everything from pipe ``fd`` until its writer closes it; ``fd`` is closed on every path."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                os.fdopen(fd, "rb", buffering=0))
+    try:
+        return await reader.read()
+    finally:
+        transport.close()
+
+
+async def _spawn(command: str, cwd: str, env: dict[str, str], sandbox: sbx.Sandbox | None,
+                 cgroup: AgentCgroup | None) -> asyncio.subprocess.Process:
+    """Start the command (plain, or in ``sandbox``; inside ``cgroup`` before it runs, when given)."""
+    options = {"cwd": cwd, "stdin": asyncio.subprocess.DEVNULL, "stdout": asyncio.subprocess.PIPE,
+               "stderr": asyncio.subprocess.PIPE, "start_new_session": True}
+    if sandbox is None:
+        return await asyncio.create_subprocess_exec("bash", "-c", command, env=env, **options)  # type: ignore[arg-type]
+    fds: list[int] = []  # ours to close, whatever happens
+    try:
+        startup = sbx.startup_pipe(sandbox.startup_script(env, cgroup=cgroup is not None))
+        fds.append(startup)
+        if cgroup is None:
+            return await asyncio.create_subprocess_exec(
+                *sandbox.argv(command, startup_fd=startup), env=sandbox.run_env(), pass_fds=(startup,),
+                **options)  # type: ignore[arg-type]
+        block_r, block_w = os.pipe()
+        fds += [block_r, block_w]
+        info_r, info_w = os.pipe()
+        fds.append(info_w)
+        info_reading = asyncio.ensure_future(_read_to_eof(info_r))  # owns info_r from here
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *sandbox.argv(command, startup_fd=startup, block_fd=block_r, info_fd=info_w),
+                env=sandbox.run_env(), pass_fds=(startup, block_r, info_w), **options)  # type: ignore[arg-type]
+        except BaseException:
+            info_reading.cancel()
+            raise
+        for fd in (block_r, info_w):  # the child's ends: closing ours lets EOF reach us
+            fds.remove(fd)
+            os.close(fd)
+        try:  # bwrap writes its sandbox's pid, then waits on block_fd
+            info = await asyncio.wait_for(info_reading, SANDBOX_SETUP_TIMEOUT_S)
+            # Only the sandbox's first process: it forks the command. Each move into a cgroup costs
+            # the kernel a grace period (ms), so bwrap's monitor, which only waits, stays out.
+            cgroup.add(int(json.loads(info)["child-pid"]))
+        except (ValueError, KeyError, OSError, TimeoutError) as exc:  # bwrap failed early: it says why
+            log.debug("command not moved into its cgroup: %r", exc)
+        except BaseException:  # cancelled: the command must not run unattended
+            kill_process_group(proc.pid, signal.SIGKILL)
+            raise
+        with contextlib.suppress(OSError):
+            os.write(block_w, b"1")  # go
+        return proc
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _agent_cgroup(sandbox: sbx.Sandbox) -> AgentCgroup | None:
+    """The agent's cgroup, made on its first command and reused (None where none can be made)."""
+    lim = sandbox.limits
+    cgroup = _AGENT_CGROUPS.get(sandbox.name)
+    if cgroup is not None and cgroup.exists() and (cgroup.memory_mb, cgroup.processes) == (lim.memory_mb,
+                                                                                             lim.processes):
+        return cgroup
+    if cgroup is not None:
+        cgroup.try_remove()
+    cgroup = AgentCgroup.create(f"{sandbox.name}-{os.getpid()}", lim.memory_mb, lim.processes)
+    if cgroup is not None:
+        _AGENT_CGROUPS[sandbox.name] = cgroup
+        sweep(tuple(d.parent for d in cgroup.dirs))  # those of agents whose process has gone
+    return cgroup
+
+
+def release_agent_cgroup(agent_id: str) -> None:
+    """Remove ``agent_id``'s cgroup (when the agent ends; else a later ``sweep`` does, once its process is gone)."""
+    cgroup = _AGENT_CGROUPS.pop(agent_id, None)
+    if cgroup is not None and not cgroup.try_remove():
+        threading.Thread(target=cgroup.remove, name="godel-cgroup-remove", daemon=True).start()
+
+
+async def _limit_reasons(sandbox: sbx.Sandbox, cgroup: AgentCgroup | None, before: tuple[int, int],
+                         exit_code: int) -> list[str]:
+    reasons = cgroup.breaches(before) if cgroup is not None else []
+    if note := sbx.describe_breach(exit_code, sandbox.limits):
+        reasons.append(note)
+    used_mb = await asyncio.to_thread(sbx.workdir_usage_mb, sandbox.workdir, sandbox.limits.workdir_mb)
+    if used_mb > sandbox.limits.workdir_mb:
+        reasons.append(f"the workdir holds over {sandbox.limits.workdir_mb} MiB, its limit: delete files "
+                       "before it is checkpointed or moved")
+    return reasons
+
+
 async def run_streaming(command: str, *, cwd: str, env: dict[str, str], timeout_s: float,
                         max_output_bytes: int, control: ProcessControl | None = None,
-                        ) -> AsyncIterator[ExecChunk]:
-    """Run ``command``; yield output chunks as they arrive, then one chunk with the ``result``."""
+                        sandbox: sbx.Sandbox | None = None) -> AsyncIterator[ExecChunk]:
+    """Run ``command`` (in ``sandbox`` when given); yield output chunks as they arrive, then one
+    chunk with the ``result``."""
     control = control or ProcessControl()
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        "bash", "-c", command, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    cgroup: AgentCgroup | None = None
+    before = (0, 0)
+    if sandbox is not None:
+        if not sbx.workdir_prepared(sandbox):
+            await asyncio.to_thread(sbx.prepare_workdir, sandbox)
+        if sandbox.cgroups:  # a few stats (and, once, a few writes): cheaper inline than through a thread
+            cgroup = _agent_cgroup(sandbox)
+            before = cgroup.counters() if cgroup is not None else before
+    proc = await _spawn(command, cwd, env, sandbox, cgroup)
     pgid = proc.pid  # start_new_session: the child leads its own group
     control.pgid = pgid
     queue: asyncio.Queue[tuple[OutputStream, bytes] | None] = asyncio.Queue()
@@ -146,6 +263,12 @@ async def run_streaming(command: str, *, cwd: str, env: dict[str, str], timeout_
             if tail:
                 yield ExecChunk(stream=kind, data=tail)
         timed_out = await supervisor
+        if sandbox is not None:
+            assert control.exit_code is not None
+            reasons = await _limit_reasons(sandbox, cgroup, before, control.exit_code)
+            if reasons:
+                control.limit_reason = "; ".join(reasons)
+                yield ExecChunk(stream=OutputStream.STDERR, data=f"{LIMIT_NOTE_PREFIX}{control.limit_reason}\n")
     finally:
         if not supervisor.done():  # the consumer went away: stop the command
             control.kill("exec stream closed")
@@ -156,4 +279,5 @@ async def run_streaming(command: str, *, cwd: str, env: dict[str, str], timeout_
                                       timed_out=timed_out, truncated=truncated[0]))
 
 
-__all__ = ["KILL_GRACE_S", "TIMEOUT_EXIT_CODE", "ProcessControl", "kill_process_group", "run_streaming"]
+__all__ = ["KILL_GRACE_S", "LIMIT_NOTE_PREFIX", "TIMEOUT_EXIT_CODE", "ProcessControl", "kill_process_group",
+           "release_agent_cgroup", "run_streaming"]

@@ -314,7 +314,7 @@ class AgentRuntime:
         return site_capacity(name=self.name, region=self.region, cost_per_hour=self.cost_per_hour,
                              max_agents=self.max_agents, active_agents=self._table.active_count(), total=total,
                              free=free, pool_cpus=pool_cpus, pool_gpus=pool_gpus,
-                             warm_pool=self.pool.idle_count)
+                             warm_pool=self.pool.idle_count, isolation=self._limits.sandbox.isolation)
 
     async def events(self, since_seq: int = 0) -> AsyncIterator[FederationEvent]:
         # A cursor past our last event comes from an earlier life of this site (its log restarts at 1

@@ -141,6 +141,9 @@ def up(state_dir: str | os.PathLike[str] | None = None, *, num_cpus: float | Non
     head = read_head(root)
     started = head is None
     if head is None:
+        from godel_ray.agents.sandbox import probe  # local's agents: refuse to start without the sandbox
+
+        probe(settings.LIMITS.sandbox, str(root))
         token = secrets.token_hex(32)
         _write_private(root / TOKEN_FILE, token)
         head = heads.start_head(num_cpus=num_cpus, num_gpus=num_gpus, gpu_type=gpu_type, dashboard=True,

@@ -18,6 +18,7 @@ regions, latency/cost caps, ``idempotency_key`` which travels in the request) an
 
 from __future__ import annotations
 
+import math
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -26,12 +27,14 @@ from godel_ray.errors import InvalidArgument
 from godel_ray.inputs import describe_validation_error
 from godel_ray.models import (
     Agent,
+    AgentLimits,
     AgentSnapshot,
     AgentStatus,
     EventKind,
     ExecChunk,
     ExecResult,
     FederationEvent,
+    Isolation,
     JournalEntry,
     OutputStream,
     RestartPolicy,
@@ -69,6 +72,12 @@ _EVENT_KIND_TO_PB: dict[EventKind, pb.EventKind] = {
     EventKind.MIGRATION: pb.EVENT_KIND_MIGRATION,
 }
 _EVENT_KIND_FROM_PB: dict[int, EventKind] = {int(v): k for k, v in _EVENT_KIND_TO_PB.items()}
+
+_ISOLATION_TO_PB: dict[Isolation, pb.Isolation] = {
+    Isolation.SANDBOX: pb.ISOLATION_SANDBOX,
+    Isolation.NONE: pb.ISOLATION_NONE,
+}
+_ISOLATION_FROM_PB: dict[int, Isolation] = {int(v): k for k, v in _ISOLATION_TO_PB.items()}
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -144,7 +153,29 @@ def spec_to_pb(config: SpawnConfig) -> pb.AgentSpec:
         gpu_type=config.gpu_type or "",
         restart_policy=_RESTART_TO_PB[config.restart_policy],
         checkpoint_interval_s=config.checkpoint_interval_s,
+        limits=limits_to_pb(config.limits),
+        unshare_net=config.unshare_net,
     )
+
+
+def limits_to_pb(limits: AgentLimits) -> pb.AgentLimits:
+    return pb.AgentLimits(memory_mb=limits.memory_mb or 0, processes=limits.processes or 0,
+                          cpu_time_s=limits.cpu_time_s or 0.0, open_files=limits.open_files or 0,
+                          workdir_mb=limits.workdir_mb or 0)
+
+
+def limits_from_pb(msg: pb.AgentLimits) -> AgentLimits:
+    """``0`` is "the site's default"; a negative or non-finite value is ``InvalidArgument``."""
+    values: dict[str, float] = {"memory_mb": msg.memory_mb, "processes": msg.processes,
+                                "cpu_time_s": msg.cpu_time_s, "open_files": msg.open_files,
+                                "workdir_mb": msg.workdir_mb}
+    for name, value in values.items():
+        if not math.isfinite(value) or value < 0:
+            raise InvalidArgument(f"limits.{name} must be a finite number > 0 (or 0 for the site's default); "
+                                  f"got {value}", field=f"limits.{name}")
+    return AgentLimits(memory_mb=msg.memory_mb or None, processes=msg.processes or None,
+                       cpu_time_s=msg.cpu_time_s or None, open_files=msg.open_files or None,
+                       workdir_mb=msg.workdir_mb or None)
 
 
 def spec_from_pb(spec: pb.AgentSpec) -> SpawnConfig:
@@ -161,6 +192,8 @@ def spec_from_pb(spec: pb.AgentSpec) -> SpawnConfig:
         gpu_type=spec.gpu_type or None,
         restart_policy=restart_policy_from_pb(spec.restart_policy),
         checkpoint_interval_s=spec.checkpoint_interval_s,
+        limits=limits_from_pb(spec.limits),
+        unshare_net=spec.unshare_net,
     )
 
 
@@ -243,6 +276,7 @@ def capacity_to_pb(cap: SiteCapacity) -> pb.SiteCapacity:
         active_agents=cap.active_agents, available_agents=cap.available_agents,
         gpu_types=list(cap.gpu_types), free_gpus=dict(cap.free_gpus), total_gpus=cap.total_gpus,
         total_cpus=cap.total_cpus, free_cpus=cap.free_cpus, warm_pool=cap.warm_pool, version=cap.version,
+        isolation=pb.ISOLATION_UNSPECIFIED if cap.isolation is None else _ISOLATION_TO_PB[cap.isolation],
     )
 
 
@@ -253,6 +287,7 @@ def capacity_from_pb(msg: pb.SiteCapacity) -> SiteCapacity:
         active_agents=msg.active_agents, available_agents=msg.available_agents,
         gpu_types=list(msg.gpu_types), free_gpus=dict(msg.free_gpus), total_gpus=msg.total_gpus,
         total_cpus=msg.total_cpus, free_cpus=msg.free_cpus, warm_pool=msg.warm_pool, version=msg.version,
+        isolation=_ISOLATION_FROM_PB.get(msg.isolation),  # unspecified or newer than us: unknown
     )
 
 
@@ -286,6 +321,7 @@ def snapshot_header_to_pb(agent: Agent, journal: list[JournalEntry], archive_siz
 __all__ = [
     "agent_from_pb", "agent_status_from_pb", "agent_status_to_pb", "agent_to_pb", "capacity_from_pb",
     "capacity_to_pb", "event_from_pb", "event_kind_from_pb", "event_to_pb", "exec_chunk_from_pb",
-    "exec_chunk_to_pb", "journal_entry_from_pb", "journal_entry_to_pb", "restart_policy_from_pb",
-    "snapshot_from_header", "snapshot_header_to_pb", "spec_from_pb", "spec_to_pb", "stream_from_pb",
+    "exec_chunk_to_pb", "journal_entry_from_pb", "journal_entry_to_pb", "limits_from_pb", "limits_to_pb",
+    "restart_policy_from_pb", "snapshot_from_header", "snapshot_header_to_pb", "spec_from_pb", "spec_to_pb",
+    "stream_from_pb",
 ]

@@ -11,7 +11,9 @@ one) is stopped. Exit code 0.
 
 Safety refusals (before anything starts): a non-loopback ``host`` without TLS unless ``insecure``;
 a token file or TLS key file readable by group/others; no credential at all (neither token nor
-client CA).
+client CA); an agent sandbox that cannot start here (``isolation: sandbox``, the default: see
+docs/security.md). The token and key files are hidden from agents even where an allow-listed path
+contains them.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from godel_ray.errors import InvalidArgument
+from godel_ray.models import Isolation
 from godel_ray.raykit import rayapi
 from godel_ray.rpc.auth import read_key_file, read_token_file
 from godel_ray.rpc.server import build_server, format_hostport, server_credentials
-from godel_ray.settings import DEFAULT_SITE_PORT
+from godel_ray.settings import DEFAULT_SITE_PORT, LIMITS, Limits
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,7 @@ class SiteConfig(BaseModel):
     tls_client_ca: str | None = None
     insecure: bool = False
     workdir_root: str | None = None  # default: a fresh temp dir, removed at shutdown
+    isolation: Isolation = Isolation.SANDBOX  # none: agents run without a sandbox (only when asked)
 
     @model_validator(mode="after")
     def _consistent(self) -> SiteConfig:
@@ -141,6 +145,14 @@ def check_safety(config: SiteConfig) -> str | None:
     return read_token_file(config.auth_token_file) if config.auth_token_file else None
 
 
+def agent_limits(config: SiteConfig) -> Limits:
+    """The site's limits: its isolation, and its secrets (token, TLS key) hidden from every agent."""
+    secrets_ = tuple(os.path.abspath(p) for p in (config.auth_token_file, config.tls_key) if p)
+    sandbox = LIMITS.sandbox.model_copy(update={
+        "isolation": config.isolation, "hidden_paths": (*LIMITS.sandbox.hidden_paths, *secrets_)})
+    return LIMITS.model_copy(update={"sandbox": sandbox})
+
+
 def _server_credentials(config: SiteConfig) -> grpc.ServerCredentials:
     assert config.tls_cert and config.tls_key  # checked by SiteConfig
     return server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
@@ -152,15 +164,25 @@ def _say(line: str) -> None:
 
 async def serve(config: SiteConfig) -> None:
     """Run the site until SIGTERM/SIGINT (see the module docstring)."""
+    from godel_ray.agents import sandbox
     from godel_ray.raykit import heads
 
     token = check_safety(config)
     credentials = _server_credentials(config) if config.tls else None
+    limits = agent_limits(config)
     head: heads.RayHead | None = None
     workdir_root = config.workdir_root
     own_workdir = workdir_root is None
     if workdir_root is None:
         workdir_root = tempfile.mkdtemp(prefix=f"godel-site-{config.name}-")
+    try:
+        await asyncio.to_thread(sandbox.probe, limits.sandbox, workdir_root)
+    except BaseException:
+        if own_workdir:
+            shutil.rmtree(workdir_root, ignore_errors=True)
+        raise
+    if config.isolation == Isolation.NONE:
+        print(f"warning: {sandbox.describe(limits.sandbox)}", file=sys.stderr, flush=True)
     runtime: Any = None
     server: grpc.aio.Server | None = None
     try:
@@ -179,7 +201,7 @@ async def serve(config: SiteConfig) -> None:
 
         runtime = AgentRuntime(config.name, workdir_root, region=config.region,
                                cost_per_hour=config.cost_per_hour, max_agents=config.max_agents,
-                               warm_pool_size=config.warm_pool_size)
+                               warm_pool_size=config.warm_pool_size, limits=limits)
         runtime.pool.start()
         server, port, health = await build_server(runtime, token=token, host=config.host, port=config.port,
                                                   credentials=credentials, cluster_id=config.name)
@@ -215,4 +237,4 @@ def run(config: SiteConfig) -> int:
     return 0
 
 
-__all__ = ["SiteConfig", "check_safety", "run", "serve"]
+__all__ = ["SiteConfig", "agent_limits", "check_safety", "run", "serve"]

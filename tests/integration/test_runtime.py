@@ -29,6 +29,7 @@ from godel_ray.errors import (
 )
 from godel_ray.models import AgentStatus, ExecChunk, ExecResult, SpawnConfig
 from godel_ray.raykit import heads
+from tests.helpers import ECHO_CHILD, process_gone
 
 pytestmark = pytest.mark.ray
 T = TypeVar("T")
@@ -112,10 +113,10 @@ def test_exec_streams_output_before_the_command_ends(h: Harness) -> None:
 
 def test_timeout_kills_the_command_and_its_children(h: Harness) -> None:
     agent = h.spawn()
-    result = h.exec(agent.id, "sleep 300 & echo $! > child.pid; wait", timeout_s=1.0)
+    result = h.exec(agent.id, f"sleep 300 & {ECHO_CHILD} > child.pid; wait", timeout_s=1.0)
     assert result.timed_out and result.exit_code == 124
-    pid = int((h.root / agent.id / "child.pid").read_text())
-    assert _gone_within(pid, 10.0), f"child {pid} survived the timeout"
+    child = (h.root / agent.id / "child.pid").read_text()
+    assert _gone_within(child, 10.0), f"child {child} survived the timeout"
     assert h.exec(agent.id, "echo still-usable").stdout == "still-usable\n"
     h.kill(agent.id)
 
@@ -124,14 +125,14 @@ def test_leaving_a_stream_early_stops_the_command(h: Harness) -> None:
     agent = h.spawn()
 
     async def leave_after_first_chunk() -> str:
-        stream = h.runtime.exec_stream(agent.id, "echo go; sleep 300 & echo $! > child.pid; wait")
+        stream = h.runtime.exec_stream(agent.id, f"sleep 300 & {ECHO_CHILD} > child.pid; echo go; wait")
         first = await stream.__anext__()
         await stream.aclose()  # type: ignore[attr-defined]
         return first.data
 
     assert h.run(leave_after_first_chunk()) == "go\n"
-    pid = int(h.exec(agent.id, "cat child.pid").stdout)  # runs only once the first command ended
-    assert _gone_within(pid, 10.0)
+    child = h.exec(agent.id, "cat child.pid").stdout  # runs only once the first command ended
+    assert _gone_within(child, 10.0)
     journal = h.run(h.runtime.journal(agent.id))
     assert journal[0].exit_code is not None and journal[0].exit_code != 0
     h.kill(agent.id)
@@ -309,14 +310,11 @@ def _poll(h: Harness, call: Callable[[], Awaitable[T]], ok: Callable[[T], bool])
         h.run(asyncio.sleep(0.05))
 
 
-def _gone_within(pid: int, timeout_s: float) -> bool:
+def _gone_within(child: str, timeout_s: float) -> bool:
+    """``child``: what ``ECHO_CHILD`` printed inside the agent (its pid there and its PID namespace)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return True
-        if state == "Z":  # dead; only waiting for init to reap it
+        if process_gone(child):
             return True
         time.sleep(0.05)
     return False

@@ -11,6 +11,7 @@ import asyncio
 import datetime
 import ipaddress
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -26,6 +27,7 @@ from godel_ray.core.cluster_client import collect
 from godel_ray.models import AgentStatus, SpawnConfig
 from godel_ray.raykit.heads import session_pids
 from godel_ray.rpc.client import GrpcClusterClient
+from tests.helpers import ECHO_CHILD, process_gone
 
 pytestmark = pytest.mark.ray
 T = TypeVar("T")
@@ -256,10 +258,13 @@ def test_heartbeat_capacity_reflects_gpus(sites: Sites) -> None:
 # --- exec ----------------------------------------------------------------------------------------
 
 def test_exec_streams_output_before_the_command_ends(sites: Sites, tmp_path: Path) -> None:
-    gate = tmp_path / "go"
     # The command cannot finish until the test opens the gate, which it does only after the first
-    # chunk arrived: the chunk must have been streamed while the command was still running.
-    command = f"echo first; while [ ! -e {gate} ]; do sleep 0.05; done; echo second"
+    # chunk arrived: the chunk must have been streamed while the command was still running. The gate
+    # is a port on loopback that starts listening: the agent's sandbox shows it none of the test's files.
+    gate = socket.socket()
+    gate.bind(("127.0.0.1", 0))
+    port = gate.getsockname()[1]
+    command = f"echo first; until (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; do sleep 0.05; done; echo second"
 
     async def scenario() -> list[Any]:
         client = sites.cpu_client()
@@ -268,14 +273,17 @@ def test_exec_streams_output_before_the_command_ends(sites: Sites, tmp_path: Pat
             agent, _ = await client.spawn(SpawnConfig(labels={"t": "stream"}))
             async for chunk in client.exec_stream(agent.id, command, timeout_s=60):
                 if not chunks:
-                    gate.touch()
+                    gate.listen()
                 chunks.append(chunk)
             await client.kill(agent.id)
         finally:
             await client.close()
         return chunks
 
-    chunks = run(scenario)
+    try:
+        chunks = run(scenario)
+    finally:
+        gate.close()
     assert chunks[0].data == "first\n" and chunks[0].result is None
     result = collect(chunks)
     assert (result.exit_code, result.timed_out, result.stdout) == (0, False, "first\nsecond\n")
@@ -287,7 +295,7 @@ def test_a_command_over_its_timeout_is_killed_with_its_children(sites: Sites) ->
         try:
             agent, _ = await client.spawn(SpawnConfig(labels={"t": "timeout"}))
             result = collect([c async for c in client.exec_stream(
-                agent.id, "sleep 300 & echo $!; sleep 300; wait", timeout_s=1)])
+                agent.id, f"sleep 300 & {ECHO_CHILD}; sleep 300; wait", timeout_s=1)])
             await client.kill(agent.id)
             return result
         finally:
@@ -295,8 +303,8 @@ def test_a_command_over_its_timeout_is_killed_with_its_children(sites: Sites) ->
 
     result = run(scenario)
     assert result.timed_out
-    child = int(result.stdout.split()[0])
-    assert _poll(lambda: _pid_gone(child)), f"background child {child} survived the timeout"
+    child = result.stdout.strip()
+    assert _poll(lambda: process_gone(child)), f"background child {child} survived the timeout"
 
 
 # --- migration between sites ---------------------------------------------------------------------
@@ -378,12 +386,12 @@ def test_sigterm_stops_the_site_cleanly(sites: Sites) -> None:
     head_sid = site.head_sid
     assert head_sid and session_pids(head_sid), "the site should have reported its Ray head session"
 
-    async def scenario() -> tuple[int, int | None]:
+    async def scenario() -> tuple[str, int | None]:
         client = sites.cpu_client()
         agent, _ = await client.spawn(SpawnConfig(labels={"t": "sigterm"}))
-        stream = client.exec_stream(agent.id, "sleep 300 & echo $!; wait", timeout_s=600)
-        child = int((await stream.__anext__()).data.split()[0])
-        assert not _pid_gone(child)
+        stream = client.exec_stream(agent.id, f"sleep 300 & {ECHO_CHILD}; wait", timeout_s=600)
+        child = (await stream.__anext__()).data.strip()
+        assert not process_gone(child)
         # SIGTERM while the command runs and the stream is open
         site.proc.send_signal(signal.SIGTERM)
         try:
@@ -405,4 +413,4 @@ def test_sigterm_stops_the_site_cleanly(sites: Sites) -> None:
     assert code == 0, "".join(site.output)[-2000:]
     assert _poll(lambda: not session_pids(site.proc.pid)), session_pids(site.proc.pid)
     assert _poll(lambda: not session_pids(head_sid)), session_pids(head_sid)
-    assert _poll(lambda: _pid_gone(child)), f"the agent's command {child} outlived the site"
+    assert _poll(lambda: process_gone(child)), f"the agent's command {child} outlived the site"

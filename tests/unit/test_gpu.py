@@ -21,7 +21,7 @@ from godel_ray.core.gpu import (
     resolve_gpu_type,
 )
 from godel_ray.core.placement import ClusterView, place
-from godel_ray.models import Cluster, ClusterCapabilities, ClusterHealthState, SiteCapacity, SpawnConfig
+from godel_ray.models import Cluster, ClusterCapabilities, ClusterHealthState, Isolation, SiteCapacity, SpawnConfig
 
 CASES = [
     # (asked, offered, match)
@@ -115,8 +115,9 @@ def test_capacity_reports_gpu_types_as_ray_advertises_them() -> None:
     total = {"CPU": 8.0, "GPU": 2.0, gpu_type_resource("nvidia-a100-80g"): 2.0}
     free = {"CPU": 6.0, "GPU": 1.0, gpu_type_resource("nvidia-a100-80g"): 1.999}
     cap = site_capacity(name="s", region="r", cost_per_hour=1.0, max_agents=4, active_agents=1, total=total,
-                        free=free, pool_cpus=1.0, pool_gpus={}, warm_pool=1)
+                        free=free, pool_cpus=1.0, pool_gpus={}, warm_pool=1, isolation=Isolation.SANDBOX)
     assert cap.gpu_types == ["nvidia-a100-80g"] and cap.free_gpus == {"nvidia-a100-80g": 1.0}
+    assert cap.isolation is Isolation.SANDBOX
     assert (cap.free_cpus, cap.available_agents, cap.total_gpus) == (7.0, 3, 2.0)
 
 

@@ -36,6 +36,12 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_COMMAND: _ClassVar[EventKind]
     EVENT_KIND_CLUSTER: _ClassVar[EventKind]
     EVENT_KIND_MIGRATION: _ClassVar[EventKind]
+
+class Isolation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ISOLATION_UNSPECIFIED: _ClassVar[Isolation]
+    ISOLATION_SANDBOX: _ClassVar[Isolation]
+    ISOLATION_NONE: _ClassVar[Isolation]
 AGENT_STATUS_UNSPECIFIED: AgentStatus
 AGENT_STATUS_PENDING: AgentStatus
 AGENT_STATUS_RUNNING: AgentStatus
@@ -54,9 +60,26 @@ EVENT_KIND_AGENT: EventKind
 EVENT_KIND_COMMAND: EventKind
 EVENT_KIND_CLUSTER: EventKind
 EVENT_KIND_MIGRATION: EventKind
+ISOLATION_UNSPECIFIED: Isolation
+ISOLATION_SANDBOX: Isolation
+ISOLATION_NONE: Isolation
+
+class AgentLimits(_message.Message):
+    __slots__ = ("memory_mb", "processes", "cpu_time_s", "open_files", "workdir_mb")
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    CPU_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FILES_FIELD_NUMBER: _ClassVar[int]
+    WORKDIR_MB_FIELD_NUMBER: _ClassVar[int]
+    memory_mb: int
+    processes: int
+    cpu_time_s: float
+    open_files: int
+    workdir_mb: int
+    def __init__(self, memory_mb: _Optional[int] = ..., processes: _Optional[int] = ..., cpu_time_s: _Optional[float] = ..., open_files: _Optional[int] = ..., workdir_mb: _Optional[int] = ...) -> None: ...
 
 class AgentSpec(_message.Message):
-    __slots__ = ("model", "labels", "env", "timeout_s", "cpus", "gpu_count", "gpu_type", "restart_policy", "checkpoint_interval_s")
+    __slots__ = ("model", "labels", "env", "timeout_s", "cpus", "gpu_count", "gpu_type", "restart_policy", "checkpoint_interval_s", "limits", "unshare_net")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +103,8 @@ class AgentSpec(_message.Message):
     GPU_TYPE_FIELD_NUMBER: _ClassVar[int]
     RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    UNSHARE_NET_FIELD_NUMBER: _ClassVar[int]
     model: str
     labels: _containers.ScalarMap[str, str]
     env: _containers.ScalarMap[str, str]
@@ -89,7 +114,9 @@ class AgentSpec(_message.Message):
     gpu_type: str
     restart_policy: RestartPolicy
     checkpoint_interval_s: float
-    def __init__(self, model: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., env: _Optional[_Mapping[str, str]] = ..., timeout_s: _Optional[float] = ..., cpus: _Optional[float] = ..., gpu_count: _Optional[int] = ..., gpu_type: _Optional[str] = ..., restart_policy: _Optional[_Union[RestartPolicy, str]] = ..., checkpoint_interval_s: _Optional[float] = ...) -> None: ...
+    limits: AgentLimits
+    unshare_net: bool
+    def __init__(self, model: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., env: _Optional[_Mapping[str, str]] = ..., timeout_s: _Optional[float] = ..., cpus: _Optional[float] = ..., gpu_count: _Optional[int] = ..., gpu_type: _Optional[str] = ..., restart_policy: _Optional[_Union[RestartPolicy, str]] = ..., checkpoint_interval_s: _Optional[float] = ..., limits: _Optional[_Union[AgentLimits, _Mapping]] = ..., unshare_net: _Optional[bool] = ...) -> None: ...
 
 class Agent(_message.Message):
     __slots__ = ("id", "spec", "status", "status_reason", "epoch", "created_at", "started_at", "finished_at", "node_id", "gpu_ids")
@@ -260,7 +287,7 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, sent_at: _Optional[float] = ...) -> None: ...
 
 class SiteCapacity(_message.Message):
-    __slots__ = ("name", "region", "cost_per_hour", "max_agents", "active_agents", "available_agents", "gpu_types", "free_gpus", "total_gpus", "total_cpus", "free_cpus", "warm_pool", "version")
+    __slots__ = ("name", "region", "cost_per_hour", "max_agents", "active_agents", "available_agents", "gpu_types", "free_gpus", "total_gpus", "total_cpus", "free_cpus", "warm_pool", "version", "isolation")
     class FreeGpusEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -281,6 +308,7 @@ class SiteCapacity(_message.Message):
     FREE_CPUS_FIELD_NUMBER: _ClassVar[int]
     WARM_POOL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    ISOLATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     region: str
     cost_per_hour: float
@@ -294,7 +322,8 @@ class SiteCapacity(_message.Message):
     free_cpus: float
     warm_pool: int
     version: str
-    def __init__(self, name: _Optional[str] = ..., region: _Optional[str] = ..., cost_per_hour: _Optional[float] = ..., max_agents: _Optional[int] = ..., active_agents: _Optional[int] = ..., available_agents: _Optional[int] = ..., gpu_types: _Optional[_Iterable[str]] = ..., free_gpus: _Optional[_Mapping[str, float]] = ..., total_gpus: _Optional[float] = ..., total_cpus: _Optional[float] = ..., free_cpus: _Optional[float] = ..., warm_pool: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+    isolation: Isolation
+    def __init__(self, name: _Optional[str] = ..., region: _Optional[str] = ..., cost_per_hour: _Optional[float] = ..., max_agents: _Optional[int] = ..., active_agents: _Optional[int] = ..., available_agents: _Optional[int] = ..., gpu_types: _Optional[_Iterable[str]] = ..., free_gpus: _Optional[_Mapping[str, float]] = ..., total_gpus: _Optional[float] = ..., total_cpus: _Optional[float] = ..., free_cpus: _Optional[float] = ..., warm_pool: _Optional[int] = ..., version: _Optional[str] = ..., isolation: _Optional[_Union[Isolation, str]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("capacity", "received_at")
