@@ -22,6 +22,8 @@ _LAZY = {
     "connect": ("godel_ray.client.proxy", "connect"),
     "TransparentClusterProxy": ("godel_ray.client.proxy", "TransparentClusterProxy"),
     "ClusterRegistry": ("godel_ray.client.proxy", "ClusterRegistry"),
+    "AsyncTransparentClusterProxy": ("godel_ray.client.aio", "AsyncTransparentClusterProxy"),
+    "StateReader": ("godel_ray.client.reader", "StateReader"),
     "ClusterClient": ("godel_ray.core.cluster_client", "ClusterClient"),
     "MultiClusterLoadBalancer": ("godel_ray.control.balancer", "MultiClusterLoadBalancer"),
 }

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from godel_cli import render
+from godel_cli import render, safetext, tables
 from godel_cli.main import app
 from rich.console import Console
 from typer.testing import CliRunner
@@ -175,9 +175,9 @@ def test_tables_have_no_colour_codes_off_a_terminal() -> None:
                                  candidates=[CandidateScore(cluster_id="a", score=40, factors={"cost": 10}),
                                              CandidateScore(cluster_id="b", score=90, factors={"cost": 90})],
                                  rejections={"c": "no GPU of type nvidia-a100"})
-    console.print(render.placement_table(decision))
-    console.print(render.rejections_table(decision))
-    console.print(render.cluster_status(ClusterStatus.OFFLINE))
+    console.print(tables.placement_table(decision))
+    console.print(tables.rejections_table(decision))
+    console.print(safetext.cluster_status(ClusterStatus.OFFLINE))
     text = buf.getvalue()
     assert "\x1b[" not in text
     assert text.index(" b ") < text.index(" a "), "best candidate first"
@@ -278,3 +278,79 @@ def test_read_only_commands_never_import_ray_or_grpc(tmp_path: Path) -> None:
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'grpc')))\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert proc.stdout.strip() == "[]", proc.stdout
+
+
+# --------------------------------------------------------------- exec argv
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["make test && ls"], "make test && ls"),  # one argument: a shell line, as it is
+    (["sh", "-c", "echo a; echo b"], "sh -c 'echo a; echo b'"),  # several: argv survives
+    (["printf", "%s|", "a b", "c'd", "$HOME"], "printf '%s|' 'a b' 'c'\"'\"'d' '$HOME'"),
+    (["printf", "hi"], "printf hi"),
+])
+def test_exec_arguments_follow_kubectl_and_docker(argv: list[str], line: str) -> None:
+    import shlex
+
+    from godel_cli.agent import shell_line
+
+    assert shell_line(argv) == line
+    if len(argv) > 1:
+        assert shlex.split(shell_line(argv)) == argv
+
+
+def test_exec_help_says_how_arguments_are_passed() -> None:
+    result = CliRunner().invoke(app, ["agent", "exec", "--help"], env={"COLUMNS": "200"})
+    assert "sh -c" in result.stdout and "shell line" in result.stdout
+
+
+# --------------------------------------------------------------- --env-file
+
+
+def _env_file(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
+    path = tmp_path / "agent.env"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def test_env_file_lines_comments_and_blanks(tmp_path: Path) -> None:
+    from godel_cli.envfile import read_env_file
+
+    path = _env_file(tmp_path, "# secrets\n\nAPI_KEY=sk-1=2\n  TOKEN=\"quoted\" \r\n   # indented comment\nEMPTY=\n")
+    assert read_env_file(path) == ["API_KEY=sk-1=2", 'TOKEN="quoted" ', "EMPTY="]
+    assert inputs.parse_env(read_env_file(path)) == {"API_KEY": "sk-1=2", "TOKEN": '"quoted" ', "EMPTY": ""}
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("OK=1\nsk-supersecret\n", "agent.env:2: not of the form NAME=value"),
+    ("OK=1\n=supersecret\n", "agent.env:2: not of the form NAME=value"),
+    ("1BAD=supersecret\n", "agent.env:1: env name '1BAD' is invalid"),
+    ("export X=supersecret\n", "agent.env:1: env name 'export X' is invalid"),
+])
+def test_bad_env_file_line_names_file_and_line_never_the_value(tmp_path: Path, text: str, needle: str) -> None:
+    from godel_cli.envfile import read_env_file
+
+    with pytest.raises(errors.InvalidArgument) as info:
+        read_env_file(_env_file(tmp_path, text))
+    assert needle in str(info.value) and "supersecret" not in str(info.value)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_env_file_others_can_read_is_refused(tmp_path: Path, mode: int) -> None:
+    code, stdout, stderr = _run(["agent", "spawn", "--env-file", str(_env_file(tmp_path, "A=secret\n", mode))])
+    assert code == render.EXIT_CODES[errors.InvalidArgument] and stdout == ""
+    assert "accessible by group or others" in stderr and "chmod 600" in stderr and "secret\n" not in stderr
+
+
+@pytest.mark.parametrize(("text", "needle"), [("A=1\nnot a pair\n", "agent.env:2"), ("9X=1\n", "agent.env:1")])
+def test_spawn_with_a_bad_env_file_is_one_error_line_before_anything_is_contacted(
+        tmp_path: Path, text: str, needle: str) -> None:
+    code, stdout, stderr = _run(["agent", "spawn", "--env-file", str(_env_file(tmp_path, text))])
+    assert code == render.EXIT_CODES[errors.InvalidArgument] and stdout == ""
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1 and needle in stderr
+
+
+def test_missing_env_file(tmp_path: Path) -> None:
+    code, _, stderr = _run(["agent", "spawn", "--env-file", str(tmp_path / "nope.env")])
+    assert code == render.EXIT_CODES[errors.InvalidArgument] and "cannot read env file" in stderr
