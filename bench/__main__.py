@@ -1,6 +1,6 @@
 """``python -m bench [--quick] [--json FILE] [--only exec,spawn,...]``: every figure next to its floor.
 
-``--only failover`` injects faults into real sites (see ``bench.failover_bench``; ``--failover-*`` size it).
+``--only failover`` injects faults into real sites (``bench.failover_bench``; ``--failover-*`` size it).
 
 Starts a federation on this machine (control plane + two sites), measures each figure and the raw
 Ray / gRPC / pipe floor it is compared with in the same run, prints the table, writes the JSON,
@@ -20,7 +20,6 @@ import time
 import traceback
 from importlib import metadata
 
-from bench.failover_bench import FailoverOptions
 from bench.stats import Row, render
 from bench.suite import BENCHES, Federation, Options, default_scale_n, workspace
 
@@ -37,29 +36,20 @@ def _versions() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    from bench import failover_bench  # its --failover-* flags
+    failover_bench.add_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and 30 agents at scale")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON here")
     parser.add_argument("--only", metavar="NAMES", help=f"comma-separated subset of: {','.join(BENCHES)}")
     parser.add_argument("--scale", type=int, default=None, help="agents in the scale test (default 200, quick 30)")
-    parser.add_argument("--failover-kills", type=int, default=None, metavar="N",
-                        help="failover: sites killed, one fresh site each (default 3, quick 2)")
-    parser.add_argument("--failover-transient", type=int, default=None, metavar="N",
-                        help="failover: trials of each transient fault: stop, partition, starve (default 3, quick 2;"
-                             " the long run: 334, i.e. >= 1,000 transient faults)")
-    parser.add_argument("--failover-long-partitions", type=int, default=1, metavar="N",
-                        help="failover: partitions held until the agents were restored elsewhere (default 1)")
-    parser.add_argument("--failover-seed", type=int, default=0, help="failover: seed for the fault durations")
     args = parser.parse_args(argv)
     names = list(BENCHES) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
     scale_n, scale_note = default_scale_n(args.scale or (30 if args.quick else 200))
-    failover = FailoverOptions(
-        kills=args.failover_kills if args.failover_kills is not None else (2 if args.quick else 3),
-        transient=args.failover_transient if args.failover_transient is not None else (2 if args.quick else 3),
-        long_partitions=args.failover_long_partitions, seed=args.failover_seed)
-    opt = Options(quick=args.quick, scale_n=scale_n, failover=failover)
+    opt = Options(quick=args.quick, scale_n=scale_n)
+    opt.failover = failover_bench.options(args, quick=args.quick)
     notes = [scale_note] if scale_note and "scale" in names else []
 
     root = workspace()

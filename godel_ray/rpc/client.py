@@ -11,13 +11,14 @@ becomes a ``GodelError`` in ``rpc_errors`` alone. Policies:
 - Retries with exponential backoff, on UNAVAILABLE only, and only for idempotent calls: status,
   list, heartbeat, spawn *with* an idempotency key, and the event-stream reconnect (which resumes
   from the last ``seq`` seen, so nothing is delivered twice).
-- Long-lived channel options: keepalive *and* ``grpc.http2.ping_timeout_ms`` (keepalive alone
-  took 61 s to notice a frozen site; with the ping timeout, 2 s). Pings go every second, so a
-  channel that stays READY proves the site's process answers (the failure detector's strongest
-  "slow, not dead" signal); reconnect backoff is capped at 2 s, so a site that returns is seen soon.
 - For the failure detector: ``probe()`` is one heartbeat attempt without retries, and
   ``channel_state()``/``channel_changes()`` expose the channel's connectivity as
-  ``core.detector.ChannelState`` (the ``core.cluster_client.ChannelObserver`` protocol).
+  ``core.detector.ChannelState`` (the ``core.cluster_client.ChannelObserver`` protocol). Pings go
+  every second, so a channel that stays READY proves the site's process answers (the detector's
+  strongest "slow, not dead" signal); reconnect backoff is capped at 2 s, so a returning site is
+  seen soon.
+- Long-lived channel options: keepalive *and* ``grpc.http2.ping_timeout_ms`` (keepalive alone
+  took 61 s to notice a frozen site; with the ping timeout, 2 s).
 
 The channel is created lazily, on the event loop of the first call (grpc.aio channels belong to
 one loop).
