@@ -9,7 +9,7 @@ undone (or its processes gone) when its context ends, whatever happened inside.
 - ``frozen(site)``: SIGSTOP every process of the site until the context ends, then SIGCONT (a
   frozen machine: nothing answers, not even TCP keepalive);
 - ``Island``: a site in its own network namespace behind a veth pair; ``island.link(up=False)``
-  partitions it (Linux, root: ``ip netns``);
+  partitions it: packets to it are dropped, silently (Linux, root: ``ip netns``);
 - ``starved(site, cpu_fraction)``: the site's processes in a cgroup with a CPU quota (cgroup v1
   ``cpu`` or v2 ``cpu.max``), else, where cgroups cannot be written, busy processes on every core
   (then the whole machine is starved, control plane included: the report says which).
@@ -91,6 +91,7 @@ class Island:
 
     namespace: str
     host_veth: str
+    peer_veth: str
     host_address: str
     site_address: str
     site: SiteProcess | None = None
@@ -102,10 +103,11 @@ class Island:
         namespace, the interfaces and the subnet: use one per island alive at once."""
         subnet = f"10.213.{tag % 250}"
         island = cls(namespace=f"godel-{name}-{tag}", host_veth=f"gh{tag}{os.getpid() % 10000}",
-                     host_address=f"{subnet}.1", site_address=f"{subnet}.2")
+                     peer_veth=f"gp{tag}{os.getpid() % 10000}", host_address=f"{subnet}.1",
+                     site_address=f"{subnet}.2")
         ip("netns", "add", island.namespace)
         try:
-            peer = f"gp{tag}{os.getpid() % 10000}"
+            peer = island.peer_veth
             ip("link", "add", island.host_veth, "type", "veth", "peer", "name", peer)
             ip("link", "set", peer, "netns", island.namespace)
             ip("addr", "add", f"{island.host_address}/30", "dev", island.host_veth)
@@ -122,8 +124,14 @@ class Island:
         return island
 
     def link(self, up: bool) -> None:
-        """Partition (``up=False``) or heal: the host side of the veth goes down or up."""
-        ip("link", "set", self.host_veth, "up" if up else "down")
+        """Partition (``up=False``) or heal: the namespace's end of the veth goes down or up.
+
+        Packets to the site then go nowhere, silently, as in a real partition (the host keeps its
+        route, so nothing else answers for the site). Taking the *host's* end down instead removes
+        the route, and packets leave by the default route, where a gateway may answer for the
+        site with a TCP reset: that reads as "connection refused", which is not a partition.
+        """
+        ip("netns", "exec", self.namespace, "ip", "link", "set", self.peer_veth, "up" if up else "down")
 
     def close(self) -> None:
         if self.site is not None:
