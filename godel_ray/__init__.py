@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from godel_ray.errors import *
-from godel_ray.errors import GodelError
+from godel_ray.errors import __all__ as _errors_all
 from godel_ray.models import *
 from godel_ray.models import __all__ as _models_all
 from godel_ray.settings import VERSION as __version__
@@ -38,4 +38,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'godel_ray' has no attribute {name!r}")
 
 
-__all__ = [*_models_all, *_LAZY, "GodelError", "__version__"]  # noqa: PLE0604 - strings, from models
+__all__ = [*_models_all, *_errors_all, *_LAZY, "__version__"]  # noqa: PLE0604 - strings, from models and errors

@@ -80,6 +80,15 @@ def test_short_heartbeat_interval_caps_the_default_timeout() -> None:
     ({"max_agents": 0}, "--max-agents"),
     ({"gpu_types": ["bad type"]}, "gpu type"),
     ({"heartbeat_interval_s": 1.0, "heartbeat_timeout_s": 2.0}, "heartbeat_timeout_s"),
+    ({"cost_per_hour": float("inf")}, "--cost: Input should be a finite number"),
+    ({"cost_per_hour": float("nan")}, "--cost: Input should be a finite number"),
+    ({"load_threshold": float("nan")}, "--load-threshold: Input should be a finite number"),
+    ({"heartbeat_interval_s": float("inf")}, "finite"),
+    ({"grace_period_s": float("inf")}, "finite"),
+    ({"name": "ok\n"}, "NAME"),
+    ({"region": "us-east\n"}, "region"),
+    ({"gpu_types": ["nvidia-a100\n"]}, "gpu type"),
+    ({"endpoint": "host:\u00b2"}, "not a number"),
 ])
 def test_registration_rejects_bad_input_naming_the_field(fields: dict[str, object], needle: str) -> None:
     base: dict[str, object] = {"name": "ok", "endpoint": "127.0.0.1:1"}
@@ -119,6 +128,8 @@ def test_cluster_file_with_a_list(tmp_path: Path) -> None:
     ("- a\n- b\n", "mapping"),
     ("name: [unclosed\n", "YAML"),
     ("clusters:\n  - {name: a, endpoint: 'h:1'}\n  - {name: a, endpoint: 'h:2'}\n", "more than once"),
+    ("clusters:\n  - {name: a, endpoint: 'h:1', cost_per_hour: .inf}\n", "clusters[0].cost_per_hour: Input should be a finite"),
+    ("name: a\nendpoint: 'h:1'\nheartbeat_interval_s: .nan\n", "heartbeat_interval_s: Input should be a finite"),
 ])
 def test_bad_cluster_file_names_the_file_and_field(tmp_path: Path, text: str, needle: str) -> None:
     file = tmp_path / "bad.yaml"
@@ -208,11 +219,27 @@ def _run(args: list[str], **env: str) -> tuple[int, str, str]:
     ["cluster", "add"],
     ["cluster", "maintenance", "x", "sideways"],
     ["agent", "list", "--status", "sleeping"],
+    ["cluster", "add", "x", "host:\u00b2"],
 ])
 def test_bad_input_is_one_error_line_before_anything_is_contacted(args: list[str]) -> None:
     code, stdout, stderr = _run(args)
     assert code == render.EXIT_CODES[errors.InvalidArgument]
     assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert stdout == ""
+
+
+@pytest.mark.parametrize("number", ["inf", "-inf", "nan", "1e309", "Infinity"])
+@pytest.mark.parametrize(("args", "flag"), [
+    (["agent", "spawn", "--checkpoint-interval"], "--checkpoint-interval"),
+    (["agent", "spawn", "--timeout"], "--timeout"),
+    (["agent", "spawn", "--cpus"], "--cpus"),
+    (["cluster", "add", "x", "127.0.0.1:1", "--cost"], "--cost"),
+])
+def test_non_finite_numbers_are_refused_naming_the_flag(args: list[str], flag: str, number: str) -> None:
+    """`--checkpoint-interval inf` used to spawn (and poison the agent table): one error line now."""
+    code, stdout, stderr = _run([*args, number])
+    assert code == render.EXIT_CODES[errors.InvalidArgument], stderr
+    assert stderr.startswith(f"error: {flag}: ") and "finite" in stderr and stderr.count("\n") == 1, stderr
     assert stdout == ""
 
 
