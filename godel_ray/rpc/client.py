@@ -253,17 +253,16 @@ class GrpcClusterClient:
         return [convert.agent_from_pb(a, self.cluster_id) for a in response.agents]
 
     async def heartbeat(self) -> SiteCapacity:
-        request = pb.HeartbeatRequest(sent_at=time.time())
-        response: pb.HeartbeatResponse = await self._unary(
-            lambda: self._stub().Heartbeat(request, timeout=self.heartbeat_timeout_s, metadata=self._metadata),
-            retry=True)
-        return convert.capacity_from_pb(response.capacity)
+        return await self._heartbeat(retry=True)
 
     async def probe(self) -> SiteCapacity:
+        return await self._heartbeat(retry=False)
+
+    async def _heartbeat(self, *, retry: bool) -> SiteCapacity:
         request = pb.HeartbeatRequest(sent_at=time.time())
         response: pb.HeartbeatResponse = await self._unary(
             lambda: self._stub().Heartbeat(request, timeout=self.heartbeat_timeout_s, metadata=self._metadata),
-            retry=False)
+            retry=retry)
         return convert.capacity_from_pb(response.capacity)
 
     def channel_state(self) -> ChannelState | None:
