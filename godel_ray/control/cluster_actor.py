@@ -151,6 +151,7 @@ class ClusterActor:
         """A new registry entry for this cluster (maintenance, limits, health settings)."""
         await self.start()
         self.cluster = cluster
+        self.tracker.reconfigure(cluster.health)
         if cluster.is_local and hasattr(self.client, "max_agents"):
             self.client.max_agents = cluster.max_agents  # the in-process runtime enforces its own limit
         self.set_maintenance_now(cluster.maintenance)

@@ -102,6 +102,11 @@ def default_acceptable_pause_s(settings: HealthSettings) -> float:
     return 2.0 * settings.heartbeat_interval_s + settings.heartbeat_timeout_s
 
 
+def _pause_s(settings: HealthSettings) -> float:
+    pause = settings.acceptable_pause_s
+    return default_acceptable_pause_s(settings) if pause is None else pause
+
+
 class PhiAccrual:
     """Suspicion level over observed inter-arrival times (phi-accrual, Akka's logistic approximation).
 
@@ -116,7 +121,7 @@ class PhiAccrual:
                  window: int = PHI_WINDOW) -> None:
         std = first_interval_s / 4.0
         self._intervals: deque[float] = deque([first_interval_s - std, first_interval_s + std], maxlen=window)
-        self._pause_s = acceptable_pause_s
+        self.acceptable_pause_s = acceptable_pause_s
         self._min_std_s = min_std_s
         self._last: float | None = None
 
@@ -138,7 +143,7 @@ class PhiAccrual:
         return max(math.sqrt(variance), self._min_std_s)
 
     def phi(self, elapsed_s: float) -> float:
-        mean = self.mean_s() + self._pause_s
+        mean = self.mean_s() + self.acceptable_pause_s
         y = max(-PHI_Y_LIMIT, min(PHI_Y_LIMIT, (elapsed_s - mean) / self.std_s()))
         e = math.exp(-y * (1.5976 + 0.070566 * y * y))
         if elapsed_s > mean:
@@ -163,9 +168,7 @@ class FailureDetector:
 
     def __init__(self, settings: HealthSettings) -> None:
         self.settings = settings
-        pause = settings.acceptable_pause_s
-        self._phi = PhiAccrual(settings.heartbeat_interval_s,
-                               default_acceptable_pause_s(settings) if pause is None else pause)
+        self._phi = PhiAccrual(settings.heartbeat_interval_s, _pause_s(settings))
         self.last_life_at: float | None = None
         self._silence_from: float | None = None  # first failure, when no life was ever seen
         self.channel: ChannelState | None = None  # None: no channel (the in-process local cluster)
@@ -174,6 +177,11 @@ class FailureDetector:
         self.refused = 0  # consecutive refused/reset probes
         self.bad_streak = 0  # consecutive failed or slow probes
         self.last_failure: ProbeFailure | None = None
+
+    def reconfigure(self, settings: HealthSettings) -> None:
+        """New settings; the observed history (inter-arrival times, streaks) is kept."""
+        self.settings = settings
+        self._phi.acceptable_pause_s = _pause_s(settings)
 
     # --- signals ------------------------------------------------------------------------------
 

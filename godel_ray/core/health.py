@@ -120,6 +120,11 @@ class HealthTracker:
     def next_probe_in_s(self) -> float:
         return self.detector.next_probe_in_s()
 
+    def reconfigure(self, settings: HealthSettings) -> None:
+        """New settings (the registry entry changed); what was observed so far is kept."""
+        self._settings = settings
+        self.detector.reconfigure(settings)
+
     def set_maintenance(self, on: bool, now: float) -> ClusterStatus | None:
         """The operator's switch. Handing back a cluster that is still offline restarts its
         failover grace period now: the time it spent offline in maintenance was the operator's."""

@@ -344,3 +344,13 @@ def test_core_detector_imports_neither_ray_nor_grpc() -> None:
             "print(sorted(m for m in ('ray', 'grpc') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_reconfigure_keeps_what_was_observed() -> None:
+    tracker = HealthTracker("c", DEFAULTS)
+    tracker.on_failure("timeout", 1.0)
+    tracker.reconfigure(HealthSettings(heartbeat_interval_s=4.0, heartbeat_timeout_s=2.0, degraded_after=3))
+    assert tracker.next_probe_in_s() == 4.0
+    assert tracker.on_failure("timeout", 2.0) is None  # 2 bad beats: not yet, now that 3 are needed
+    assert tracker.on_failure("timeout", 3.0) is ClusterStatus.DEGRADED
+    assert tracker.detector.phi(3.5) < tracker.detector.phi(30.0)
