@@ -131,7 +131,6 @@ def test_a_partitioned_site_returning_after_its_agents_moved_never_serves_them(
         wait_for(lambda: _answers_elsewhere(chaos_plane, agent_id, site.name, expect), "the agent restored elsewhere")
         offline = _offline_event(chaos_plane, site.name, first_seq)
         assert offline is not None and offline.data["evidence"] == "silent", offline  # no route is not "refused"
-        assert [a.id for a in live(site_agents(site)) if a.id == agent_id] == [agent_id]  # still there, cut off
     finally:
         island.link(up=True)
     moved_to = proxy.status(agent_id).cluster_id
