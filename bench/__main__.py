@@ -1,5 +1,7 @@
 """``python -m bench [--quick] [--json FILE] [--only exec,spawn,...]``: every figure next to its floor.
 
+``--only failover`` injects faults into real sites (``bench.failover_bench``; ``--failover-*`` size it).
+
 Starts a federation on this machine (control plane + two sites), measures each figure and the raw
 Ray / gRPC / pipe floor it is compared with in the same run, prints the table, writes the JSON,
 and stops everything it started. A missed target is reported, never an error.
@@ -34,6 +36,8 @@ def _versions() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    from bench import failover_bench  # its --failover-* flags
+    failover_bench.add_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and 30 agents at scale")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON here")
     parser.add_argument("--only", metavar="NAMES", help=f"comma-separated subset of: {','.join(BENCHES)}")
@@ -45,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
     scale_n, scale_note = default_scale_n(args.scale or (30 if args.quick else 200))
     opt = Options(quick=args.quick, scale_n=scale_n)
+    opt.failover = failover_bench.options(args, quick=args.quick)
     notes = [scale_note] if scale_note and "scale" in names else []
 
     root = workspace()

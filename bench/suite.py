@@ -17,14 +17,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import ray
 
-from bench import floors
+from bench import failover_bench, floors
+from bench.failover_bench import FailoverOptions
 from bench.placement_bench import make_views, rate
 from bench.sandbox_bench import agent_worker_pid, bench_sandbox
 from bench.stats import Row, Target
@@ -46,6 +47,7 @@ MEMORY_MARGIN_MIB = 6 * 1024
 class Options:
     quick: bool
     scale_n: int
+    failover: FailoverOptions = field(default_factory=FailoverOptions)
 
     @property
     def reps(self) -> int:
@@ -419,11 +421,17 @@ def bench_scale(fed: Federation, opt: Options) -> list[Row]:
     ]
 
 
+def bench_failover(fed: Federation, opt: Options) -> list[Row]:
+    """Faults injected into real sites (``bench.failover_bench``); its own sites, default health settings."""
+    return failover_bench.run(fed, fed.root, opt.failover)
+
+
 BENCHES: dict[str, Callable[[Federation, Options], list[Row]]] = {
     "exec": bench_exec, "stream": bench_stream, "spawn": bench_spawn, "placement": bench_placement,
     "migration": bench_migration, "cli": bench_cli, "memory": bench_memory, "scale": bench_scale,
     "sandbox": bench_sandbox,
 }
+BENCHES["failover"] = bench_failover
 
 
 def workspace() -> Path:

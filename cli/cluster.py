@@ -46,7 +46,10 @@ def add(name: Annotated[str | None, typer.Argument(help="Cluster id, e.g. gpu-ea
         flag: Annotated[list[str] | None, typer.Option("--flag", help="Capability flag (repeatable).")] = None,
         heartbeat_interval: Annotated[float | None, typer.Option("--heartbeat-interval", help="Seconds.")] = None,
         heartbeat_timeout: Annotated[float | None, typer.Option("--heartbeat-timeout", help="Seconds.")] = None,
-        grace_period: Annotated[float | None, typer.Option("--grace-period", help="Seconds offline before failover.")] = None,
+        grace_period: Annotated[float | None, typer.Option(
+            "--grace-period", help="Seconds offline (silent: frozen, partitioned) before failover.")] = None,
+        dead_grace_period: Annotated[float | None, typer.Option(
+            "--dead-grace-period", help="Seconds offline (connections refused: the site is gone) before failover.")] = None,
         state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """Register a remote cluster (probed with a heartbeat first: nothing is registered if it fails)."""
     from godel_ray import inputs
@@ -65,7 +68,7 @@ def add(name: Annotated[str | None, typer.Argument(help="Cluster id, e.g. gpu-ea
             gpu=gpu, gpu_types=inputs.parse_csv(gpu_types), flags=flag or [], max_agents=max_agents,
             cost_per_hour=cost, tls_ca_file=tls_ca, tls_cert_file=tls_cert, tls_key_file=tls_key,
             heartbeat_interval_s=heartbeat_interval, heartbeat_timeout_s=heartbeat_timeout,
-            grace_period_s=grace_period)
+            grace_period_s=grace_period, dead_grace_period_s=dead_grace_period)
         clusters = [reg.to_cluster()]
     registry = _connect(state_dir).registry
     infos = []

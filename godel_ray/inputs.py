@@ -57,6 +57,7 @@ class ClusterRegistration(BaseModel):
     heartbeat_interval_s: float | None = Field(default=None, gt=0)
     heartbeat_timeout_s: float | None = Field(default=None, gt=0)
     grace_period_s: float | None = Field(default=None, ge=0)
+    dead_grace_period_s: float | None = Field(default=None, ge=0)
     load_threshold: float = Field(default=0.8, gt=0, le=1)
     warm_pool_size: int = Field(default=0, ge=0)
 
@@ -114,6 +115,8 @@ class ClusterRegistration(BaseModel):
             health["heartbeat_timeout_s"] = min(HealthSettings().heartbeat_timeout_s, self.heartbeat_interval_s)
         if self.grace_period_s is not None:
             health["grace_period_s"] = self.grace_period_s
+        if self.dead_grace_period_s is not None:
+            health["dead_grace_period_s"] = self.dead_grace_period_s
         return Cluster(
             id=self.name, endpoint=self.endpoint, region=self.region, cost_per_hour=self.cost_per_hour,
             max_agents=self.max_agents,

@@ -211,13 +211,22 @@ class ClusterCapabilities(_Model):
 
 
 class HealthSettings(_Model):
-    heartbeat_interval_s: float = 5.0
-    heartbeat_timeout_s: float = 2.0
-    degraded_after: int = 2
-    offline_after: int = 5
-    recover_after: int = 2
-    slow_rtt_ms: float = 1000.0
-    grace_period_s: float = 30.0
+    """How a cluster's health is judged (``core.detector``, ``core.health``) and when it fails over
+    (``core.failover``). With the defaults a site whose process is gone (connection refused) is
+    offline within about a second and its checkpointed agents are restored ``dead_grace_period_s``
+    later; a silent one (frozen, partitioned) is offline after about 5 s of silence and failed over
+    ``grace_period_s`` later; a slow one is degraded, never offline."""
+
+    heartbeat_interval_s: float = 1.0
+    heartbeat_timeout_s: float = 1.0
+    degraded_after: int = 2  # consecutive failed or slow heartbeats
+    offline_after: int = 3  # consecutive failed heartbeats, at least, before offline (plus the evidence)
+    recover_after: int = 2  # consecutive fast answers back to active
+    slow_rtt_ms: float = 500.0
+    phi_threshold: float = 8.0  # suspicion level (phi accrual) at which silence means offline
+    acceptable_pause_s: float | None = None  # a normal pause between answers; None: 2 intervals + 1 deadline
+    grace_period_s: float = 10.0  # offline on silence this long: checkpointed agents are restored elsewhere
+    dead_grace_period_s: float = 2.0  # the same when connections are refused (the process is gone)
 
 
 class Cluster(_Model):
@@ -277,6 +286,9 @@ class ClusterHealthState(_Model):
     offline_since: float | None = None
     last_error: str = ""
     capacity: SiteCapacity = Field(default_factory=SiteCapacity)
+    evidence: str = ""  # the detector's verdict: alive, slow, silent or dead (core.detector.Verdict)
+    suspicion: float = 0.0  # phi at the last update: ~1 overdue, >= phi_threshold long silent
+    channel: str = ""  # the gRPC channel's connectivity state; empty for local
 
 
 class ClusterStats(_Model):

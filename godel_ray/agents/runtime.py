@@ -31,6 +31,7 @@ from godel_ray.agents import snapshot as snap
 from godel_ray.agents.actor import create_agent_actor
 from godel_ray.agents.capacity import placement_problem, site_capacity, wants
 from godel_ray.agents.pool import WarmPool, pool_sizes
+from godel_ray.agents.resource_cache import ResourceCache
 from godel_ray.agents.table import AgentEntry, AgentTable, record
 from godel_ray.core.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.core.events import EventLog
@@ -109,6 +110,9 @@ class AgentRuntime:
             warm_pool_size = default_warm_pool_size(name)
         self.pool = WarmPool(name, workdir_root, pool_sizes(warm_pool_size, warm_pool_gpu), limits=limits,
                              ready_timeout_s=ready_timeout_s)
+        # heartbeats answer from here, never waiting on Ray's GCS (see agents.resource_cache)
+        self._capacity_resources: ResourceCache[tuple[dict[str, float], dict[str, float]]] = ResourceCache(
+            self._totals)
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -123,6 +127,11 @@ class AgentRuntime:
 
         with rayapi.mapped("ray cluster"):
             return await asyncio.to_thread(read)  # Ray's reads block: off the loop
+
+    async def _totals(self) -> tuple[dict[str, float], dict[str, float]]:
+        """(the cluster's total resources, what is free now): what a heartbeat reports."""
+        _, total, free = await self._resources()
+        return total, free
 
     # --- creation ----------------------------------------------------------------------------
 
@@ -190,6 +199,7 @@ class AgentRuntime:
         return self._started(entry, started)
 
     def _started(self, entry: AgentEntry, started: Agent) -> Agent:
+        self._capacity_resources.invalidate()
         entry.agent = started.model_copy(update={"cluster_id": self.name})
         assert entry.actor is not None
         entry.watcher = asyncio.create_task(self._watch(entry, entry.actor))
@@ -221,6 +231,7 @@ class AgentRuntime:
             log.warning("agent %s: terminate failed (%s); killing its actor", entry.agent.id, exc)
         finally:
             actor.kill()
+            self._capacity_resources.invalidate()
 
     # --- ClusterClient -------------------------------------------------------------------------
 
@@ -307,14 +318,20 @@ class AgentRuntime:
 
     async def heartbeat(self) -> SiteCapacity:
         """Capacity; resources held by idle warm-pool members count as free (a spawn claims or
-        evicts them), and idle members never reduce ``available_agents``."""
+        evicts them), and idle members never reduce ``available_agents``. Answered from cached Ray
+        resources (refreshed in the background; at most ``resource_cache.FRESH_WAIT_S`` late after
+        an agent started or ended here): a heartbeat never waits on Ray's GCS once the first read
+        is done. Agent counts are this runtime's own, always current."""
         self.pool.start()
-        _, total, free = await self._resources()
+        total, free = await self._capacity_resources.get()
         pool_cpus, pool_gpus = self.pool.held()
         return site_capacity(name=self.name, region=self.region, cost_per_hour=self.cost_per_hour,
                              max_agents=self.max_agents, active_agents=self._table.active_count(), total=total,
                              free=free, pool_cpus=pool_cpus, pool_gpus=pool_gpus,
                              warm_pool=self.pool.idle_count, isolation=self._limits.sandbox.isolation)
+
+    async def probe(self) -> SiteCapacity:
+        return await self.heartbeat()
 
     async def events(self, since_seq: int = 0) -> AsyncIterator[FederationEvent]:
         # A cursor past our last event comes from an earlier life of this site (its log restarts at 1
@@ -361,6 +378,7 @@ class AgentRuntime:
 
     async def close(self) -> None:
         self._closed = True
+        await self._capacity_resources.close()
         await self.pool.close()
         live = [e for e in self._table if e.actor is not None]
         for entry in live:

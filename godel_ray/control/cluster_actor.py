@@ -5,11 +5,21 @@ For ``local`` it hosts agents on the control plane's own Ray cluster through an 
 it exposes the ``ClusterClient`` operations (with ``exec_stream`` an async generator, for Ray's
 streaming generators), and it owns two control loops, started on the first call:
 
-- the heartbeat loop: every ``cluster.health.heartbeat_interval_s``, a heartbeat with its deadline,
-  fed to a ``HealthTracker``; a ``cluster.status`` event on each transition only;
+- the heartbeat loop: one probe (a heartbeat, one attempt, with its deadline) every
+  ``cluster.health.heartbeat_interval_s`` -- sooner after a failure that says nothing answers, as the
+  failure detector asks (``core.detector``) -- fed to a ``HealthTracker``; a ``cluster.status`` event
+  (with the detector's evidence) on each transition only;
+- the channel loop (remote clusters): every change of the gRPC channel's connectivity state goes to
+  the tracker too; losing the connection triggers a probe at once (a killed site is known in about
+  a second);
 - the event loop: follows the cluster's event stream, resuming after the last sequence number it
   saw (across reconnects, and across restarts of this actor through the state store's cursor),
-  and buffers the events (``cluster_id`` filled in) until the balancer drains them.
+  and buffers the events (``cluster_id`` filled in) until the balancer drains them. Each event is
+  also a sign of life for the tracker.
+
+Fences: after the balancer restored an agent elsewhere, ``fence(agent_id, epoch)`` makes this actor
+refuse commands for that agent below the new epoch (``AgentMoved``: the caller re-resolves), so a
+stale copy on a site that comes back never serves a command, even before it is removed.
 
 ``ray.remote`` is applied in ``godel_ray.control.factory`` only.
 """
@@ -17,16 +27,18 @@ streaming generators), and it owns two control loops, started on the first call:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from godel_ray import settings
-from godel_ray.core.cluster_client import ClusterClient, collect
+from godel_ray.core.cluster_client import ChannelObserver, ClusterClient, collect
+from godel_ray.core.detector import ChannelState, probe_failure
 from godel_ray.core.events import EventLog
 from godel_ray.core.health import HealthTracker
-from godel_ray.errors import FailedPrecondition
+from godel_ray.errors import AgentMoved, FailedPrecondition
 from godel_ray.models import (
     Agent,
     AgentSnapshot,
@@ -49,6 +61,7 @@ log = logging.getLogger(__name__)
 
 LOCAL_HEARTBEAT_TIMEOUT_S = 10.0  # local's "heartbeat" reads Ray's resources in-process: not a network probe
 EVENT_RETRY_DELAY_S = 1.0  # after the event stream failed in a way the client did not retry
+CHANNEL_RETRY_DELAY_S = 1.0  # after watching the channel's state failed
 LOCAL_WORKDIR_NAME = "local"  # under ``settings.work_dir``: the ``local`` cluster's agents' workdirs
 WORKDIR_MODE = 0o700
 
@@ -101,6 +114,7 @@ class ClusterActor:
         self.site_seq = 0 if cluster.is_local else self._stored_site_seq()
         self._tasks: list[asyncio.Task[None]] = []
         self._beat_now: asyncio.Event | None = None  # created on the actor's loop in start()
+        self._fences: dict[str, int] = {}  # agent id -> the epoch it lives at elsewhere (or later here)
 
     def _stored_site_seq(self) -> int:
         # The runtime of ``local`` lives in this process and starts from 0 after a restart; a site
@@ -124,6 +138,9 @@ class ClusterActor:
             self._beat_now = asyncio.Event()
             self._tasks = [asyncio.create_task(self._heartbeat_loop(), name=f"heartbeat-{self.cluster.id}"),
                            asyncio.create_task(self._event_loop(), name=f"events-{self.cluster.id}")]
+            if isinstance(self.client, ChannelObserver):
+                self._tasks.append(asyncio.create_task(self._channel_loop(self.client),
+                                                       name=f"channel-{self.cluster.id}"))
         return True
 
     async def ping(self) -> str:
@@ -134,6 +151,7 @@ class ClusterActor:
         """A new registry entry for this cluster (maintenance, limits, health settings)."""
         await self.start()
         self.cluster = cluster
+        self.tracker.reconfigure(cluster.health)
         if cluster.is_local and hasattr(self.client, "max_agents"):
             self.client.max_agents = cluster.max_agents  # the in-process runtime enforces its own limit
         self.set_maintenance_now(cluster.maintenance)
@@ -167,6 +185,14 @@ class ClusterActor:
         if after != before:
             self._emit_status(before, after)
 
+    def _observe(self, update: Callable[[float], ClusterStatus | None]) -> None:
+        """Feed one signal to the tracker; buffer a ``cluster.status`` event if the status changed."""
+        before = self.tracker.state.status
+        after = update(time.time())
+        if after is not None and after != before:
+            self._emit_status(before, after)
+        metrics.set_cluster_status(self.cluster.id, self.tracker.state.status)
+
     async def _heartbeat_once(self) -> None:
         settings = self.cluster.health
         started = time.monotonic()
@@ -174,20 +200,17 @@ class ClusterActor:
             timeout_s = settings.heartbeat_timeout_s
             if self.cluster.is_local:
                 timeout_s = max(timeout_s, LOCAL_HEARTBEAT_TIMEOUT_S)
-            capacity = await asyncio.wait_for(self.client.heartbeat(), timeout_s)
+            capacity = await asyncio.wait_for(self.client.probe(), timeout_s)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure counts against health
-            before = self.tracker.state.status
-            after = self.tracker.on_failure(f"{type(exc).__name__}: {exc}"[:500], time.time())
+            kind = probe_failure(exc)
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            self._observe(lambda now: self.tracker.on_failure(error, now, kind))
         else:
             rtt_ms = (time.monotonic() - started) * 1000.0
             metrics.set_heartbeat_rtt(self.cluster.id, rtt_ms)
-            before = self.tracker.state.status
-            after = self.tracker.on_success(rtt_ms, capacity, time.time())
-        if after is not None and after != before:
-            self._emit_status(before, after)
-        metrics.set_cluster_status(self.cluster.id, self.tracker.state.status)
+            self._observe(lambda now: self.tracker.on_success(rtt_ms, capacity, now))
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -199,10 +222,29 @@ class ClusterActor:
                 log.exception("cluster %s: heartbeat iteration failed; carrying on", self.cluster.id)
             assert self._beat_now is not None
             try:
-                await asyncio.wait_for(self._beat_now.wait(), self.cluster.health.heartbeat_interval_s)
+                await asyncio.wait_for(self._beat_now.wait(), self.tracker.next_probe_in_s())
             except TimeoutError:
                 pass
             self._beat_now.clear()
+            self._observe(self.tracker.tick)  # suspicion grows with silence, between probes too
+
+    def _on_channel(self, state: ChannelState, now: float) -> ClusterStatus | None:
+        return self.tracker.on_channel(state, now)
+
+    async def _channel_loop(self, client: ChannelObserver) -> None:
+        """Follow the channel's connectivity; a lost connection gets a probe at once."""
+        while True:
+            try:
+                async for state in client.channel_changes():
+                    was_ready = self.tracker.detector.channel is ChannelState.READY
+                    self._observe(functools.partial(self._on_channel, state))
+                    if was_ready and state is not ChannelState.READY:
+                        self._refresh_soon()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a control loop never dies
+                log.exception("cluster %s: watching the channel failed; carrying on", self.cluster.id)
+            await asyncio.sleep(CHANNEL_RETRY_DELAY_S)
 
     def _refresh_soon(self) -> None:
         """Heartbeat now rather than at the next interval (capacity changed: spawn, kill)."""
@@ -213,7 +255,8 @@ class ClusterActor:
         state = self.tracker.state
         self.buffer.append(FederationEvent(
             kind=EventKind.CLUSTER, type=EventType.CLUSTER_STATUS, cluster_id=self.cluster.id,
-            data={"from": before.value, "to": after.value, "error": state.last_error[:200]}))
+            data={"from": before.value, "to": after.value, "error": state.last_error[:200],
+                  "evidence": state.evidence}))
 
     # --- events ---------------------------------------------------------------------------------
 
@@ -223,6 +266,7 @@ class ClusterActor:
                 async for event in self.client.events(self.site_seq):
                     self.site_seq = event.seq  # in order; may drop after a site restart
                     self.buffer.append(event.model_copy(update={"cluster_id": self.cluster.id}))
+                    self._observe(self.tracker.on_stream_event)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a control loop never dies
@@ -237,6 +281,20 @@ class ClusterActor:
         if since_local_seq > self.buffer.last_seq:
             since_local_seq = 0
         return self.buffer.since(since_local_seq), self.site_seq
+
+    # --- fences ---------------------------------------------------------------------------------
+
+    async def fence(self, agent_id: str, epoch: int) -> None:
+        """``agent_id`` lives at ``epoch`` now (restored elsewhere): refuse commands for its older
+        copies here. Idempotent; a later fence with a higher epoch wins."""
+        self._fences[agent_id] = max(epoch, self._fences.get(agent_id, 0))
+
+    def _check_fence(self, agent_id: str, epoch: int) -> None:
+        fenced = self._fences.get(agent_id)
+        if fenced is not None and epoch < fenced:  # epoch 0 ("do not check") is below any fence
+            raise AgentMoved(f"agent {agent_id} was restored elsewhere at epoch {fenced}; its copy on cluster "
+                             f"{self.cluster.id} is stale and serves nothing: ask the balancer where it lives",
+                             agent_id=agent_id, cluster_id=self.cluster.id, epoch=fenced)
 
     # --- ClusterClient operations ---------------------------------------------------------------
 
@@ -260,12 +318,14 @@ class ClusterActor:
 
     async def exec_stream(self, agent_id: str, command: str, *, timeout_s: float | None = None,
                           epoch: int = 0) -> AsyncIterator[ExecChunk]:
+        self._check_fence(agent_id, epoch)
         async for chunk in self.client.exec_stream(agent_id, command, timeout_s=timeout_s, epoch=epoch):
             yield chunk
 
     async def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None,
                    epoch: int = 0) -> ExecResult:
         """The whole command in one actor call (the proxy's ``exec``: one round trip, not one per chunk)."""
+        self._check_fence(agent_id, epoch)
         started = time.monotonic()
         chunks = [c async for c in self.client.exec_stream(agent_id, command, timeout_s=timeout_s, epoch=epoch)]
         metrics.observe_exec_latency(self.cluster.id, time.monotonic() - started)
@@ -279,6 +339,7 @@ class ClusterActor:
         return [self._mine(a) for a in await self.client.list_agents(status, labels)]
 
     async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot:
+        self._check_fence(agent_id, epoch)
         return await self.client.export(agent_id, epoch=epoch, freeze=freeze)
 
     async def import_(self, snapshot: AgentSnapshot) -> Agent:
@@ -287,6 +348,7 @@ class ClusterActor:
         return agent
 
     async def resume(self, agent_id: str, *, epoch: int = 0) -> Agent:
+        self._check_fence(agent_id, epoch)
         return self._mine(await self.client.resume(agent_id, epoch=epoch))
 
     async def journal(self, agent_id: str) -> list[JournalEntry]:

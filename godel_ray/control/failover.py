@@ -7,11 +7,14 @@ so the loop never blocks. Per tick:
 1. checkpoints: each agent with ``restart_policy=checkpoint`` is exported (not frozen: the export
    takes the agent's command lock, so it lands between two commands) every
    ``checkpoint_interval_s``, through ``Checkpoints.take`` (the one format and write path);
-2. failover: for each cluster OFFLINE longer than its ``health.grace_period_s``, its checkpointed
-   agents are placed again (same ``place()`` rules, the dead cluster excluded) and restored from
-   the latest checkpoint with epoch+1 (``Checkpoints.restore``: a kill that races it wins); what
-   was lost (the commands after the checkpoint) goes into ``status_reason`` and an
-   ``agent.restored`` event. The others are marked FAILED with the reason;
+2. failover: for each cluster OFFLINE longer than its grace period -- which scales with the failure
+   detector's evidence (``core.failover.grace_s``: ``dead_grace_period_s`` when its connections are
+   refused, ``grace_period_s`` when it is silent; none while it is degraded or answering again) --
+   its checkpointed agents are placed again (same ``place()`` rules, the dead cluster excluded) and
+   restored from the latest checkpoint with epoch+1 (``Checkpoints.restore``: a kill that races it
+   wins); what was lost (the commands after the checkpoint) goes into ``status_reason`` and an
+   ``agent.restored`` event; the dead cluster's ClusterActor is told (``fence``) so that the stale
+   copy there serves nothing, even before it is removed. The others are marked FAILED with the reason;
 3. stale copies: when a cluster comes back (ACTIVE after being OFFLINE), and every
    ``SWEEP_INTERVAL_S`` for every active cluster, its live copies the table does not recognise
    (placed elsewhere, older epoch, ended) are killed with reason ``migrated``: their waiting
@@ -37,6 +40,7 @@ from godel_ray.core.failover import (
     Restore,
     due_checkpoints,
     failover_plan,
+    grace_s,
     loss_note,
     offline_for,
     stale_copies,
@@ -123,7 +127,7 @@ class Failover:
                                         unreachable=unreachable):
             self._start(agent_id, self._checkpoint(agent_id))
         offline = {cid: offline_for(h, now) for cid, h in health.items()}
-        grace = {c.id: c.health.grace_period_s for c in clusters}
+        grace = {c.id: g for c in clusters if (g := grace_s(health.get(c.id), c.health)) is not None}
         has_checkpoint = frozenset(a.id for a in agents if self._checkpoints.record(a.id) is not None)
         for action in failover_plan(agents, offline, grace, has_checkpoint, busy=busy):
             if isinstance(action, Restore):
@@ -238,6 +242,15 @@ class Failover:
                    reason=note)
         metrics.record_failover(action.dead_cluster, "restored")
         log.warning("agent %s: %s; now on %s at epoch %d", agent.id, note, target, restored.epoch)
+        await self._fence(action.dead_cluster, agent.id, restored.epoch)
+
+    async def _fence(self, cluster_id: str, agent_id: str, epoch: int) -> None:
+        """Tell the dead cluster's ClusterActor that the agent lives at ``epoch`` now: its stale copy
+        there serves no command, even before the sweep removes it (best effort: the sweep remains)."""
+        try:
+            await self._clusters.gateway(cluster_id).fence(agent_id, epoch).result(SWEEP_TIMEOUT_S)
+        except GodelError as exc:
+            log.warning("agent %s: could not fence its stale copy on %s: %s", agent_id, cluster_id, exc)
 
     # --- stale copies -------------------------------------------------------------------------
 

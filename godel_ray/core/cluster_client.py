@@ -20,8 +20,9 @@ Semantics shared by both implementations:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from godel_ray.core.detector import ChannelState
 from godel_ray.models import (
     Agent,
     AgentSnapshot,
@@ -52,6 +53,10 @@ class ClusterClient(Protocol):
 
     async def heartbeat(self) -> SiteCapacity: ...
 
+    async def probe(self) -> SiteCapacity:
+        """One heartbeat, one attempt, no retry: what the failure detector measures."""
+        ...
+
     def events(self, since_seq: int = 0) -> AsyncIterator[FederationEvent]: ...
 
     async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot: ...
@@ -61,6 +66,19 @@ class ClusterClient(Protocol):
     async def resume(self, agent_id: str, *, epoch: int = 0) -> Agent: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ChannelObserver(Protocol):
+    """A client with a long-lived connection whose state the failure detector watches (gRPC)."""
+
+    def channel_state(self) -> ChannelState | None:
+        """The connection's state now; None before the first call made one."""
+        ...
+
+    def channel_changes(self) -> AsyncIterator[ChannelState]:
+        """The state now, then every change, for as long as the client is open."""
+        ...
 
 
 def collect(chunks: list[ExecChunk]) -> ExecResult:

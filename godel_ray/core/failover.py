@@ -12,7 +12,31 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from godel_ray.models import Agent, AgentStatus, ClusterHealthState, ClusterStatus, RestartPolicy
+from godel_ray.core.detector import Verdict
+from godel_ray.models import Agent, AgentStatus, ClusterHealthState, ClusterStatus, HealthSettings, RestartPolicy
+
+
+def grace_s(health: ClusterHealthState | None, settings: HealthSettings) -> float | None:
+    """How long ``health``'s cluster must stay OFFLINE before its agents fail over; None: not now.
+
+    The grace scales with the evidence (``health.evidence``, the detector's verdict):
+
+    * ``dead`` (connections refused or reset: nothing listens, the agents died with the process):
+      ``dead_grace_period_s``, capped by ``grace_period_s``;
+    * ``silent`` (no sign of life: frozen, partitioned, or its machine gone; its agents may still
+      run): ``grace_period_s``. A state written before the detector existed (no evidence) counts
+      as silent: it went offline on missed heartbeats alone;
+    * anything else -- not offline, in maintenance, or offline but showing life again (an answer,
+      a READY channel: it is coming back) -- None: nothing is restored while a cluster is merely
+      degraded or recovering.
+    """
+    if health is None or health.status is not ClusterStatus.OFFLINE:
+        return None
+    if health.evidence == Verdict.DEAD.value:
+        return min(settings.dead_grace_period_s, settings.grace_period_s)
+    if health.evidence in (Verdict.SILENT.value, ""):
+        return settings.grace_period_s
+    return None
 
 
 def offline_for(health: ClusterHealthState | None, now: float) -> float:
@@ -68,10 +92,12 @@ FailoverAction = Restore | MarkFailed
 
 
 def failover_plan(agents: Iterable[Agent], clusters_offline_for: Mapping[str, float],
-                  grace_s: Mapping[str, float], has_checkpoint: frozenset[str], *,
+                  graces: Mapping[str, float], has_checkpoint: frozenset[str], *,
                   busy: frozenset[str] = frozenset()) -> list[FailoverAction]:
     """What to do about the live agents of clusters offline longer than their grace period.
 
+    ``graces`` holds a grace only for the clusters failover may act on (see ``grace_s()``): a
+    cluster without one -- degraded, recovering, or offline on evidence too weak -- keeps its agents.
     An agent with ``restart_policy=checkpoint`` and a checkpoint is restored; one with the policy
     but no checkpoint yet, or without the policy, is marked failed with the reason. ``busy`` agents
     (a migration or a restore running) are left for a later tick; final agents are ignored.
@@ -82,7 +108,7 @@ def failover_plan(agents: Iterable[Agent], clusters_offline_for: Mapping[str, fl
             continue
         cluster_id = agent.cluster_id
         offline_s = clusters_offline_for.get(cluster_id, 0.0)
-        grace = grace_s.get(cluster_id)
+        grace = graces.get(cluster_id)
         if grace is None or offline_s <= 0.0 or offline_s < grace:
             continue
         if agent.config.restart_policy is RestartPolicy.CHECKPOINT and agent.id in has_checkpoint:
@@ -143,4 +169,4 @@ def loss_note(taken_at: float, lost_commands: int, dead_cluster: str) -> str:
 
 
 __all__ = ["FailoverAction", "KillStale", "MarkFailed", "Restore", "due_checkpoints", "failover_plan",
-           "loss_note", "offline_for", "stale_copies"]
+           "grace_s", "loss_note", "offline_for", "stale_copies"]

@@ -178,6 +178,10 @@ class ClusterGateway:
     def journal(self, agent_id: str) -> Call[list[JournalEntry]]:
         return Call(self.what, lambda: self.handle.journal.remote(agent_id))
 
+    def fence(self, agent_id: str, epoch: int) -> Call[None]:
+        """The agent lives at ``epoch`` elsewhere now: the cluster refuses its older copies' commands."""
+        return Call(self.what, lambda: self.handle.fence.remote(agent_id, epoch))
+
 
 class AgentGateway:
     """Typed calls to one AgentActor (``godel_ray.agents.actor``), the agent runtime's handle on it.

@@ -11,6 +11,12 @@ becomes a ``GodelError`` in ``rpc_errors`` alone. Policies:
 - Retries with exponential backoff, on UNAVAILABLE only, and only for idempotent calls: status,
   list, heartbeat, spawn *with* an idempotency key, and the event-stream reconnect (which resumes
   from the last ``seq`` seen, so nothing is delivered twice).
+- For the failure detector: ``probe()`` is one heartbeat attempt without retries, and
+  ``channel_state()``/``channel_changes()`` expose the channel's connectivity as
+  ``core.detector.ChannelState`` (the ``core.cluster_client.ChannelObserver`` protocol). Pings go
+  every second, so a channel that stays READY proves the site's process answers (the detector's
+  strongest "slow, not dead" signal); reconnect backoff is capped at 2 s, so a returning site is
+  seen soon.
 - Long-lived channel options: keepalive *and* ``grpc.http2.ping_timeout_ms`` (keepalive alone
   took 61 s to notice a frozen site; with the ping timeout, 2 s).
 - Events a site sends that cannot be converted (an unknown kind from a newer site, a refused field)
@@ -36,6 +42,7 @@ from typing import TypeVar
 import grpc
 import grpc.aio
 
+from godel_ray.core.detector import ChannelState
 from godel_ray.core.endpoint import Endpoint, parse_endpoint
 from godel_ray.errors import ClusterUnavailable, InvalidArgument
 from godel_ray.models import (
@@ -59,9 +66,12 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-KEEPALIVE_TIME_MS = 10_000
+KEEPALIVE_TIME_MS = 1_000
 KEEPALIVE_TIMEOUT_MS = 2_000
 PING_TIMEOUT_MS = 2_000
+RECONNECT_INITIAL_BACKOFF_MS = 250
+RECONNECT_MAX_BACKOFF_MS = 2_000
+CONNECT_TIMEOUT_MS = 2_000  # gRPC's "min reconnect backoff" is the floor of each connect attempt's deadline
 MESSAGE_MARGIN_BYTES = 64 * 1024  # headroom over LIMITS for the envelope of a full chunk
 RETRY_ATTEMPTS = 4
 RETRY_BASE_DELAY_S = 0.1
@@ -88,6 +98,9 @@ def channel_options() -> list[tuple[str, int]]:
         ("grpc.http2.ping_timeout_ms", PING_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_INITIAL_BACKOFF_MS),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_BACKOFF_MS),
+        ("grpc.min_reconnect_backoff_ms", CONNECT_TIMEOUT_MS),
         ("grpc.max_receive_message_length", max_bytes),
         ("grpc.max_send_message_length", max_bytes),
         ("grpc.enable_retries", 0),  # retries are ours: only for idempotent calls
@@ -122,6 +135,15 @@ def _read(path: str | None, what: str) -> bytes | None:
         return Path(path).expanduser().read_bytes()
     except OSError as exc:
         raise InvalidArgument(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+
+
+CHANNEL_STATES: dict[grpc.ChannelConnectivity, ChannelState] = {
+    grpc.ChannelConnectivity.IDLE: ChannelState.IDLE,
+    grpc.ChannelConnectivity.CONNECTING: ChannelState.CONNECTING,
+    grpc.ChannelConnectivity.READY: ChannelState.READY,
+    grpc.ChannelConnectivity.TRANSIENT_FAILURE: ChannelState.TRANSIENT_FAILURE,
+    grpc.ChannelConnectivity.SHUTDOWN: ChannelState.SHUTDOWN,
+}
 
 
 class GrpcClusterClient:
@@ -231,11 +253,34 @@ class GrpcClusterClient:
         return [convert.agent_from_pb(a, self.cluster_id) for a in response.agents]
 
     async def heartbeat(self) -> SiteCapacity:
+        return await self._heartbeat(retry=True)
+
+    async def probe(self) -> SiteCapacity:
+        return await self._heartbeat(retry=False)
+
+    async def _heartbeat(self, *, retry: bool) -> SiteCapacity:
         request = pb.HeartbeatRequest(sent_at=time.time())
         response: pb.HeartbeatResponse = await self._unary(
             lambda: self._stub().Heartbeat(request, timeout=self.heartbeat_timeout_s, metadata=self._metadata),
-            retry=True)
+            retry=retry)
         return convert.capacity_from_pb(response.capacity)
+
+    def channel_state(self) -> ChannelState | None:
+        if self._channel is None:
+            return None
+        return CHANNEL_STATES[self._channel.get_state(try_to_connect=False)]
+
+    async def channel_changes(self) -> AsyncIterator[ChannelState]:
+        self._stub()  # the channel exists from here on (it connects with the first call)
+        while True:
+            channel = self._channel
+            if channel is None:  # closed
+                return
+            state = channel.get_state(try_to_connect=False)
+            yield CHANNEL_STATES[state]
+            if state is grpc.ChannelConnectivity.SHUTDOWN:
+                return
+            await channel.wait_for_state_change(state)
 
     async def events(self, since_seq: int = 0) -> AsyncIterator[FederationEvent]:
         """Follow the site's events forever; reconnect (with backoff) and resume after ``since_seq``.

@@ -8,7 +8,8 @@ method wears: a ``GodelError`` becomes its status, anything else ``INTERNAL`` (a
 Client side: ``rpc_errors(endpoint)`` is the one context manager mapping ``grpc.RpcError`` to the
 GodelError tree (``raise ... from exc``). UNAVAILABLE becomes ``ClusterUnavailable`` naming the
 endpoint, and says "TLS handshake refused" when TLS itself refused us (wrong CA, missing client
-certificate); DEADLINE_EXCEEDED becomes ``DeadlineExceeded``.
+certificate), and otherwise carries ``cause`` (``transport_cause``: refused, unreachable, silent)
+for the failure detector; DEADLINE_EXCEEDED becomes ``DeadlineExceeded``.
 """
 
 from __future__ import annotations
@@ -58,8 +59,17 @@ CLASS_BY_CODE: dict[grpc.StatusCode, type[E.GodelError]] = {
 
 _TLS_MARKERS = ("ssl", "tls", "handshake", "tsi_", "certificate")
 # Reasons a connection never reached TLS at all: not a handshake refusal.
-_TRANSPORT_MARKERS = ("connection refused", "dns", "name resolution", "deadline", "timeout",
-                      "no route", "network is unreachable")
+_TRANSPORT_MARKERS = ("connection refused", "dns", "name resolution", "deadline", "timeout", "timed out",
+                      "settings frame", "no route", "network is unreachable", "host is unreachable")
+# What an UNAVAILABLE says about the site's process (``ClusterUnavailable.fields["cause"]``, read by
+# ``core.detector.probe_failure``). Wording as grpcio 1.85 reports it, e.g. "Failed to connect to remote
+# host: Connection refused", "Stream removed (recvmsg:Connection reset by peer (104))", "Stream removed
+# (ping timeout)", "connection attempt timed out before receiving SETTINGS frame".
+CAUSE_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("refused", ("connection refused", "connection reset", "reset by peer")),  # nothing listens: gone
+    ("unreachable", ("network is unreachable", "no route to host", "host is unreachable")),  # partition
+    ("silent", ("ping timeout", "keepalive", "settings frame", "timed out", "deadline")),  # no answer
+)
 
 
 # --- server side -------------------------------------------------------------------------------
@@ -144,6 +154,15 @@ def is_tls_refusal(details: str, tls_channel: bool = False) -> bool:
             and not any(marker in lower for marker in _TRANSPORT_MARKERS))
 
 
+def transport_cause(details: str) -> str:
+    """``refused``, ``unreachable``, ``silent`` or "" (unknown) for an UNAVAILABLE's ``details``."""
+    lower = details.lower()
+    for cause, markers in CAUSE_MARKERS:
+        if any(marker in lower for marker in markers):
+            return cause
+    return ""
+
+
 def from_rpc_error(exc: grpc.RpcError, endpoint: str, tls_channel: bool = False) -> E.GodelError:
     """Build the GodelError for a failed call to ``endpoint`` (over TLS when ``tls_channel``)."""
     code: grpc.StatusCode = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
@@ -164,7 +183,8 @@ def from_rpc_error(exc: grpc.RpcError, endpoint: str, tls_channel: bool = False)
                 f"TLS handshake refused by site {endpoint}: check the CA (--tls-ca) and, for a site "
                 f"that requires client certificates, the client certificate and key ({details})",
                 endpoint=endpoint, tls=True)
-        return E.ClusterUnavailable(f"site {endpoint} is unavailable: {details}", endpoint=endpoint)
+        return E.ClusterUnavailable(f"site {endpoint} is unavailable: {details}", endpoint=endpoint,
+                                    cause=transport_cause(details))
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return E.DeadlineExceeded(f"call to site {endpoint} ran past its deadline", endpoint=endpoint)
     if code == grpc.StatusCode.UNAUTHENTICATED:
@@ -184,5 +204,5 @@ def rpc_errors(endpoint: str, tls_channel: bool = False) -> Iterator[None]:
 
 __all__ = [
     "CLASS_BY_CODE", "CODE_BY_CLASS", "ERROR_CLASS_KEY", "ERROR_FIELDS_KEY", "abort", "from_rpc_error",
-    "is_tls_refusal", "rpc_errors", "status_code", "status_errors",
+    "is_tls_refusal", "rpc_errors", "status_code", "status_errors", "transport_cause",
 ]

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Iterator
+import itertools
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from bench.faults import Island, netns_unavailable
 from godel_ray.client.proxy import TransparentClusterProxy, connect
 from godel_ray.control import controlplane
 from godel_ray.models import Agent, Cluster, HealthSettings
@@ -25,9 +28,11 @@ from tests import helpers
 T = TypeVar("T")
 WAIT_S = 120.0
 POLL_S = 0.2
-# Fast health so that faults show within seconds: beat every 0.5 s, 1 s deadline per beat.
+# Fast health so that faults show within seconds: beat every 0.5 s, 1 s deadline per beat; no failover
+# (the grace periods, silent and dead, outlast every case here).
 FAST_HEALTH = HealthSettings(heartbeat_interval_s=0.5, heartbeat_timeout_s=1.0, degraded_after=2,
-                             offline_after=4, recover_after=3, grace_period_s=600.0)
+                             offline_after=4, recover_after=3, slow_rtt_ms=1000.0, grace_period_s=600.0,
+                             dead_grace_period_s=600.0)
 
 
 wait_for = functools.partial(helpers.wait_for, timeout_s=WAIT_S, poll_s=POLL_S)
@@ -60,6 +65,30 @@ def chaos_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosPlane
             yield ChaosPlane(state_dir=state_dir, proxy=connect(state_dir))
         finally:
             controlplane.down(state_dir)
+
+
+@pytest.fixture(scope="module")
+def island_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Island]]:
+    """Sites in their own network namespace, behind a veth pair (``bench.faults.Island``: link down is a
+    partition); every one is removed at the end of the module. Skips, saying why, where network
+    namespaces cannot be made; under ``CI=true`` that fails instead (``tests.helpers.skip_or_fail``)."""
+    reason = netns_unavailable()
+    if reason is not None:
+        helpers.skip_or_fail(f"network namespaces: {reason}")
+    made: list[Island] = []
+    tags = itertools.count(os.getpid())
+    base = tmp_path_factory.mktemp("islands")
+
+    def make(name: str, **kwargs: Any) -> Island:
+        island = Island.create(base, name, tag=next(tags) % 250, **kwargs)
+        made.append(island)
+        return island
+
+    try:
+        yield make
+    finally:
+        for island in made:
+            island.close()
 
 
 # --- what clusters really host -----------------------------------------------------------------------

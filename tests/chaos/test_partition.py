@@ -10,71 +10,21 @@ Skips, saying why, where network namespaces cannot be created (no CAP_SYS_ADMIN 
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
+from bench.faults import Island
 from godel_ray.models import ClusterHealthState, ClusterStatus, SpawnConfig
-from godel_ray.site.launcher import SiteProcess, start_site
 from tests.chaos.conftest import FAST_HEALTH, ChaosPlane, wait_for
-from tests.helpers import skip_or_fail
 
 pytestmark = [pytest.mark.chaos, pytest.mark.ray]
-IP_TIMEOUT_S = 10.0
-
-
-def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=IP_TIMEOUT_S, check=check)
-
-
-@dataclass
-class Island:
-    namespace: str
-    host_veth: str
-    host_address: str
-    site_address: str
-    site: SiteProcess | None = None
-
-    def link(self, up: bool) -> None:
-        ip("link", "set", self.host_veth, "up" if up else "down")
 
 
 @pytest.fixture(scope="module")
-def island(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Island]:
+def island(island_factory: Callable[..., Island]) -> Island:
     """A namespace with a veth to the host (10.213.N.0/30, ours alone) and a site serving inside it."""
-    if shutil.which("ip") is None:
-        skip_or_fail("network namespaces: the `ip` command (iproute2) is not installed")
-    tag = os.getpid() % 100_000
-    subnet = f"10.213.{tag % 250}"
-    island = Island(namespace=f"godel-chaos-{tag}", host_veth=f"gch{tag}", host_address=f"{subnet}.1",
-                    site_address=f"{subnet}.2")
-    probe = ip("netns", "add", island.namespace, check=False)
-    if probe.returncode != 0:
-        skip_or_fail(f"network namespaces are not permitted here: `ip netns add` said {probe.stderr.strip()!r}")
-    try:
-        peer = f"gcp{tag}"
-        ip("link", "add", island.host_veth, "type", "veth", "peer", "name", peer)
-        ip("link", "set", peer, "netns", island.namespace)
-        ip("addr", "add", f"{island.host_address}/30", "dev", island.host_veth)
-        ip("link", "set", island.host_veth, "up")
-        inside = ("netns", "exec", island.namespace, "ip")
-        ip(*inside, "addr", "add", f"{island.site_address}/30", "dev", peer)
-        ip(*inside, "link", "set", peer, "up")
-        ip(*inside, "link", "set", "lo", "up")  # the site's own Ray head runs on the namespace's loopback
-        island.site = start_site(Path(tmp_path_factory.mktemp("island")), "chaos-island", num_cpus=2,
-                                 host=island.site_address,
-                                 prefix_cmd=["ip", "netns", "exec", island.namespace])
-        yield island
-    finally:
-        if island.site is not None:
-            island.site.terminate(timeout_s=20)
-        ip("link", "del", island.host_veth, check=False)
-        ip("netns", "del", island.namespace, check=False)
+    return island_factory("chaos-island", num_cpus=2)
 
 
 def _health(chaos_plane: ChaosPlane, cluster_id: str) -> ClusterHealthState:

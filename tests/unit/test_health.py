@@ -75,9 +75,10 @@ def test_degraded_recovers_after_two_successes(clock: FakeClock) -> None:
     assert tracker.state.consecutive_failures == 0
 
 
-def test_slow_rtt_degrades_and_does_not_count_towards_recovery(clock: FakeClock) -> None:
+def test_slow_rtt_degrades_after_n_and_does_not_count_towards_recovery(clock: FakeClock) -> None:
     tracker = HealthTracker("c", SETTINGS)
-    assert succeed(tracker, clock, 1, rtt_ms=SLOW_MS) == [ClusterStatus.DEGRADED]
+    # degraded after ``degraded_after`` (2) consecutive slow answers, not on one
+    assert succeed(tracker, clock, 2, rtt_ms=SLOW_MS) == [None, ClusterStatus.DEGRADED]
     assert succeed(tracker, clock, 1, rtt_ms=SLOW_MS) == [None]
     assert succeed(tracker, clock, 1) == [None]
     assert succeed(tracker, clock, 1, rtt_ms=SLOW_MS) == [None]  # resets the streak
@@ -92,9 +93,24 @@ def test_slow_success_takes_offline_to_degraded(clock: FakeClock) -> None:
     assert tracker.state.offline_since is None
 
 
-def test_failures_while_degraded_by_slowness_go_offline(clock: FakeClock) -> None:
+def test_one_slow_answer_is_not_degraded(clock: FakeClock) -> None:
+    tracker = HealthTracker("c", SETTINGS)
+    assert succeed(tracker, clock, 1, rtt_ms=SLOW_MS) == [None]
+    assert succeed(tracker, clock, 1) == [None]  # a fast answer ends the streak
+    assert succeed(tracker, clock, 1, rtt_ms=SLOW_MS) == [None]
+    assert tracker.status is ClusterStatus.ACTIVE
+
+
+def test_a_slow_answer_then_a_failure_is_two_bad_beats(clock: FakeClock) -> None:
     tracker = HealthTracker("c", SETTINGS)
     succeed(tracker, clock, 1, rtt_ms=SLOW_MS)
+    assert fail(tracker, clock, 1) == [ClusterStatus.DEGRADED]
+
+
+def test_failures_while_degraded_by_slowness_go_offline(clock: FakeClock) -> None:
+    tracker = HealthTracker("c", SETTINGS)
+    succeed(tracker, clock, 2, rtt_ms=SLOW_MS)
+    assert tracker.status is ClusterStatus.DEGRADED
     assert fail(tracker, clock, 5) == [None, None, None, None, ClusterStatus.OFFLINE]
 
 
