@@ -9,7 +9,9 @@ fleet's servers share one asyncio loop.
 ``FleetThread`` runs a fleet on a background thread, for a driver (the bench, a test) that also
 talks to Ray on its main thread; ``python -m godel_ray.site.hollow_fleet --sites N --dir D``
 serves one in the foreground, writes ``D/manifest.json`` (name, endpoint, token file of each
-site), prints ``hollow sites ready N`` and stops on SIGTERM/SIGINT.
+site), prints ``hollow sites ready N`` and stops on SIGTERM/SIGINT (first writing, with
+``--stats-out F``, when each site received its heartbeats); ``FleetProcess`` runs that as a child
+process in its own session, so a bench's measurements and the fleet do not share one interpreter.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ import argparse
 import asyncio
 import itertools
 import json
+import math
 import resource
 import secrets
 import signal
 import statistics
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -33,6 +38,7 @@ from typing import Any, TypeVar
 import grpc.aio
 from grpc_health.v1._async import HealthServicer
 
+from godel_ray.raykit import heads
 from godel_ray.rpc.server import build_server
 from godel_ray.site.hollow import HollowRuntime, HollowShape
 from godel_ray.site.launcher import write_token
@@ -74,6 +80,17 @@ class HeartbeatStats:
         return {"sites": self.sites, "beats": self.beats, "intervals": len(ordered),
                 "p50_s": ordered[len(ordered) // 2], "p99_s": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
                 "max_s": ordered[-1], "mean_s": statistics.fmean(ordered), "late_fraction": late / len(ordered)}
+
+
+def interval_stats(times_by_site: dict[str, list[float]], since: float = 0.0, until: float = math.inf
+                   ) -> HeartbeatStats:
+    """Intervals between consecutive heartbeats each site received within ``[since, until]``."""
+    stats = HeartbeatStats(sites=len(times_by_site), beats=0)
+    for times in times_by_site.values():
+        window = [t for t in times if since <= t <= until]
+        stats.beats += len(window)
+        stats.intervals_s += [b - a for a, b in itertools.pairwise(window)]
+    return stats
 
 
 def raise_fd_limit(sites: int) -> None:
@@ -129,14 +146,12 @@ class HollowFleet:
     def manifest(self) -> list[dict[str, str]]:
         return [{"name": s.name, "endpoint": s.endpoint, "token_file": str(s.token_file)} for s in self.sites]
 
-    def heartbeat_stats(self, since: float = 0.0) -> HeartbeatStats:
-        """Intervals between heartbeats received at or after ``since`` (monotonic seconds)."""
-        stats = HeartbeatStats(sites=len(self.sites), beats=0)
-        for site in self.sites:
-            times = [t for t in site.runtime.heartbeat_times if t >= since]
-            stats.beats += len(times)
-            stats.intervals_s += [b - a for a, b in itertools.pairwise(times)]
-        return stats
+    def heartbeat_times(self) -> dict[str, list[float]]:
+        """When each site received its heartbeats (monotonic seconds, oldest first)."""
+        return {s.name: list(s.runtime.heartbeat_times) for s in self.sites}
+
+    def heartbeat_stats(self, since: float = 0.0, until: float = math.inf) -> HeartbeatStats:
+        return interval_stats(self.heartbeat_times(), since, until)
 
     def agents(self) -> int:
         """Agents (non-final records) the fleet hosts."""
@@ -171,6 +186,52 @@ class FleetThread:
                 self._loop.close()
 
 
+@dataclass
+class FleetProcess:
+    """``python -m godel_ray.site.hollow_fleet`` as a child process in its own session."""
+
+    proc: subprocess.Popen[bytes]
+    root: Path
+    sites: list[dict[str, str]]
+
+    @classmethod
+    def start(cls, root: Path, sites: int, *, ready_timeout_s: float = 300.0, extra: list[str] | None = None
+              ) -> FleetProcess:
+        root.mkdir(parents=True, exist_ok=True)
+        out = root / "fleet.log"
+        with out.open("wb") as sink:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "godel_ray.site.hollow_fleet", "--sites", str(sites), "--dir", str(root),
+                 "--stats-out", str(root / "stats.json"), *(extra or [])],
+                stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + ready_timeout_s
+        while b"hollow sites ready" not in out.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                heads.stop_session(proc.pid, grace_s=0.0)
+                raise RuntimeError(f"hollow fleet did not start: {out.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.1)
+        return cls(proc=proc, root=root, sites=json.loads((root / "manifest.json").read_text()))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, timeout_s: float = 60.0) -> dict[str, Any]:
+        """SIGTERM, wait, then make sure nothing is left; returns the stats it wrote (``{}`` if none)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        heads.stop_session(self.proc.pid, grace_s=0.0)
+        try:
+            stats: dict[str, Any] = json.loads((self.root / "stats.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return stats
+
+
 async def _serve(args: argparse.Namespace) -> None:
     root = Path(args.dir)
     shape = HollowShape(cpus=args.cpus, gpus=args.gpus, gpu_type=args.gpu_type, max_agents=args.max_agents)
@@ -185,6 +246,9 @@ async def _serve(args: argparse.Namespace) -> None:
         print(f"hollow sites ready {len(fleet.sites)}", flush=True)
         await stop.wait()
     finally:
+        if args.stats_out:
+            Path(args.stats_out).write_text(json.dumps({"heartbeats": fleet.heartbeat_times(),
+                                                        "agents": fleet.agents()}))
         await fleet.stop()
 
 
@@ -198,14 +262,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", type=int, default=0)
     parser.add_argument("--gpu-type", default=None)
     parser.add_argument("--max-agents", type=int, default=1000)
+    parser.add_argument("--stats-out", default=None,
+                        help="at exit, write each site's heartbeat times (monotonic s) here as JSON")
     args = parser.parse_args(argv)
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     asyncio.run(_serve(args))
     return 0
 
 
+__all__ = ["FleetProcess", "FleetThread", "HeartbeatStats", "HollowFleet", "HollowSite", "interval_stats",
+           "raise_fd_limit"]
+
+
 if __name__ == "__main__":
     sys.exit(main())
-
-
-__all__ = ["FleetThread", "HeartbeatStats", "HollowFleet", "HollowSite", "raise_fd_limit"]

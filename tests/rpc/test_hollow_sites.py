@@ -6,7 +6,6 @@ No Ray: a hollow site runs no processes.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,12 +13,11 @@ import pytest
 
 from godel_ray import errors as E
 from godel_ray.core.cluster_client import collect
-from godel_ray.models import AgentStatus, EventType, SpawnConfig
+from godel_ray.models import AgentStatus, EventType, SiteCapacity, SpawnConfig
 from godel_ray.rpc.auth import read_token_file
 from godel_ray.rpc.client import GrpcClusterClient
 from godel_ray.site.hollow import HollowShape
-from godel_ray.site.hollow_fleet import FleetThread, HollowSite
-from tests.helpers import wait_for
+from godel_ray.site.hollow_fleet import FleetProcess, FleetThread, HollowSite
 
 SITES = 5
 
@@ -153,30 +151,20 @@ def test_heartbeat_stats_pool_intervals(fleet: FleetThread) -> None:
 
 
 def test_fleet_process_serves_and_stops(tmp_path: Path) -> None:
-    """``python -m godel_ray.site.hollow_fleet``: ready line, manifest, clean stop on SIGTERM."""
-    import json
-    import signal
-    import subprocess
-
-    out = tmp_path / "out.txt"
-    with out.open("w") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "godel_ray.site.hollow_fleet", "--sites", "3", "--dir",
-                                 str(tmp_path)], stdout=sink, stderr=subprocess.STDOUT, text=True)
+    """``python -m godel_ray.site.hollow_fleet`` as a child: manifest, serving, stats at a clean stop."""
+    proc = FleetProcess.start(tmp_path, 3)
     try:
-        wait_for(lambda: "hollow sites ready 3" in out.read_text() or proc.poll() is not None,
-                 "the fleet's ready line", timeout_s=60)
-        assert "hollow sites ready 3" in out.read_text(), out.read_text()
-        manifest = json.loads((tmp_path / "manifest.json").read_text())
-        assert [m["name"] for m in manifest] == ["hollow-0", "hollow-1", "hollow-2"]
+        assert [m["name"] for m in proc.sites] == ["hollow-0", "hollow-1", "hollow-2"]
 
-        async def beat() -> object:
-            c = GrpcClusterClient(manifest[0]["endpoint"], token=read_token_file(manifest[0]["token_file"]))
+        async def beat() -> SiteCapacity:
+            c = GrpcClusterClient(proc.sites[0]["endpoint"], token=read_token_file(proc.sites[0]["token_file"]))
             try:
                 return await c.heartbeat()
             finally:
                 await c.close()
 
-        assert asyncio.run(beat()).name == "hollow-0"  # type: ignore[attr-defined]
+        assert asyncio.run(beat()).name == "hollow-0"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        stats = proc.stop()
+    assert proc.proc.returncode == 0
+    assert len(stats["heartbeats"]["hollow-0"]) == 1 and stats["heartbeats"]["hollow-1"] == []
