@@ -25,7 +25,8 @@ def p99(samples: list[float]) -> float | None:
 
 @dataclass
 class Target:
-    """``kind``: "ratio_max" (ratio <= value), "max" (median <= value) or "min" (median >= value)."""
+    """``kind``: "ratio_max" (ratio <= value), "max" (median <= value), "min" (median >= value) or
+    "p99_max" (p99 <= value)."""
 
     kind: str
     value: float
@@ -33,6 +34,8 @@ class Target:
     def text(self, unit: str) -> str:
         if self.kind == "ratio_max":
             return f"<= {self.value:g}x"
+        if self.kind == "p99_max":
+            return f"p99 < {self.value:,.4g} {unit}"
         return f"{'<' if self.kind == 'max' else '>='} {self.value:,.4g} {unit}"
 
 
@@ -73,10 +76,10 @@ class Row:
             return None
         if self.target.kind == "ratio_max":
             return None if self.ratio is None else self.ratio <= self.target.value
-        value = self.median
+        value = self.p99 if self.target.kind == "p99_max" else self.median
         if value is None:
             return None
-        return value <= self.target.value if self.target.kind == "max" else value >= self.target.value
+        return value >= self.target.value if self.target.kind == "min" else value <= self.target.value
 
     def miss_note(self) -> str:
         """How far a missed target is off, in words."""
@@ -84,9 +87,9 @@ class Row:
             return ""
         if self.target.kind == "ratio_max" and self.ratio is not None:
             return f"missed by {self.ratio / self.target.value:.2f}x"
-        if self.median is not None:
-            factor = (self.median / self.target.value if self.target.kind == "max"
-                      else self.target.value / self.median)
+        value = self.p99 if self.target.kind == "p99_max" else self.median
+        if value is not None:
+            factor = value / self.target.value if self.target.kind != "min" else self.target.value / value
             return f"missed by {factor:.2f}x"
         return ""
 
