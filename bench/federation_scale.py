@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import sys
 import tempfile
 import threading
@@ -260,8 +261,10 @@ def run(opt: ScaleOptions) -> list[Row]:
                              f"the last spawn returned; polled every {TAIL_POLL_S * 1000:.0f} ms"))
 
         quiet_start = time.monotonic()
+        cpu_before = {pid: cpu_s(pid) for pid in [balancer_pid or 0, *cas.values()]}
         time.sleep(QUIET_INTERVALS * opt.heartbeat_interval_s + 1.0)  # the bench may sleep: a quiet window
         windows["quiet"] = (quiet_start, time.monotonic())
+        rows += _idle_cpu_rows(cpu_before, balancer_pid or 0, time.monotonic() - quiet_start, clusters)
         tail.stop_flag.set()
         tail.join(10)
         plans = _plan_ms(proxy, PLAN_REPS)
@@ -288,6 +291,29 @@ def run(opt: ScaleOptions) -> list[Row]:
                                 if label == "burst" else "")))
     opt.notes.append(f"federation-scale: ran in {time.monotonic() - t0:.0f} s")
     return rows
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) ``pid`` has used; 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _idle_cpu_rows(before: dict[int, float], balancer_pid: int, wall_s: float, clusters: int) -> list[Row]:
+    """Share of one core the balancer, and all ClusterActors together, used in the quiet window."""
+    used = {pid: cpu_s(pid) - start for pid, start in before.items()}
+    cas = sum(v for pid, v in used.items() if pid != balancer_pid)
+    return [
+        Row(f"balancer CPU with nothing to do, {clusters} clusters", "% core",
+            [100 * used.get(balancer_pid, 0.0) / wall_s],
+            note="the control loop: health + drain_events per cluster every second, list_agents per "
+                 "cluster every 5 s"),
+        Row(f"all ClusterActors' CPU with nothing to do, {clusters} clusters", "% core", [100 * cas / wall_s],
+            note=f"{len(before) - 1} processes: heartbeat loops, event streams, the balancer's polls"),
+    ]
 
 
 def _memory_rows(api: str, balancer_before: float, cas_before: dict[str, float], raw_pss: float, agents: int,
