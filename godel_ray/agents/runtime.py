@@ -306,15 +306,17 @@ class AgentRuntime:
         return sorted(out, key=lambda a: (a.created_at, a.id))
 
     async def heartbeat(self) -> SiteCapacity:
-        """Capacity; resources held by idle warm-pool members count as free (a spawn claims or
-        evicts them), and idle members never reduce ``available_agents``."""
+        """Capacity, also per node; resources held by idle warm-pool members count as free (a spawn
+        claims or evicts them), and idle members never reduce ``available_agents``."""
         self.pool.start()
         _, total, free = await self._resources()
+        with rayapi.mapped("ray cluster"):
+            nodes = await asyncio.to_thread(rayapi.node_resources)
         pool_cpus, pool_gpus = self.pool.held()
         return site_capacity(name=self.name, region=self.region, cost_per_hour=self.cost_per_hour,
                              max_agents=self.max_agents, active_agents=self._table.active_count(), total=total,
                              free=free, pool_cpus=pool_cpus, pool_gpus=pool_gpus,
-                             warm_pool=self.pool.idle_count)
+                             warm_pool=self.pool.idle_count, nodes=nodes)
 
     async def events(self, since_seq: int = 0) -> AsyncIterator[FederationEvent]:
         # A cursor past our last event comes from an earlier life of this site (its log restarts at 1

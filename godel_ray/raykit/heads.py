@@ -206,7 +206,7 @@ class RayWorkerNode:
     head_address: str
     pid: int
     base_port: int
-    node_dir: str  # its log and unix sockets
+    node_dir: str  # its temp dir: its session's logs and unix sockets
     log_file: str
     num_cpus: float | None = None
     num_gpus: int = 0
@@ -217,14 +217,7 @@ class RayWorkerNode:
 
     def raylet_pid(self) -> int | None:
         """The pid of this node's raylet (None once it is gone)."""
-        for pid in session_pids(self.pid):
-            try:
-                exe = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
-            except OSError:
-                continue
-            if exe.endswith(b"/raylet"):
-                return pid
-        return None
+        return raylet_pid(self.pid)
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         stop_session(self.pid, grace_s)
@@ -251,8 +244,7 @@ def start_worker(
     res = _with_gpu_type(resources, num_gpus, gpu_type)
     cmd = [
         sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--address", head.address,
-        "--raylet-socket-name", os.path.join(node_dir, "raylet"),
-        "--plasma-store-socket-name", os.path.join(node_dir, "plasma_store"),
+        "--temp-dir", node_dir,
         *_node_args(base, ports, num_cpus, num_gpus, res, object_store_bytes),
     ]
     log_file = os.path.join(node_dir, "ray-start.log")
@@ -277,6 +269,18 @@ def session_pids(sid: int) -> list[int]:
         if fields[0] != "Z" and int(fields[3]) == sid:
             out.append(int(entry))
     return out
+
+
+def raylet_pid(sid: int) -> int | None:
+    """The pid of the raylet in session ``sid`` (a node we started), or None."""
+    for pid in session_pids(sid):
+        try:
+            exe = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+        except OSError:
+            continue
+        if exe.endswith(b"/raylet"):
+            return pid
+    return None
 
 
 def stop_session(sid: int, grace_s: float = STOP_GRACE_S) -> None:

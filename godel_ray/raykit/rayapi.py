@@ -15,7 +15,8 @@ failed, can tell the two apart without importing Ray.
 Use ``mapped(...)`` around any Ray call (sync or async), ``get(ref, timeout_s)`` for blocking
 gets, ``init_client(address, env)`` to attach a driver, ``attach(address, namespace)`` for a
 server process (a site) that hosts actors. Reading the cluster: ``cluster_resources``,
-``available_resources``, ``alive_node_resources``, and ``current_placement`` inside an actor.
+``available_resources``, ``alive_node_resources``, ``node_resources`` (per node, with what is free),
+and ``current_placement`` inside an actor.
 """
 
 from __future__ import annotations
@@ -175,6 +176,30 @@ def alive_node_resources() -> list[dict[str, float]]:
             if node.get("Alive")]
 
 
+def node_resources() -> list[tuple[str, bool, dict[str, float], dict[str, float]]]:
+    """Each alive node of the attached Ray cluster: (node id, is the head, total resources, free now).
+
+    ``[]`` when not inside Ray. Free resources come from Ray's per-node view (a developer API that
+    may lag a running task by a moment, as ``available_resources`` does).
+    """
+    import ray
+
+    if not ray.is_initialized():
+        return []
+    from ray._private.state import available_resources_per_node
+
+    free = available_resources_per_node()  # type: ignore[no-untyped-call]
+    out = []
+    for node in ray.nodes():  # type: ignore[no-untyped-call]
+        if not node.get("Alive"):
+            continue
+        total = {k: float(v) for k, v in node.get("Resources", {}).items()}
+        node_id = str(node.get("NodeID", ""))
+        out.append((node_id, "node:__internal_head__" in total, total,
+                    {k: float(v) for k, v in free.get(node_id, {}).items()}))
+    return out
+
+
 def current_placement() -> tuple[str, list[str]]:
     """Inside an actor: (the id of the node it runs on, the GPU ids Ray assigned it).
 
@@ -262,4 +287,4 @@ def _reload_auth_config() -> None:
 
 __all__ = ["BALANCER_WHAT", "ActorDied", "ActorUnreachable", "actor", "alive_node_resources", "attach",
            "available_resources", "cancel", "cluster_resources", "current_placement", "detach", "get",
-           "init_client", "kill_actor", "mapped", "put", "remote_actor", "translate"]
+           "init_client", "kill_actor", "mapped", "node_resources", "put", "remote_actor", "translate"]

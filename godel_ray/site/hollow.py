@@ -242,7 +242,8 @@ class HollowRuntime:
         self.heartbeat_times.append(time.monotonic())
         return site_capacity(name=self.name, region=self.shape.region, cost_per_hour=self.shape.cost_per_hour,
                              max_agents=self.shape.max_agents, active_agents=len(self._active()),
-                             total=self._total, free=self._free(), pool_cpus=0.0, pool_gpus={}, warm_pool=0)
+                             total=self._total, free=self._free(), pool_cpus=0.0, pool_gpus={}, warm_pool=0,
+                             nodes=[(f"hollow-{self.name}", True, self._total, self._free())])
 
     async def events(self, since_seq: int = 0) -> AsyncIterator[FederationEvent]:
         seq = since_seq if since_seq <= self._log.last_seq else 0

@@ -69,6 +69,8 @@ def test_heartbeat_reports_configured_capacity(fleet: FleetThread) -> None:
     cap = fleet.run(beat())
     assert (cap.name, cap.total_cpus, cap.total_gpus, cap.max_agents) == (site.name, 4, 2, 3)
     assert cap.gpu_types == ["nvidia-a100"] and cap.free_gpus == {"nvidia-a100": 2}
+    assert [(n.node_id, n.head, n.total_cpus, n.total_gpus) for n in cap.nodes] == [
+        (f"hollow-{site.name}", True, 4, 2)]
     assert len(site.runtime.heartbeat_times) >= 1
 
 

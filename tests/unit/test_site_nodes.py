@@ -1,0 +1,50 @@
+"""A site of several Ray nodes, the pure parts: the ``workers`` options and the per-node capacity report."""
+
+from __future__ import annotations
+
+import pytest
+
+from godel_ray.agents.capacity import node_capacities, site_capacity
+from godel_ray.errors import InvalidArgument
+from godel_ray.site.serve import SiteConfig
+
+HEAD = ("h" * 8, True, {"CPU": 2.0, "node:__internal_head__": 1.0}, {"CPU": 1.0})
+GPU_NODE = ("g" * 8, False, {"CPU": 2.0, "GPU": 2.0, "accelerator_type:nvidia-a100": 2.0},
+            {"CPU": 1.0, "GPU": 1.0, "accelerator_type:nvidia-a100": 1.999})
+CPU_NODE = ("c" * 8, False, {"CPU": 4.0}, {"CPU": 4.5})  # Ray's free view may briefly exceed the total
+
+
+def test_workers_are_an_option_with_gpus_and_cpus() -> None:
+    config = SiteConfig.load(None, auth_token_file="t", workers=2, num_cpus=2, worker_cpus=1, num_gpus=2,
+                             gpu_type="nvidia-a100")
+    assert (config.workers, config.worker_cpus) == (2, 1)
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    ({"workers": 1, "ray_address": "127.0.0.1:6379"}, "--workers starts nodes next to the head"),
+    ({"worker_cpus": 2}, "--worker-cpus needs --workers"),
+    ({"workers": -1}, "workers"),
+    ({"workers": 17}, "workers"),
+])
+def test_bad_worker_options_are_refused_with_the_reason(options: dict[str, object], says: str) -> None:
+    with pytest.raises(InvalidArgument, match=says):
+        SiteConfig.load(None, auth_token_file="t", **options)
+
+
+def test_node_capacities_head_first_free_never_over_total() -> None:
+    nodes = node_capacities([GPU_NODE, CPU_NODE, HEAD])
+    assert [n.node_id for n in nodes] == [HEAD[0], CPU_NODE[0], GPU_NODE[0]]
+    head, cpu, gpu = nodes
+    assert head.head and not cpu.head and not gpu.head
+    assert (cpu.total_cpus, cpu.free_cpus, cpu.total_gpus, cpu.gpu_types) == (4.0, 4.0, 0.0, [])
+    assert (gpu.total_gpus, gpu.free_gpus, gpu.gpu_types) == (2.0, 1.0, ["nvidia-a100"])
+
+
+def test_site_capacity_carries_the_nodes() -> None:
+    cap = site_capacity(name="s", region="r", cost_per_hour=0.0, max_agents=4, active_agents=1,
+                        total={"CPU": 8.0, "GPU": 2.0, "accelerator_type:nvidia-a100": 2.0},
+                        free={"CPU": 6.0, "GPU": 1.0, "accelerator_type:nvidia-a100": 1.999}, pool_cpus=0.0,
+                        pool_gpus={}, warm_pool=0, nodes=[HEAD, CPU_NODE, GPU_NODE])
+    assert len(cap.nodes) == 3 and sum(n.total_cpus for n in cap.nodes) == cap.total_cpus
+    assert site_capacity(name="s", region="r", cost_per_hour=0.0, max_agents=4, active_agents=0, total={},
+                         free={}, pool_cpus=0.0, pool_gpus={}, warm_pool=0).nodes == []
