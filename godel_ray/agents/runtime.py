@@ -200,6 +200,9 @@ class AgentRuntime:
         try:
             done = await actor.wait_done()
         except GodelError as exc:  # any failure of the actor ends the watch
+            current = entry.actor is actor and not entry.agent.status.is_final
+            if current and isinstance(exc, (rayapi.ActorDied, rayapi.ActorUnreachable)):
+                exc = await self._node_loss(entry.agent, exc)  # the reason names a lost node
             if entry.actor is actor and not entry.agent.status.is_final:
                 self._table.failure(entry, exc)
             return
@@ -207,6 +210,19 @@ class AgentRuntime:
             return  # killed through the runtime: kill() did the bookkeeping
         self._table.set_agent(entry, done)
         await self._release(entry, done.status_reason)
+
+    async def _node_loss(self, agent: Agent, exc: GodelError) -> GodelError:
+        """``exc``, or an ``ActorDied`` naming the lost node when the agent's Ray node is gone (a
+        worker node of a multi-node site lost with its raylet: every agent on it died with it)."""
+        try:
+            with rayapi.mapped("ray cluster"):
+                why = await asyncio.to_thread(rayapi.node_lost, agent.node_id)
+        except GodelError:
+            return exc
+        if why is None:
+            return exc
+        return rayapi.ActorDied(f"its node {agent.node_id[:12]} was lost: {why}", agent_id=agent.id,
+                                cluster_id=self.name)
 
     async def _release(self, entry: AgentEntry, reason: str) -> None:
         """Terminate and kill the actor (idempotent); keep the journal and final status."""

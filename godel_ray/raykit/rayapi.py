@@ -16,7 +16,7 @@ Use ``mapped(...)`` around any Ray call (sync or async), ``get(ref, timeout_s)``
 gets, ``init_client(address, env)`` to attach a driver, ``attach(address, namespace)`` for a
 server process (a site) that hosts actors. Reading the cluster: ``cluster_resources``,
 ``available_resources``, ``alive_node_resources``, ``node_resources`` (per node, with what is free),
-and ``current_placement`` inside an actor.
+``node_lost`` (whether a node is gone), and ``current_placement`` inside an actor.
 """
 
 from __future__ import annotations
@@ -200,6 +200,32 @@ def node_resources() -> list[tuple[str, bool, dict[str, float], dict[str, float]
     return out
 
 
+def node_lost(node_id: str, timeout_s: float = 1.0) -> str | None:
+    """Why node ``node_id`` of the attached cluster is gone, or None (alive, or not known).
+
+    Ray takes its health-check window (about 15 s by default) to mark a dead node; a raylet that no
+    longer accepts connections on its node-manager port is lost already, so that is checked too.
+    """
+    import socket
+
+    import ray
+
+    if not node_id or not ray.is_initialized():
+        return None
+    node = next((n for n in ray.nodes() if n.get("NodeID") == node_id), None)  # type: ignore[no-untyped-call]
+    if node is None:
+        return None
+    if not node.get("Alive"):
+        why = str(node.get("DeathReasonMessage") or "").strip()
+        return f"Ray marked it dead{': ' + why[:120] if why else ''}"
+    address = (str(node.get("NodeManagerAddress", "")), int(node.get("NodeManagerPort", 0)))
+    try:
+        with socket.create_connection(address, timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"its raylet at {address[0]}:{address[1]} does not answer ({exc.strerror or exc})"
+
+
 def current_placement() -> tuple[str, list[str]]:
     """Inside an actor: (the id of the node it runs on, the GPU ids Ray assigned it).
 
@@ -287,4 +313,4 @@ def _reload_auth_config() -> None:
 
 __all__ = ["BALANCER_WHAT", "ActorDied", "ActorUnreachable", "actor", "alive_node_resources", "attach",
            "available_resources", "cancel", "cluster_resources", "current_placement", "detach", "get",
-           "init_client", "kill_actor", "mapped", "node_resources", "put", "remote_actor", "translate"]
+           "init_client", "kill_actor", "mapped", "node_lost", "node_resources", "put", "remote_actor", "translate"]
