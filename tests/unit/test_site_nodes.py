@@ -48,3 +48,28 @@ def test_site_capacity_carries_the_nodes() -> None:
     assert len(cap.nodes) == 3 and sum(n.total_cpus for n in cap.nodes) == cap.total_cpus
     assert site_capacity(name="s", region="r", cost_per_hour=0.0, max_agents=4, active_agents=0, total={},
                          free={}, pool_cpus=0.0, pool_gpus={}, warm_pool=0).nodes == []
+
+
+def test_the_kuberay_manifest_has_the_multinode_site_shape() -> None:
+    """cluster-configs/kuberay-site.yaml and site-multinode.yaml describe one shape: a head, one GPU
+    worker node with the site's GPUs (and their accelerator_type resource), the other workers CPU-only."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    configs = Path(__file__).resolve().parents[2] / "cluster-configs"
+    local = SiteConfig.load(configs / "site-multinode.yaml")
+    doc = next(d for d in yaml.safe_load_all((configs / "kuberay-site.yaml").read_text())
+               if d and d.get("kind") == "RayCluster")
+    groups = doc["spec"]["workerGroupSpecs"]
+    assert sum(g["replicas"] for g in groups) == local.workers
+
+    def gpus(group: dict[str, object]) -> int:
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]  # type: ignore[index]
+        return int(limits.get("nvidia.com/gpu", 0))
+
+    gpu_groups = [g for g in groups if gpus(g)]
+    assert [(g["replicas"], gpus(g)) for g in gpu_groups] == [(1, local.num_gpus)]
+    resources = json.loads(json.loads(gpu_groups[0]["rayStartParams"]["resources"]))
+    assert resources == {f"accelerator_type:{local.gpu_type}": local.num_gpus}
