@@ -172,10 +172,11 @@ async def _spawn(aio: Any, n: int) -> tuple[list[float], list[Any], list[str]]:
 
 
 def _wait_active(proxy: Any, names: set[str]) -> float:
+    """Until every hollow cluster is active with the capacity its own heartbeat reported."""
     start = time.monotonic()
     while time.monotonic() - start < ACTIVE_TIMEOUT_S:
-        states = {h.cluster_id: h.status.value for h in proxy.registry.health()}
-        if all(states.get(n) == "active" for n in names):
+        states = {h.cluster_id: (h.status.value, h.capacity.name) for h in proxy.registry.health()}
+        if all(states.get(n) == ("active", n) for n in names):
             break
         time.sleep(1.0)
     return time.monotonic() - start
@@ -214,8 +215,7 @@ def run(opt: ScaleOptions) -> list[Row]:
 
         raw = floors.raw_actor(0)
         raw_call = [s * 1000 for s in floors.timed(lambda: ray.get(raw.ping.remote()), PLAN_REPS, warmup=5)]
-        raw_pss = pss_mib(ray.get(raw.pid.remote()))
-        ray.kill(raw)
+        raw_pid = ray.get(raw.pid.remote())  # kept alive until the quiet window: its idle CPU is a floor
 
         start = time.perf_counter()
         reg_lat, reg_errors = asyncio.run(_register(aio, fleet.sites, opt.heartbeat_interval_s))
@@ -261,16 +261,17 @@ def run(opt: ScaleOptions) -> list[Row]:
                              f"the last spawn returned; polled every {TAIL_POLL_S * 1000:.0f} ms"))
 
         quiet_start = time.monotonic()
-        cpu_before = {pid: cpu_s(pid) for pid in [balancer_pid or 0, *cas.values()]}
+        cpu_before = {pid: cpu_s(pid) for pid in [balancer_pid or 0, raw_pid, *cas.values()]}
         time.sleep(QUIET_INTERVALS * opt.heartbeat_interval_s + 1.0)  # the bench may sleep: a quiet window
         windows["quiet"] = (quiet_start, time.monotonic())
-        rows += _idle_cpu_rows(cpu_before, balancer_pid or 0, time.monotonic() - quiet_start, clusters)
+        rows += _idle_cpu_rows(cpu_before, balancer_pid or 0, raw_pid, time.monotonic() - quiet_start, clusters)
+        ray.kill(raw)
         tail.stop_flag.set()
         tail.join(10)
         plans = _plan_ms(proxy, PLAN_REPS)
         rows.append(Row(f"placement via balancer (plan), {clusters} clusters, {len(agents)} agents", "ms", plans,
                         "actor call", raw_call, target=Target("p99_max", PLACEMENT_P99_TARGET_MS)))
-        rows += _memory_rows(api, balancer_before, cas_before, raw_pss, len(agents), state_dir, sites_n, opt)
+        rows += _memory_rows(api, balancer_before, cas_before, len(agents), state_dir, sites_n, opt)
     except Exception as exc:  # noqa: BLE001 - keep what was measured; say what failed
         traceback.print_exc()
         opt.notes.append(f"federation-scale: failed: {type(exc).__name__}: {str(exc)[:300]}")
@@ -302,21 +303,24 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _idle_cpu_rows(before: dict[int, float], balancer_pid: int, wall_s: float, clusters: int) -> list[Row]:
+def _idle_cpu_rows(before: dict[int, float], balancer_pid: int, raw_pid: int, wall_s: float, clusters: int
+                   ) -> list[Row]:
     """Share of one core the balancer, and all ClusterActors together, used in the quiet window."""
-    used = {pid: cpu_s(pid) - start for pid, start in before.items()}
-    cas = sum(v for pid, v in used.items() if pid != balancer_pid)
+    used = {pid: 100 * (cpu_s(pid) - start) / wall_s for pid, start in before.items()}
+    each = [v for pid, v in used.items() if pid not in (balancer_pid, raw_pid)]
     return [
         Row(f"balancer CPU with nothing to do, {clusters} clusters", "% core",
-            [100 * used.get(balancer_pid, 0.0) / wall_s],
+            [used.get(balancer_pid, 0.0)],
             note="the control loop: health + drain_events per cluster every second, list_agents per "
                  "cluster every 5 s"),
-        Row(f"all ClusterActors' CPU with nothing to do, {clusters} clusters", "% core", [100 * cas / wall_s],
-            note=f"{len(before) - 1} processes: heartbeat loops, event streams, the balancer's polls"),
+        Row(f"all ClusterActors' CPU with nothing to do, {clusters} clusters", "% core", [sum(each)],
+            note=f"{len(each)} processes: heartbeat loops, event streams, the balancer's polls"),
+        Row("one ClusterActor's CPU with nothing to do", "% core", each, "idle bare Ray actor",
+            [used.get(raw_pid, 0.0)]),
     ]
 
 
-def _memory_rows(api: str, balancer_before: float, cas_before: dict[str, float], raw_pss: float, agents: int,
+def _memory_rows(api: str, balancer_before: float, cas_before: dict[str, float], agents: int,
                  state_dir: Path, sites: int, opt: ScaleOptions) -> list[Row]:
     balancer_pid, cas = control_pids(api)
     balancer_after = pss_mib(balancer_pid) if balancer_pid else 0.0
@@ -326,12 +330,13 @@ def _memory_rows(api: str, balancer_before: float, cas_before: dict[str, float],
     imports: dict[str, Any] = ray.get(probe.measure.remote())
     ray.kill(probe)
     per_ca = median(list(hollow.values())) or 0.0
+    bare = imports["pss_before_mib"]  # a Ray worker that imported nothing of ours
     total = balancer_after + sum(hollow.values())
     store_bytes = sum(p.stat().st_size for p in state_dir.glob("*.db*"))
     at_1000 = balancer_after + 1000 * per_ca
     opt.notes.append(
-        f"federation-scale memory: {len(hollow)} ClusterActors ~{per_ca:.0f} MiB PSS each (a bare Ray actor: "
-        f"{raw_pss:.0f} MiB), balancer {balancer_after:.0f} MiB: {total / 1024:.1f} GiB for {sites} sites; "
+        f"federation-scale memory: {len(hollow)} ClusterActors ~{per_ca:.0f} MiB PSS each (a bare Ray worker: "
+        f"{bare:.0f} MiB), balancer {balancer_after:.0f} MiB: {total / 1024:.1f} GiB for {sites} sites; "
         f"1,000 sites would take ~{at_1000 / 1024:.0f} GiB ({1000 * per_ca / 1024:.0f} GiB of it ClusterActor "
         f"processes, one per cluster)")
     opt.notes.append(
@@ -339,7 +344,7 @@ def _memory_rows(api: str, balancer_before: float, cas_before: dict[str, float],
         f"imports add {imports['added']} ({', '.join(f'{k} {v}' for k, v in imports['top'])}): "
         f"PSS {imports['pss_before_mib']:.1f} -> {imports['pss_after_mib']:.1f} MiB")
     return [
-        Row("ClusterActor process PSS (each)", "MB", list(hollow.values()), "bare Ray actor", [raw_pss],
+        Row("ClusterActor process PSS (each)", "MB", list(hollow.values()), "bare Ray worker", [bare],
             note=f"{len(hollow)} processes; projected at 1,000 sites: {1000 * per_ca / 1024:.0f} GiB"),
         Row("balancer process PSS", "MB", [balancer_after],
             note=f"{balancer_before:.0f} MiB before the agents; +{(balancer_after - balancer_before) * 1024 / max(agents, 1):.1f} "
