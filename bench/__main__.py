@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="federation-scale: agents to spawn over them (default 1000, quick 200)")
     parser.add_argument("--heartbeat-interval", type=float, default=5.0, metavar="S",
                         help="federation-scale: each hollow site's heartbeat interval (default 5)")
+    parser.add_argument("--spawn-budget", type=float, default=900.0, metavar="S",
+                        help="federation-scale: start no spawn after S seconds (default 900); says how many fitted")
     args = parser.parse_args(argv)
     names = list(BENCHES) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHES and n not in STANDALONE]
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in [n for n in names if n in STANDALONE]:
         scale = federation_scale.ScaleOptions(sites=args.sites or (20 if args.quick else 100),
                                               agents=args.agents or (200 if args.quick else 1000),
-                                              heartbeat_interval_s=args.heartbeat_interval)
+                                              heartbeat_interval_s=args.heartbeat_interval,
+                                              spawn_budget_s=args.spawn_budget)
         try:
             rows += federation_scale.run(scale)
         except Exception as exc:  # noqa: BLE001 - one failing figure must not lose the others

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -65,6 +66,7 @@ class ScaleOptions:
     sites: int = 100
     agents: int = 1000
     heartbeat_interval_s: float = 5.0
+    spawn_budget_s: float = 900.0  # no spawn starts after this: the figures say how many fitted
     notes: list[str] = field(default_factory=list)
 
 
@@ -150,14 +152,22 @@ async def _register(aio: Any, sites: list[dict[str, str]], interval_s: float) ->
     return lat, errors
 
 
-async def _spawn(aio: Any, n: int) -> tuple[list[float], list[Any], list[str]]:
+async def _spawn(aio: Any, n: int, budget_s: float) -> tuple[list[float], list[Any], list[str], list[float]]:
+    """Spawn up to ``n`` agents, ``SPAWN_CONCURRENCY`` at a time, none started after ``budget_s``.
+
+    Returns latencies (ms), the agents, errors, and when each agent was acknowledged (s from the start).
+    """
     sem = asyncio.Semaphore(SPAWN_CONCURRENCY)
     lat: list[float] = []
     agents: list[Any] = []
     errors: list[str] = []
+    acked: list[float] = []
+    began = time.perf_counter()
 
     async def one() -> None:
         async with sem:
+            if time.perf_counter() - began > budget_s:
+                return
             start = time.perf_counter()
             try:
                 agent = await aio.spawn(SpawnConfig(cpus=0.01, labels={"bench": "federation-scale"}))
@@ -166,9 +176,19 @@ async def _spawn(aio: Any, n: int) -> tuple[list[float], list[Any], list[str]]:
                 return
             lat.append((time.perf_counter() - start) * 1000)
             agents.append(agent)
+            acked.append(time.perf_counter() - began)
 
     await asyncio.gather(*(one() for _ in range(n)))
-    return lat, agents, errors
+    return lat, agents, errors, acked
+
+
+def _rates(acked: list[float], bucket: int) -> list[float]:
+    """Spawns per second over each successive ``bucket`` acknowledged agents."""
+    out, last = [], 0.0
+    for i in range(bucket, len(acked) + 1, bucket):
+        out.append(bucket / max(acked[i - 1] - last, 1e-9))
+        last = acked[i - 1]
+    return out
 
 
 def _wait_active(proxy: Any, names: set[str]) -> float:
@@ -240,7 +260,7 @@ def run(opt: ScaleOptions) -> list[Row]:
         tail.start()
         burst_start = time.monotonic()
         start = time.perf_counter()
-        spawn_lat, agents, spawn_errors = asyncio.run(_spawn(aio, opt.agents))
+        spawn_lat, agents, spawn_errors, acked = asyncio.run(_spawn(aio, opt.agents, opt.spawn_budget_s))
         spawn_wall = time.perf_counter() - start
         burst_end = time.monotonic()
         windows["burst"] = (burst_start, burst_end)
@@ -254,7 +274,13 @@ def run(opt: ScaleOptions) -> list[Row]:
                         note=f"{len(agents)}/{opt.agents} in {spawn_wall:.1f} s ({len(agents) / max(spawn_wall, 1e-9):.0f}/s), "
                              f"{SPAWN_CONCURRENCY} at a time; placed onto {len(per_cluster)} sites "
                              f"({min(per_cluster.values(), default=0)}..{max(per_cluster.values(), default=0)} each); "
-                             f"{len(spawn_errors)} errors{': ' + spawn_errors[0] if spawn_errors else ''}"))
+                             f"{len(spawn_errors)} errors{': ' + spawn_errors[0] if spawn_errors else ''}"
+                             + (f"; the {opt.spawn_budget_s:g} s spawn budget ran out" if len(agents) < opt.agents
+                                and not spawn_errors else "")))
+        bucket = max(1, opt.agents // 10)
+        rows.append(Row(f"spawn rate per {bucket} agents, in order", "agents/s", _rates(acked, bucket),
+                        higher_is_better=True,
+                        note="successive buckets: " + ", ".join(f"{r:.1f}" for r in _rates(acked, bucket))))
         rows.append(Row("merged event stream lag (site emit -> control-plane store)", "ms", tail.lags_ms,
                         target=Target("p99_max", EVENT_LAG_TARGET_MS),
                         note=f"{got}/{len(agents)} agent.spawned events arrived; the last {drain_s:.1f} s after "
@@ -280,6 +306,7 @@ def run(opt: ScaleOptions) -> list[Row]:
             controlplane.down(state_dir)
         finally:
             fleet_stats = fleet.stop()
+            shutil.rmtree(root, ignore_errors=True)
     times = {k: list(v) for k, v in fleet_stats.get("heartbeats", {}).items()}
     for label, (lo, hi) in windows.items():
         stats = interval_stats(times, lo, hi)
