@@ -6,18 +6,20 @@ load Ray; spawn, exec, kill and logs go through ``connect()``.
 
 from __future__ import annotations
 
+import shlex
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from godel_cli import render
+from godel_cli import render, safetext, tables
 from godel_cli.render import JsonOption, StateDirOption
-from rich.text import Text
 
 from godel_ray.models import OutputStream
 
 if TYPE_CHECKING:
-    from godel_ray.client.proxy import StateReader, TransparentClusterProxy
+    from godel_ray.client.proxy import TransparentClusterProxy
+    from godel_ray.client.reader import StateReader
 
 TIMED_OUT_EXIT_CODE = 124  # as timeout(1)
 
@@ -28,7 +30,12 @@ app = typer.Typer(help="Spawn agents, run commands in them, inspect them.", no_a
 @render.guarded
 def spawn(model: Annotated[str | None, typer.Option("--model", help="Model name handed to the agent.")] = None,
           label: Annotated[list[str] | None, typer.Option("--label", "-l", help="key=value (repeatable).")] = None,
-          env: Annotated[list[str] | None, typer.Option("--env", "-e", help="NAME=value (repeatable).")] = None,
+          env: Annotated[list[str] | None, typer.Option(
+              "--env", "-e", help="NAME=value (repeatable). Visible in `ps`: use --env-file for secrets.")] = None,
+          env_file: Annotated[list[Path] | None, typer.Option(
+              "--env-file", help="File of NAME=value lines (# comments and blank lines skipped; values "
+              "literal, as docker's --env-file; repeatable; --env wins). Refused if group or others can "
+              "access it: chmod 600.")] = None,
           timeout: Annotated[float | None, typer.Option("--timeout", help="Lifetime in seconds.")] = None,
           gpu: Annotated[bool, typer.Option("--gpu", help="Needs a GPU.")] = False,
           gpu_type: Annotated[str | None, typer.Option("--gpu-type", help="e.g. nvidia-a100 (implies --gpu).")] = None,
@@ -42,11 +49,14 @@ def spawn(model: Annotated[str | None, typer.Option("--model", help="Model name 
           region: Annotated[str | None, typer.Option("--region", help="Preferred region.")] = None,
           state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """Spawn an agent; the balancer places it (see `swarmctl agent explain ID`)."""
+    from godel_cli.envfile import read_env_file
+
     from godel_ray import inputs
     from godel_ray.errors import GodelError
 
+    env_items = [item for path in env_file or [] for item in read_env_file(path)] + (env or [])
     spawn_config = inputs.build_spawn_config(
-        model=model, labels=inputs.parse_labels(label), env=inputs.parse_env(env), timeout_s=timeout,
+        model=model, labels=inputs.parse_labels(label), env=inputs.parse_env(env_items), timeout_s=timeout,
         requires_gpu=gpu, gpu_type=gpu_type, gpu_count=gpu_count, cpus=cpus, cluster=cluster,
         idempotency_key=idempotency_key, restart_policy=restart_policy, checkpoint_interval_s=checkpoint_interval,
         priority=priority, preferred_region=region)
@@ -59,21 +69,24 @@ def spawn(model: Annotated[str | None, typer.Option("--model", help="Model name 
         rule = proxy.explain(agent.id).rule
     except GodelError:  # the rule is a courtesy; the spawn itself succeeded
         rule = ""
-    render.out().print(Text.assemble("spawned ", (agent.id, "bold"), " on ", (agent.cluster_id, "bold green"),
-                                     f" ({rule})" if rule else ""))
+    render.say("spawned ", (agent.id, "bold"), " on ", (agent.cluster_id, "bold green"), f" ({rule})" if rule else "")
 
 
 @app.command("exec")
 @render.guarded
 def exec_(agent_id: Annotated[str, typer.Argument(metavar="AGENT_ID")],
-          command: Annotated[list[str], typer.Argument(metavar="-- CMD...", help="Shell command (joined by spaces).")],
+          command: Annotated[list[str], typer.Argument(
+              metavar="-- CMD...", help="One argument: a shell line. Several: a command and its arguments.")],
           timeout: Annotated[float | None, typer.Option("--timeout", help="Command timeout in seconds.")] = None,
           state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """Run a shell command in the agent's directory; stream its output; exit with its exit code.
 
-    Arguments after `--` are joined with spaces, like ssh: `-- 'make test && ls'` or `-- make test`.
+    As kubectl exec and docker exec: several arguments after `--` are a command and its arguments,
+    each passed as it is (quoted for the agent's shell), so `-- sh -c "a; b"` runs `sh` with the two
+    arguments `-c` and `a; b`. One argument is a shell line, so `-- 'make test && ls'` uses the
+    shell's `&&`, pipes, globs and $VARS.
     """
-    text = " ".join(command)
+    text = shell_line(command)
     proxy = _connect(state_dir)
     if json_out:
         result = proxy.exec(agent_id, text, timeout_s=timeout)
@@ -90,8 +103,14 @@ def exec_(agent_id: Annotated[str, typer.Argument(metavar="AGENT_ID")],
             if chunk.result.timed_out:
                 render.fail(f"command timed out in {agent_id}", TIMED_OUT_EXIT_CODE)
             if chunk.result.truncated:
-                sys.stderr.write(f"warning: output of the command in {agent_id} was truncated\n")
+                sys.stderr.write(f"warning: output of the command in {safetext.clean(agent_id)} was truncated\n")
     raise typer.Exit(exit_code)
+
+
+def shell_line(argv: list[str]) -> str:
+    """What the agent's shell runs for ``exec -- ARGV``: one argument as it is (a shell line), several
+    quoted (``shlex.join``) so that each reaches the command as one argument."""
+    return argv[0] if len(argv) == 1 else shlex.join(argv)
 
 
 def _shell_status(exit_code: int) -> int:
@@ -115,7 +134,7 @@ def list_(status: Annotated[str | None, typer.Option("--status", help="pending|r
         raise InvalidArgument(f"unknown status {status!r}: use one of {', '.join(s.value for s in AgentStatus)}")
     agents = _reader(state_dir).agents(status=status, labels=parse_labels(label) or None, cluster=cluster,
                                        model=model)
-    render.emit_json(agents) if json_out else render.out().print(render.agents_table(agents))
+    render.emit_json(agents) if json_out else render.out().print(tables.agents_table(agents))
 
 
 @app.command("status")
@@ -131,9 +150,9 @@ def status(agent_id: Annotated[str, typer.Argument(metavar="ID")],
         data["migrations"] = render.jsonable(migrations)
         render.emit_json(data)
         return
-    render.out().print(render.agent_panel(agent))
+    render.out().print(tables.agent_panel(agent))
     if migrations:
-        render.out().print(render.migrations_table(migrations))
+        render.out().print(tables.migrations_table(migrations))
 
 
 @app.command("kill")
@@ -145,7 +164,7 @@ def kill(agent_id: Annotated[str, typer.Argument(metavar="ID")],
     if json_out:
         render.emit_json(agent)
     else:
-        render.out().print(Text.assemble(f"{agent.id} ", render.agent_status(agent.status)))
+        render.say(f"{agent.id} ", safetext.agent_status(agent.status))
 
 
 @app.command("explain")
@@ -154,7 +173,7 @@ def explain(agent_id: Annotated[str, typer.Argument(metavar="ID")],
             state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """Why the agent went where it went: every candidate's factor scores and every rejection (no Ray)."""
     decision = _reader(state_dir).decision(agent_id)
-    render.emit_json(decision) if json_out else render.print_placement(decision)
+    render.emit_json(decision) if json_out else tables.print_placement(decision)
 
 
 @app.command("logs")
@@ -163,11 +182,11 @@ def logs(agent_id: Annotated[str, typer.Argument(metavar="ID")],
          state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """The agent's command journal: every command it ran, with exit code and duration."""
     entries = _connect(state_dir).journal(agent_id)
-    render.emit_json(entries) if json_out else render.out().print(render.journal_table(entries))
+    render.emit_json(entries) if json_out else render.out().print(tables.journal_table(entries))
 
 
 def _reader(state_dir: str | None) -> StateReader:
-    from godel_ray.client.proxy import StateReader
+    from godel_ray.client.reader import StateReader
 
     return StateReader(state_dir)
 

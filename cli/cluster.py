@@ -7,20 +7,19 @@ and never load Ray; commands that change something go through ``connect()``.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from godel_cli import render
+from godel_cli import render, safetext, tables
 from godel_cli.render import JsonOption, StateDirOption
 from rich.live import Live
-from rich.text import Text
 
-from godel_ray.models import Cluster, ClusterStats, Migration
+from godel_ray.models import Cluster, Migration
 
 if TYPE_CHECKING:
-    from godel_ray.client.proxy import StateReader, TransparentClusterProxy
+    from godel_ray.client.proxy import TransparentClusterProxy
+    from godel_ray.client.reader import StateReader
 
 app = typer.Typer(help="Register and inspect clusters; move agents between them.", no_args_is_help=True)
 
@@ -81,8 +80,8 @@ def add(name: Annotated[str | None, typer.Argument(help="Cluster id, e.g. gpu-ea
 
 def _print_registered(cluster: Cluster, rtt_ms: float | None) -> None:
     caps = ",".join(cluster.capabilities.gpu_types) or ("gpu" if cluster.capabilities.gpu else "cpu")
-    render.out().print(Text.assemble("registered ", (cluster.id, "bold"), f" at {cluster.endpoint} ",
-                                     f"(region {cluster.region}, {caps}, rtt ", render.latency(rtt_ms), ")"))
+    render.say("registered ", (cluster.id, "bold"), f" at {cluster.endpoint} ",
+               f"(region {cluster.region}, {caps}, rtt ", safetext.latency(rtt_ms), ")")
 
 
 @app.command("list")
@@ -93,7 +92,7 @@ def list_(state_dir: StateDirOption = None, json_out: JsonOption = False) -> Non
     if json_out:
         render.emit_json(infos)
     else:
-        render.out().print(render.clusters_table(infos))
+        render.out().print(tables.clusters_table(infos))
 
 
 @app.command("remove")
@@ -106,7 +105,7 @@ def remove(cluster_id: Annotated[str, typer.Argument(metavar="ID")],
     if json_out:
         render.emit_json({"removed": cluster_id})
     else:
-        render.out().print(f"removed {cluster_id}")
+        render.say(f"removed {cluster_id}")
 
 
 @app.command("health")
@@ -117,7 +116,7 @@ def health(watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh ev
     reader = _reader(state_dir)
     if not watch:
         states = reader.health()
-        render.emit_json(states) if json_out else render.out().print(render.health_table(states))
+        render.emit_json(states) if json_out else render.out().print(tables.health_table(states))
         return
     if json_out or not render.interactive():
         while True:  # one document per refresh: JSON lines, or one plain table each time
@@ -125,41 +124,32 @@ def health(watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh ev
             if json_out:
                 render.emit_json(states, compact=True)
             else:
-                render.out().print(render.health_table(states))
+                render.out().print(tables.health_table(states))
             time.sleep(WATCH_REFRESH_S)
-    with Live(render.health_table(reader.health()), console=render.out(), auto_refresh=False) as live:
+    with Live(tables.health_table(reader.health()), console=render.out(), auto_refresh=False) as live:
         while True:
             time.sleep(WATCH_REFRESH_S)
-            live.update(render.health_table(reader.health()), refresh=True)
+            live.update(tables.health_table(reader.health()), refresh=True)
 
 
 @app.command("stats")
 @render.guarded
 def stats(state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """Load, agents by status and free capacity per cluster (no Ray)."""
-    rows = _stats(_reader(state_dir))
-    render.emit_json(rows) if json_out else render.out().print(render.stats_table(rows))
+    rows = _reader(state_dir).stats()
+    render.emit_json(rows) if json_out else render.out().print(tables.stats_table(rows))
 
 
 @app.command("regions")
 @render.guarded
 def regions(state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """Clusters grouped by region (no Ray)."""
-    infos = _reader(state_dir).clusters()
-    by_region: dict[str, list[str]] = {}
-    for info in infos:
-        by_region.setdefault(info.cluster.region, []).append(info.cluster.id)
+    reader = _reader(state_dir)
+    by_region = reader.regions()
     if json_out:
         render.emit_json(by_region)
-        return
-    status = {info.cluster.id: info.health.status for info in infos}
-    table = render.new_table("regions")
-    table.add_column("REGION")
-    table.add_column("CLUSTERS")
-    for region_name, ids in sorted(by_region.items()):
-        table.add_row(region_name, Text(", ").join(
-            Text(cid, style=render.CLUSTER_STATUS_STYLE[status[cid]]) for cid in sorted(ids)))
-    render.out().print(table)
+    else:
+        render.out().print(tables.regions_table(by_region, reader.clusters()))
 
 
 @app.command("plan")
@@ -177,7 +167,7 @@ def plan(gpu: Annotated[bool, typer.Option("--gpu")] = False,
     spawn_config = build_spawn_config(requires_gpu=gpu, gpu_type=gpu_type, gpu_count=gpu_count, cpus=cpus,
                                       priority=priority, preferred_region=region)
     decision = _connect(state_dir).registry.plan(spawn_config)
-    render.emit_json(decision) if json_out else render.print_placement(decision)
+    render.emit_json(decision) if json_out else tables.print_placement(decision)
 
 
 @app.command("maintenance")
@@ -194,7 +184,7 @@ def maintenance(cluster_id: Annotated[str, typer.Argument(metavar="ID")],
     if json_out:
         render.emit_json(info)
     else:
-        render.out().print(Text.assemble(f"{cluster_id} is now ", render.cluster_status(info.health.status)))
+        render.say(f"{cluster_id} is now ", safetext.cluster_status(info.health.status))
 
 
 @app.command("migrate")
@@ -210,9 +200,9 @@ def migrate(agent_id: Annotated[str, typer.Argument(metavar="AGENT_ID")],
     if json_out:
         render.emit_json(migration)
     elif not wait:
-        render.out().print(f"migration {migration.id} of {agent_id}: {migration.source} → {migration.target} "
-                           f"({migration.phase.value}); follow with `swarmctl agent status {agent_id}`")
-    if migration.phase in render.MIGRATION_DONE and migration.phase.value != "completed":
+        render.say(f"migration {migration.id} of {agent_id}: {migration.source} → {migration.target} "
+                   f"({migration.phase.value}); follow with `swarmctl agent status {agent_id}`")
+    if migration.phase in tables.MIGRATION_DONE and migration.phase.value != "completed":
         render.fail(f"migration {migration.id} {migration.phase.value}: {migration.error or 'no reason recorded'}")
 
 
@@ -220,19 +210,18 @@ def _follow_migration(migration: Migration, state_dir: str | None, *, show: bool
     """Poll the state store (no Ray) and print each phase as it is reached, then a summary."""
     reader = _reader(state_dir)
     seen = 0
-    console = render.out()
     deadline = time.monotonic() + MIGRATION_WAIT_S
     if show:
-        console.print(f"migrating {migration.agent_id}: {migration.source} → {migration.target} ({migration.id})")
+        render.say(f"migrating {migration.agent_id}: {migration.source} → {migration.target} ({migration.id})")
     while True:
-        current = next((m for m in reader.migrations(migration.agent_id) if m.id == migration.id), migration)
+        current = reader.migration(migration.id) or migration
         if show:
             for stamp in current.phases[seen:]:
                 offset = stamp.at - current.started_at
-                console.print(Text.assemble("  ", (f"{stamp.phase.value:<13}", render.migration_style(stamp.phase)),
-                                            f" +{offset:6.2f} s   {render.size(current.bytes_moved)}"))
+                render.say("  ", (f"{stamp.phase.value:<13}", tables.migration_style(stamp.phase)),
+                           f" +{offset:6.2f} s   {safetext.size(current.bytes_moved)}")
             seen = len(current.phases)
-        if current.phase in render.MIGRATION_DONE:
+        if current.phase in tables.MIGRATION_DONE:
             break
         if time.monotonic() > deadline:
             render.fail(f"migration {migration.id} still {current.phase.value} after {MIGRATION_WAIT_S:.0f} s; "
@@ -240,27 +229,15 @@ def _follow_migration(migration: Migration, state_dir: str | None, *, show: bool
         time.sleep(MIGRATION_POLL_S)
     if show and current.phase.value == "completed":
         took = (current.finished_at or time.time()) - current.started_at
-        console.print(Text.assemble(("migrated ", "bold green"), f"{current.agent_id} {current.source} → "
-                                    f"{current.target}: {render.size(current.bytes_moved)} in {took:.2f} s, "
-                                    f"downtime {render.seconds(current.downtime_s)}, "
-                                    f"epoch {current.epoch_from}→{current.epoch_to}"))
+        render.say(("migrated ", "bold green"), f"{current.agent_id} {current.source} → "
+                   f"{current.target}: {safetext.size(current.bytes_moved)} in {took:.2f} s, "
+                   f"downtime {safetext.seconds(current.downtime_s)}, "
+                   f"epoch {current.epoch_from}→{current.epoch_to}")
     return current
 
 
-def _stats(reader: StateReader) -> list[ClusterStats]:
-    """``ClusterStats`` from the store, as the balancer's ``stats()`` computes them, without Ray."""
-    by_cluster: dict[str, Counter[str]] = {}
-    for agent in reader.agents():
-        by_cluster.setdefault(agent.cluster_id, Counter())[agent.status.value] += 1
-    return [ClusterStats(cluster_id=info.cluster.id, status=info.health.status,
-                         agents_by_status=dict(by_cluster.get(info.cluster.id, {})),
-                         capacity=info.health.capacity, rtt_ms=info.health.rtt_ms,
-                         load=info.agents / info.cluster.max_agents if info.cluster.max_agents > 0 else 1.0)
-            for info in reader.clusters()]
-
-
 def _reader(state_dir: str | None) -> StateReader:
-    from godel_ray.client.proxy import StateReader
+    from godel_ray.client.reader import StateReader
 
     return StateReader(state_dir)
 

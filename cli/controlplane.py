@@ -10,9 +10,8 @@ import shlex
 from typing import Annotated
 
 import typer
-from godel_cli import render
+from godel_cli import render, safetext
 from godel_cli.render import JsonOption, StateDirOption
-from rich.table import Table
 from rich.text import Text
 
 
@@ -42,7 +41,7 @@ def up(state_dir: StateDirOption = None,
     else:
         info = controlplane.up(state_dir, num_cpus=num_cpus, num_gpus=num_gpus, gpu_type=gpu_type)
     verb = "started" if info.started else "already running"
-    render.out().print(Text.assemble(("control plane ", ""), (verb, "bold green"), f" at {info.address}"))
+    render.say("control plane ", (verb, "bold green"), f" at {info.address}")
     _print_info(info)
 
 
@@ -55,7 +54,7 @@ def down(state_dir: StateDirOption = None, json_out: JsonOption = False) -> None
     if json_out:
         render.emit_json({"stopped": stopped})
     else:
-        render.out().print("control plane stopped" if stopped else "no control plane was running")
+        render.say("control plane stopped" if stopped else "no control plane was running")
 
 
 @render.guarded
@@ -68,7 +67,7 @@ def status(state_dir: StateDirOption = None, json_out: JsonOption = False) -> No
         render.emit_json(info)
         return
     state = Text("running", style="bold green") if info.running else Text("not running", style="bold red")
-    render.out().print(Text.assemble("control plane ", state))
+    render.say("control plane ", state)
     _print_info(info)
 
 
@@ -86,9 +85,7 @@ def env(state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
 
 
 def _print_info(info: object) -> None:
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
+    table = safetext.grid()
     for key in ("state_dir", "address", "dashboard_url", "ray_pid", "clusters", "agents"):
         value = getattr(info, key, "")
         if value not in ("", 0, None) or key in ("clusters", "agents"):

@@ -1,11 +1,13 @@
-"""How swarmctl talks to a person or a program: rich tables, colours, JSON, and the one error handler.
+"""How swarmctl talks to a person or a program: consoles, JSON, and the one error handler.
 
 - Human output goes through rich consoles; when stdout is not a terminal rich writes no colour
-  codes, and nothing here draws a spinner or a live view unless stdout is a terminal.
+  codes, and nothing here draws a spinner or a live view unless stdout is a terminal. What is
+  shown is built by ``godel_cli.tables`` and ``godel_cli.safetext`` (inert text: what a user or a site
+  wrote is never parsed as markup and its control characters are escaped).
 - ``--json`` output is plain ``json.dumps`` of :func:`jsonable` (env values redacted), nothing else.
 - :func:`guarded` wraps every command: a ``GodelError`` (or bad input caught by pydantic) becomes ONE
-  line ``error: <message>`` on stderr and an exit code chosen by the error's class
-  (:data:`EXIT_CODES`); anything unexpected prints one line plus a hint to re-run with
+  line ``error: <message>`` on stderr (control characters escaped) and an exit code chosen by the
+  error's class (:data:`EXIT_CODES`); anything unexpected prints one line plus a hint to re-run with
   ``GODEL_DEBUG=1``, which prints the traceback as well.
 """
 
@@ -15,32 +17,17 @@ import functools
 import json
 import os
 import sys
-import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from godel_cli.safetext import Part, clean, line
 from pydantic import BaseModel, ValidationError
-from rich import box
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from godel_ray import errors
-from godel_ray.models import (
-    Agent,
-    AgentStatus,
-    ClusterHealthState,
-    ClusterInfo,
-    ClusterStats,
-    ClusterStatus,
-    FederationEvent,
-    JournalEntry,
-    Migration,
-    MigrationPhase,
-    PlacementDecision,
-)
+from godel_ray.models import Agent
 
 # ---------------------------------------------------------------- options shared by every command
 
@@ -76,6 +63,11 @@ def err() -> Console:
 def interactive() -> bool:
     """True when stdout is a terminal: live views and progress displays are allowed."""
     return out().is_terminal
+
+
+def say(*parts: Part) -> None:
+    """Print one :func:`line` on stdout."""
+    out().print(line(*parts))
 
 
 # ---------------------------------------------------------------- JSON
@@ -145,7 +137,7 @@ def exit_code_for(exc: errors.GodelError) -> int:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print ``error: message`` as one line on stderr and exit with ``code``."""
-    lines = [" ".join(line.split()) for line in str(message).splitlines() if line.strip()] or ["failed"]
+    lines = [clean(" ".join(text.split())) for text in str(message).splitlines() if text.strip()] or ["failed"]
     # a header ending in ':' followed by one line per item reads as "header: a; b; c"
     one_line = lines[0] + (" " if lines[0].endswith(":") else "; ") + "; ".join(lines[1:]) if len(lines) > 1 \
         else lines[0]
@@ -201,256 +193,5 @@ def _debug_traceback() -> None:
         traceback.print_exc()
 
 
-# ---------------------------------------------------------------- small formatters
-
-CLUSTER_STATUS_STYLE = {
-    ClusterStatus.ACTIVE: "green", ClusterStatus.DEGRADED: "yellow", ClusterStatus.OFFLINE: "red",
-    ClusterStatus.MAINTENANCE: "blue",
-}
-AGENT_STATUS_STYLE = {
-    AgentStatus.PENDING: "yellow", AgentStatus.RUNNING: "green", AgentStatus.MIGRATING: "cyan",
-    AgentStatus.COMPLETED: "dim", AgentStatus.FAILED: "red", AgentStatus.TERMINATED: "dim",
-}
-
-
-def cluster_status(status: ClusterStatus | str) -> Text:
-    status = ClusterStatus(status)
-    return Text(status.value, style=CLUSTER_STATUS_STYLE[status])
-
-
-def agent_status(status: AgentStatus | str) -> Text:
-    status = AgentStatus(status)
-    return Text(status.value, style=AGENT_STATUS_STYLE[status])
-
-
-def cost(usd_per_hour: float) -> Text:
-    if usd_per_hour <= 0:
-        return Text("free", style="green")
-    return Text(f"${usd_per_hour:.2f}/h", style="yellow" if usd_per_hour >= 1 else "green")
-
-
-def latency(rtt_ms: float | None) -> Text:
-    if rtt_ms is None:
-        return Text("-", style="dim")
-    style = "green" if rtt_ms < 50 else "yellow" if rtt_ms < 250 else "red"
-    return Text(f"{rtt_ms:.1f} ms", style=style)
-
-
-def ago(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    seconds = max(0.0, time.time() - ts)
-    if seconds < 60:
-        return f"{seconds:.0f}s ago"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
-
-
-def size(num_bytes: int) -> str:
-    value = float(num_bytes)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
-
-
-def seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f} s" if value < 60 else f"{value / 60:.1f} min"
-
-
-def kv(pairs: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in pairs.items()) or "-"
-
-
-# ---------------------------------------------------------------- tables
-
-def new_table(title: str) -> Table:
-    """The one table style of swarmctl."""
-    return Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
-
-
-def clusters_table(infos: Iterable[ClusterInfo]) -> Table:
-    table = new_table("clusters")
-    for column in ("ID", "ENDPOINT", "REGION", "STATUS", "GPUS", "AGENTS", "COST", "RTT", "LAST HEARTBEAT"):
-        table.add_column(column, no_wrap=column in ("ID", "STATUS"))
-    for info in infos:
-        c, h = info.cluster, info.health
-        gpus = ",".join(c.capabilities.gpu_types or h.capacity.gpu_types) or ("yes" if c.capabilities.gpu else "-")
-        table.add_row(c.id, c.endpoint or "(this ray cluster)", c.region, cluster_status(h.status), gpus,
-                      f"{info.agents}/{c.max_agents}", cost(c.cost_per_hour), latency(h.rtt_ms),
-                      ago(h.last_success_at))
-    return table
-
-
-def health_table(states: Iterable[ClusterHealthState]) -> Table:
-    table = new_table("cluster health")
-    for column in ("CLUSTER", "STATUS", "RTT", "FAILS", "OKS", "LAST OK", "FREE CPUS", "FREE GPUS", "LAST ERROR"):
-        table.add_column(column)
-    for s in states:
-        free_gpus = ",".join(f"{t}:{n:g}" for t, n in s.capacity.free_gpus.items()) or "-"
-        table.add_row(s.cluster_id, cluster_status(s.status), latency(s.rtt_ms), str(s.consecutive_failures),
-                      str(s.consecutive_successes), ago(s.last_success_at), f"{s.capacity.free_cpus:g}",
-                      free_gpus, Text(s.last_error or "", style="red"))
-    return table
-
-
-def stats_table(stats: Iterable[ClusterStats]) -> Table:
-    table = new_table("cluster stats")
-    for column in ("CLUSTER", "STATUS", "LOAD", "AGENTS", "CPUS FREE/TOTAL", "GPUS", "RTT"):
-        table.add_column(column)
-    for s in stats:
-        load_style = "green" if s.load < 0.5 else "yellow" if s.load < 0.8 else "red"
-        table.add_row(s.cluster_id, cluster_status(s.status), Text(f"{s.load:.0%}", style=load_style),
-                      kv({k: str(v) for k, v in s.agents_by_status.items()}),
-                      f"{s.capacity.free_cpus:g}/{s.capacity.total_cpus:g}",
-                      f"{sum(s.capacity.free_gpus.values()):g}/{s.capacity.total_gpus:g}", latency(s.rtt_ms))
-    return table
-
-
-def agents_table(agents: Iterable[Agent]) -> Table:
-    table = new_table("agents")
-    for column in ("ID", "CLUSTER", "STATUS", "MODEL", "LABELS", "GPUS", "EPOCH", "CREATED"):
-        table.add_column(column, no_wrap=column in ("ID", "STATUS"))
-    for a in agents:
-        gpus = f"{a.config.num_gpus}x{a.config.gpu_type or 'any'}" if a.config.needs_gpu else "-"
-        table.add_row(a.id, a.cluster_id or "-", agent_status(a.status), a.model, kv(a.labels), gpus,
-                      str(a.epoch), ago(a.created_at))
-    return table
-
-
-def agent_panel(agent: Agent) -> Table:
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
-    c = agent.config
-    rows: list[tuple[str, str | Text]] = [
-        ("id", agent.id), ("cluster", agent.cluster_id or "-"), ("status", agent_status(agent.status)),
-        ("reason", agent.status_reason or "-"), ("model", c.model), ("labels", kv(c.labels)),
-        ("env", ",".join(f"{k}=***" for k in c.env) or "-"),
-        ("resources", f"{c.cpus:g} cpu" + (f", {c.num_gpus} gpu {c.gpu_type or ''}".rstrip() if c.needs_gpu else "")),
-        ("timeout", seconds(c.timeout_s) if c.timeout_s else "none"), ("restart", c.restart_policy.value),
-        ("epoch", str(agent.epoch)), ("created", ago(agent.created_at)), ("node", agent.node_id or "-"),
-    ]
-    for key, value in rows:
-        table.add_row(key, value)
-    return table
-
-
-def placement_table(decision: PlacementDecision) -> Table:
-    """SkyPilot-optimizer style: every candidate with its factor scores, the chosen one marked."""
-    factors = sorted({name for c in decision.candidates for name in c.factors})
-    table = new_table("placement candidates")
-    table.add_column("")
-    table.add_column("CLUSTER", no_wrap=True)
-    for name in factors:
-        table.add_column(name.upper(), justify="right")
-    table.add_column("TOTAL", justify="right")
-    for c in sorted(decision.candidates, key=lambda c: (-c.score, c.cluster_id)):
-        chosen = c.cluster_id == decision.chosen
-        table.add_row(Text("✔", style="bold green") if chosen else "",
-                      Text(c.cluster_id, style="bold green" if chosen else ""),
-                      *(f"{c.factors[n]:.1f}" if n in c.factors else "-" for n in factors),
-                      Text(f"{c.score:.1f}", style="bold" if chosen else ""))
-    return table
-
-
-def rejections_table(decision: PlacementDecision) -> Table:
-    table = new_table("rejected")
-    table.add_column("CLUSTER", no_wrap=True)
-    table.add_column("REASON")
-    for cluster_id, reason in sorted(decision.rejections.items()):
-        table.add_row(cluster_id, Text(reason, style="red"))
-    return table
-
-
-def print_placement(decision: PlacementDecision) -> None:
-    console = out()
-    if decision.candidates:
-        console.print(placement_table(decision))
-    if decision.rejections:
-        console.print(rejections_table(decision))
-    if decision.chosen:
-        console.print(Text.assemble("chosen: ", (decision.chosen, "bold green"),
-                                    f" (rule {decision.rule or '-'}, priority {decision.priority.value})"))
-    else:
-        console.print(Text("no cluster fits", style="bold red"))
-
-
-MIGRATION_DONE = frozenset({MigrationPhase.COMPLETED, MigrationPhase.ROLLED_BACK, MigrationPhase.FAILED})
-
-
-def migration_style(phase: MigrationPhase) -> str:
-    return {MigrationPhase.COMPLETED: "green", MigrationPhase.ROLLED_BACK: "yellow",
-            MigrationPhase.FAILED: "red"}.get(phase, "cyan")
-
-
-def migrations_table(migrations: Iterable[Migration]) -> Table:
-    table = new_table("migrations")
-    for column in ("ID", "FROM", "TO", "PHASE", "REASON", "EPOCH", "BYTES", "DOWNTIME", "STARTED", "ERROR"):
-        table.add_column(column)
-    for m in migrations:
-        table.add_row(m.id, m.source, m.target, Text(m.phase.value, style=migration_style(m.phase)), m.reason,
-                      f"{m.epoch_from}→{m.epoch_to}", size(m.bytes_moved), seconds(m.downtime_s),
-                      ago(m.started_at), Text(m.error, style="red"))
-    return table
-
-
-def journal_table(entries: Iterable[JournalEntry]) -> Table:
-    table = new_table("journal")
-    for column in ("SEQ", "STARTED", "DURATION", "EXIT", "COMMAND"):
-        table.add_column(column)
-    for e in entries:
-        if e.timed_out:
-            code = Text("timeout", style="red")
-        elif e.exit_code is None:
-            code = Text("running", style="cyan")
-        else:
-            code = Text(str(e.exit_code), style="green" if e.exit_code == 0 else "red")
-        table.add_row(str(e.seq), time.strftime("%H:%M:%S", time.localtime(e.started_at)), seconds(e.duration_s),
-                      code, e.command)
-    return table
-
-
-def event_line(event: FederationEvent) -> Text:
-    stamp = time.strftime("%H:%M:%S", time.localtime(event.ts))
-    style = {"cluster": "blue", "migration": "cyan", "agent": "green", "command": ""}.get(event.kind.value, "")
-    parts = [event.cluster_id and f"cluster={event.cluster_id}", event.agent_id and f"agent={event.agent_id}",
-             kv(event.data) if event.data else ""]
-    return Text.assemble((f"{event.seq:>6} ", "dim"), f"{stamp} ", (f"{event.type:<22}", style),
-                         " ".join(p for p in parts if p))
-
-
-__all__ = [
-    "EXIT_CODES",
-    "JsonOption",
-    "StateDirOption",
-    "agent_panel",
-    "agent_status",
-    "agents_table",
-    "ago",
-    "cluster_status",
-    "clusters_table",
-    "cost",
-    "emit_json",
-    "err",
-    "event_line",
-    "exit_code_for",
-    "fail",
-    "guarded",
-    "health_table",
-    "interactive",
-    "journal_table",
-    "jsonable",
-    "latency",
-    "migrations_table",
-    "new_table",
-    "out",
-    "placement_table",
-    "print_placement",
-    "rejections_table",
-    "seconds",
-    "size",
-    "stats_table",
-]
+__all__ = ["DEBUG_ENV", "EXIT_CODES", "UNEXPECTED_EXIT_CODE", "JsonOption", "StateDirOption", "emit_json", "err",
+           "exit_code_for", "fail", "guarded", "interactive", "jsonable", "out", "say"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from godel_ray.errors import *
-from godel_ray.errors import GodelError
+from godel_ray.errors import __all__ as _errors_all
 from godel_ray.models import *
 from godel_ray.models import __all__ as _models_all
 from godel_ray.settings import VERSION as __version__
@@ -22,6 +22,8 @@ _LAZY = {
     "connect": ("godel_ray.client.proxy", "connect"),
     "TransparentClusterProxy": ("godel_ray.client.proxy", "TransparentClusterProxy"),
     "ClusterRegistry": ("godel_ray.client.proxy", "ClusterRegistry"),
+    "AsyncTransparentClusterProxy": ("godel_ray.client.aio", "AsyncTransparentClusterProxy"),
+    "StateReader": ("godel_ray.client.reader", "StateReader"),
     "ClusterClient": ("godel_ray.core.cluster_client", "ClusterClient"),
     "MultiClusterLoadBalancer": ("godel_ray.control.balancer", "MultiClusterLoadBalancer"),
 }
@@ -36,4 +38,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'godel_ray' has no attribute {name!r}")
 
 
-__all__ = [*_models_all, *_LAZY, "GodelError", "__version__"]  # noqa: PLE0604 - strings, from models
+__all__ = [*_models_all, *_errors_all, *_LAZY, "__version__"]  # noqa: PLE0604 - strings, from models and errors

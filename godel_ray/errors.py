@@ -139,3 +139,12 @@ ALL_ERRORS: tuple[type[GodelError], ...] = (
     DeadlineExceeded, ControlPlaneNotRunning,
 )
 ERRORS_BY_NAME: dict[str, type[GodelError]] = {cls.__name__: cls for cls in ALL_ERRORS}
+
+# ``godel_ray`` re-exports this module with ``import *``: only the exception classes, never the
+# helpers above (``ALL_ERRORS``, ``ERRORS_BY_NAME``) or this module's own imports.
+__all__ = [
+    "AgentMoved", "AgentNotFound", "AgentNotRunning", "AlreadyExists", "ClusterNotFound", "ClusterUnavailable",
+    "ControlPlaneNotRunning", "CooldownActive", "DeadlineExceeded", "FailedPrecondition", "GodelError",
+    "InvalidArgument", "MigrationInProgress", "NoPlacement", "NotFound", "ResourceExhausted", "SnapshotRejected",
+    "StaleEpoch", "Unauthenticated",
+]

@@ -19,7 +19,6 @@ Every failure is ``InvalidArgument`` with a message naming the file and the fiel
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from godel_ray.core.endpoint import parse_endpoint
 from godel_ray.core.validation import (
     GPU_TYPE_RE,
+    REGION_RE,
     parse_label,
     validate_cluster_id,
     validate_env,
@@ -40,7 +40,7 @@ from godel_ray.models import Cluster, ClusterCapabilities, HealthSettings, Spawn
 class ClusterRegistration(BaseModel):
     """One remote cluster as an operator declares it. Unknown keys are rejected."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str
     endpoint: str
@@ -80,7 +80,7 @@ class ClusterRegistration(BaseModel):
     @field_validator("region")
     @classmethod
     def _region(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", value):
+        if not REGION_RE.fullmatch(value):
             raise ValueError(f"region {value!r} is invalid: use letters, digits, '.', '_' or '-'")
         return value
 
@@ -88,7 +88,7 @@ class ClusterRegistration(BaseModel):
     @classmethod
     def _gpu_types(cls, value: list[str]) -> list[str]:
         for gpu_type in value:
-            if not GPU_TYPE_RE.match(gpu_type):
+            if not GPU_TYPE_RE.fullmatch(gpu_type):
                 raise ValueError(f"gpu type {gpu_type!r} is invalid: use a name like 'nvidia-a100'")
         return list(dict.fromkeys(value))
 
@@ -127,7 +127,7 @@ class ClusterRegistration(BaseModel):
 class ClusterFile(BaseModel):
     """A YAML file with several registrations under ``clusters:``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     clusters: list[ClusterRegistration] = Field(min_length=1)
 

@@ -29,7 +29,11 @@ def new_migration_id() -> str:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+    """Every domain model: unknown fields and non-finite numbers (``inf``, ``nan``, ``1e309``) are
+    refused when a model is built, naming the field; JSON and SQLite cannot hold them anyway (they
+    would be stored as null, and every later read of the row would fail)."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=False, allow_inf_nan=False)
 
 
 class AgentStatus(str, Enum):

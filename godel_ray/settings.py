@@ -1,7 +1,8 @@
 """Settings and limits: one frozen object built at the edge and passed down.
 
 Environment variables use the ``GODEL_`` prefix. ``state_dir()`` is where the control plane keeps
-its SQLite file, its Ray head's description and its Ray auth token.
+its SQLite file, its Ray head's description and its Ray auth token; ``work_dir()``, beside it, is
+where its own (``local``) agents keep their working directories.
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ class Limits(BaseModel):
     default_command_timeout_s: float = 3600.0
     max_snapshot_bytes: int = 1024 * 1024 * 1024
     snapshot_chunk_bytes: int = 1024 * 1024
+    # An archive's cost is not only its bytes: 100k empty files (a 620 KB archive) took 70 s to
+    # unpack, and long names made the check hold about 1 GB. So members, names and time are bounded.
+    max_snapshot_members: int = 50_000
+    max_snapshot_name_bytes: int = 4096  # one member's name or link target (PATH_MAX)
+    max_snapshot_names_total_bytes: int = 16 * 1024 * 1024  # every name, link target and extended header
+    snapshot_unpack_timeout_s: float = 45.0  # under the runtime's 60 s ready timeout: refused, not killed
+    max_concurrent_imports: int = 4  # ImportAgent streams a site receives at once (each buffers <= one snapshot)
+    event_log_capacity: int = 10_000  # events an event log keeps; a reader further behind sees a gap
+    event_log_max_bytes: int = 16 * 1024 * 1024  # and the most memory they may hold (estimated)
     # A site's gRPC server (``rpc.server``): concurrent HTTP/2 streams on one connection (a client
     # queues the rest; the control plane multiplexes every call to a site on one connection), and
     # streaming calls open at once in all / without a credential (health Watch); over either: refused.
@@ -44,7 +54,25 @@ class Limits(BaseModel):
 LIMITS = Limits()
 
 
+WORK_DIR_ENV = "GODEL_WORK_DIR"
+WORK_DIR_SUFFIX = "-work"
+
+
 def state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """``explicit`` > ``$GODEL_STATE_DIR`` > ``~/.godel``."""
     raw = explicit or os.environ.get("GODEL_STATE_DIR") or Path.home() / ".godel"
     return Path(raw).expanduser().resolve()
+
+
+def work_dir(state: str | os.PathLike[str] | None = None) -> Path:
+    """Where the control plane's own agents keep their working directories: ``$GODEL_WORK_DIR``, else
+    ``<state dir>-work`` beside the state dir (``~/.godel-work`` by default).
+
+    Never inside the state dir: an agent's workdir must not lead (through ``..``) to the state store,
+    the Ray token or key files. Created with mode 0700 by whoever first writes there.
+    """
+    raw = os.environ.get(WORK_DIR_ENV)
+    if raw:
+        return Path(raw).expanduser().resolve()
+    root = state_dir(state)
+    return root.with_name(root.name + WORK_DIR_SUFFIX)

@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 from collections.abc import AsyncIterator
 from typing import Any
 
 from godel_ray.agents import snapshot as snap
 from godel_ray.agents.process import ProcessControl, kill_process_group, run_streaming
+from godel_ray.agents.workdir import remove_tree
 from godel_ray.core.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.core.gpu import GPU_TYPE_RESOURCE_UNITS, gpu_type_resource
 from godel_ray.core.validation import validate_command, validate_exec_timeout
@@ -245,7 +245,7 @@ class AgentActor:
             log.warning("agent %s: running command did not stop in time", self._agent.id)
         for pgid in self._pgids:  # background children the commands left behind
             kill_process_group(pgid, SIGKILL)
-        await asyncio.to_thread(shutil.rmtree, self._workdir, True)
+        await asyncio.to_thread(remove_tree, self._workdir)  # read-only dirs too: a re-import needs the path
         return self.info()
 
     # --- state -----------------------------------------------------------------------------

@@ -3,11 +3,21 @@
 An archive is a gzip-compressed tar of the working directory's contents, with relative names.
 Archives arrive from other clusters, so unpacking treats them as hostile: it refuses (with
 ``SnapshotRejected``) absolute names, ``..`` components, links whose target leaves the working
-directory, device/fifo/other special files, duplicate names, a checksum mismatch, corrupt data,
-and a total size over the limit. The size is counted on the decompressed stream itself (a lying
-header cannot make it read more) and extraction stops as soon as the limit is passed. Members are
-extracted one at a time after they are checked, into a fresh directory that is renamed into place
-only when the whole archive passed: a rejected archive leaves nothing behind.
+directory, device/fifo/sparse/other special files, duplicate names, a checksum mismatch, corrupt
+data, and a total size over the limit. The size is counted on the decompressed stream itself (a
+lying header cannot make it read more) and extraction stops as soon as the limit is passed.
+
+Work is bounded as well as bytes (``Limits``): the number of members, the length of each name and
+link target, the total of all names and extended (pax / GNU long-name) headers (checked on the
+header's announced size, before tarfile reads it into memory), and the time an unpack may take
+(``snapshot_unpack_timeout_s``, under the runtime's ready timeout, so a slow archive is refused
+and cleaned up rather than killed with its actor).
+
+Members are extracted one at a time after they are checked, into a fresh staging directory beside
+the destination that is renamed into place only when the whole archive passed (tarfile's "data"
+filter sets file modes and ignores directory modes). A rejected or timed-out archive leaves nothing
+behind; a staging directory left by a process killed mid-unpack (read-only directories and all) is
+removed by the next unpack to the same destination.
 
 Pure: no ray.
 """
@@ -20,16 +30,18 @@ import io
 import logging
 import os
 import posixpath
-import shutil
 import stat
 import tarfile
 import tempfile
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
+from godel_ray.agents.workdir import remove_tree
 from godel_ray.errors import SnapshotRejected
+from godel_ray.settings import LIMITS, Limits
 
 log = logging.getLogger(__name__)
 
@@ -216,22 +228,105 @@ def _check_resolved(root: str, norm: str, member: tarfile.TarInfo) -> None:
                 f"snapshot symlink {member.name!r} -> {member.linkname!r} leaves the working directory")
 
 
+# Headers that carry the next member's name, link target or attributes: tarfile reads their whole
+# announced size into memory, so the size is checked first.
+_META_TYPES = frozenset({tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                         tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK})
+_META_HEADER_SLACK_BYTES = 1024  # a pax header holds a path and a link path plus a few short records
+_MAX_META_CHAIN = 8  # extended headers in a row before one member (tarfile reads each chain recursively)
+
+
+@dataclass
+class _Budget:
+    """What one walk has spent: members, name bytes, time. Raises ``SnapshotRejected`` when over."""
+
+    limits: Limits
+    deadline: float  # time.monotonic() value
+    members: int = 0
+    name_bytes: int = 0
+    meta_chain: int = 0
+
+    def header(self, info: tarfile.TarInfo) -> None:
+        """Called for every raw header, before tarfile reads what it announces."""
+        if info.type in _META_TYPES:
+            self.meta_chain += 1
+            cap = 2 * self.limits.max_snapshot_name_bytes + _META_HEADER_SLACK_BYTES
+            if info.size > cap:
+                raise SnapshotRejected(
+                    f"snapshot archive has an extended header of {info.size} bytes, over the limit of {cap}: "
+                    "a name or link target that long cannot be unpacked", max_bytes=cap)
+            if self.meta_chain > _MAX_META_CHAIN:
+                raise SnapshotRejected(f"snapshot archive has more than {_MAX_META_CHAIN} extended headers "
+                                       "in a row")
+            self._names(info.size)
+        else:
+            self.meta_chain = 0
+            if info.type == tarfile.GNUTYPE_SPARSE:
+                raise SnapshotRejected(f"snapshot member {info.name[:200]!r} is a sparse file: "
+                                       "only files, dirs and links")
+
+    def member(self, member: tarfile.TarInfo) -> None:
+        """Called for every member (extended headers applied), before it is checked or extracted."""
+        self.members += 1
+        if self.members > self.limits.max_snapshot_members:
+            raise SnapshotRejected(
+                f"snapshot holds more than the limit of {self.limits.max_snapshot_members} files and "
+                "directories: remove some (caches, build output) before exporting",
+                max_members=self.limits.max_snapshot_members)
+        for what, text in (("name", member.name), ("link target", member.linkname)):
+            size = len(text.encode("utf-8", "surrogatepass"))  # any str tarfile may decode
+            if size > self.limits.max_snapshot_name_bytes:
+                raise SnapshotRejected(
+                    f"snapshot member {member.name[:80]!r}...: its {what} is {size} bytes, over the limit of "
+                    f"{self.limits.max_snapshot_name_bytes}", max_bytes=self.limits.max_snapshot_name_bytes)
+            self._names(size)
+        self.check_time()
+
+    def check_time(self) -> None:
+        if time.monotonic() >= self.deadline:
+            raise SnapshotRejected(
+                f"snapshot took longer than {self.limits.snapshot_unpack_timeout_s:g} s to check and unpack "
+                f"(stopped after {self.members} members): it holds too many small files for this site",
+                timeout_s=self.limits.snapshot_unpack_timeout_s)
+
+    def _names(self, size: int) -> None:
+        self.name_bytes += size
+        if self.name_bytes > self.limits.max_snapshot_names_total_bytes:
+            raise SnapshotRejected(
+                f"snapshot names and extended headers total more than the limit of "
+                f"{self.limits.max_snapshot_names_total_bytes} bytes",
+                max_bytes=self.limits.max_snapshot_names_total_bytes)
+
+
+def _tarinfo_class(budget: _Budget) -> type[tarfile.TarInfo]:
+    """A ``TarInfo`` whose header processing is checked against ``budget`` before tarfile reads a
+    pax or GNU long-name header (up to its announced size) into memory."""
+
+    class BudgetedTarInfo(tarfile.TarInfo):
+        def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
+            budget.header(self)
+            return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+    return BudgetedTarInfo
+
+
 def _walk_archive(data: bytes, sha256: str, max_bytes: int,
                   on_member: Callable[[tarfile.TarFile, tarfile.TarInfo, str], None] | None,
-                  ) -> ArchiveSummary:
+                  limits: Limits = LIMITS, deadline: float | None = None) -> ArchiveSummary:
     if sha256_hex(data) != (sha256 or "").lower():
         raise SnapshotRejected("snapshot checksum mismatch: the archive was corrupted or altered in transit")
+    budget = _Budget(limits, time.monotonic() + limits.snapshot_unpack_timeout_s if deadline is None else deadline)
     seen: dict[str, bool] = {}
     links: dict[str, str] = {}
     total = 0
-    count = 0
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb") as gz:
             reader = _CountingReader(gz, max_bytes + 64 * 1024)
-            with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=reader, mode="r|",  # type: ignore[call-overload]
+                              tarinfo=_tarinfo_class(budget)) as tar:
                 for member in tar:
+                    budget.member(member)
                     norm = _check_member(member, seen, links)
-                    count += 1
                     total += max(member.size, 0)
                     if total > max_bytes:
                         raise SnapshotRejected(
@@ -240,22 +335,47 @@ def _walk_archive(data: bytes, sha256: str, max_bytes: int,
                         on_member(tar, member, norm)
     except SnapshotRejected:
         raise
+    except RecursionError as exc:  # a symlink or header structure deeper than the interpreter allows
+        raise SnapshotRejected("snapshot archive is nested too deeply") from exc
     except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError) as exc:
         if _HAS_DATA_FILTER and isinstance(exc, tarfile.FilterError):
             raise SnapshotRejected(f"snapshot refused by the tar data filter: {exc}") from exc
         raise SnapshotRejected(f"snapshot archive is corrupt: {exc}") from exc
-    return ArchiveSummary(members=count, total_bytes=total)
+    budget.check_time()
+    return ArchiveSummary(members=budget.members, total_bytes=total)
 
 
-def check_archive(data: bytes, sha256: str, max_bytes: int) -> ArchiveSummary:
+def check_archive(data: bytes, sha256: str, max_bytes: int, limits: Limits = LIMITS) -> ArchiveSummary:
     """Validate a whole archive without writing anything; raise ``SnapshotRejected`` if hostile."""
-    return _walk_archive(data, sha256, max_bytes, None)
+    return _walk_archive(data, sha256, max_bytes, None, limits)
 
 
-def unpack_archive(data: bytes, sha256: str, dest: str, max_bytes: int) -> ArchiveSummary:
+STAGING_PREFIX = ".import-"
+
+
+def _staging_prefix(dest: str) -> str:
+    return f"{STAGING_PREFIX}{os.path.basename(dest)}-"
+
+
+def _remove_stale_staging(parent: str, dest: str) -> None:
+    """Remove staging directories an earlier unpack to ``dest`` left (its process was killed)."""
+    prefix = _staging_prefix(dest)
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        log.warning("snapshot: removing %s, left by an unpack that did not finish", name)
+        remove_tree(os.path.join(parent, name))
+
+
+def unpack_archive(data: bytes, sha256: str, dest: str, max_bytes: int, limits: Limits = LIMITS,
+                   deadline: float | None = None) -> ArchiveSummary:
     """Extract a validated archive into ``dest`` (which must not exist, or be an empty directory).
 
-    On any rejection nothing is left at ``dest`` beyond what was there (an empty dir stays empty).
+    ``deadline`` (a ``time.monotonic()`` value) defaults to now + ``limits.snapshot_unpack_timeout_s``.
+    On any rejection, the timeout included, nothing is left at ``dest`` beyond what was there (an
+    empty dir stays empty) and no staging directory is left beside it.
     """
     dest = os.path.abspath(dest)
     if os.path.lexists(dest) and (not os.path.isdir(dest) or os.path.islink(dest) or os.listdir(dest)):
@@ -263,7 +383,8 @@ def unpack_archive(data: bytes, sha256: str, dest: str, max_bytes: int) -> Archi
             f"cannot unpack a snapshot into {dest}: it exists and is not an empty directory")
     parent = os.path.dirname(dest)
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".import-", dir=parent)
+    _remove_stale_staging(parent, dest)
+    staging = tempfile.mkdtemp(prefix=_staging_prefix(dest), dir=parent)
     root = os.path.realpath(staging)
 
     def extract(tar: tarfile.TarFile, member: tarfile.TarInfo, norm: str) -> None:
@@ -273,22 +394,22 @@ def unpack_archive(data: bytes, sha256: str, dest: str, max_bytes: int) -> Archi
         member.name = norm
         if member.islnk():
             member.linkname = posixpath.normpath(member.linkname)
-        if _HAS_DATA_FILTER:
+        if _HAS_DATA_FILTER:  # the "data" filter ignores directory modes: no read-only dir stops a write
             tar.extract(member, path=root, set_attrs=True, filter="data")
         else:  # pragma: no cover - every supported Python has the filter
             member.mode &= 0o755
             tar.extract(member, path=root, set_attrs=False)
 
     try:
-        summary = _walk_archive(data, sha256, max_bytes, extract)
+        summary = _walk_archive(data, sha256, max_bytes, extract, limits, deadline)
         if os.path.isdir(dest):
             os.rmdir(dest)
         os.rename(staging, dest)
         os.chmod(dest, 0o700)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
         raise
     return summary
 
 
-__all__ = ["ArchiveSummary", "check_archive", "pack_workdir", "sha256_hex", "unpack_archive"]
+__all__ = ["STAGING_PREFIX", "ArchiveSummary", "check_archive", "pack_workdir", "sha256_hex", "unpack_archive"]

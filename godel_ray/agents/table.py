@@ -122,7 +122,7 @@ class AgentTable:
         entry.agent = agent
         if agent.status != before:
             record(self._log, self.name, EventType.AGENT_STATUS, agent.id, status=agent.status.value,
-                   reason=agent.status_reason)
+                   reason=agent.status_reason, epoch=agent.epoch)
 
     def failure(self, entry: AgentEntry, exc: GodelError) -> GodelError:
         """The error to raise for a failure of ``entry``'s actor (Ray's errors arrive mapped by

@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from godel_ray import settings
 from godel_ray.core.cluster_client import ClusterClient, collect
 from godel_ray.core.events import EventLog
 from godel_ray.core.health import HealthTracker
@@ -48,12 +49,18 @@ log = logging.getLogger(__name__)
 
 LOCAL_HEARTBEAT_TIMEOUT_S = 10.0  # local's "heartbeat" reads Ray's resources in-process: not a network probe
 EVENT_RETRY_DELAY_S = 1.0  # after the event stream failed in a way the client did not retry
-LOCAL_WORKDIR = "agents/local"
+LOCAL_WORKDIR_NAME = "local"  # under ``settings.work_dir``: the ``local`` cluster's agents' workdirs
+WORKDIR_MODE = 0o700
 
 
-def site_cursor_key(cluster_id: str) -> str:
-    """The state store's ``meta`` key holding the last site event seq the balancer stored."""
-    return f"site_seq:{cluster_id}"
+def local_workdir_root(state_dir: str | Path) -> Path:
+    """The ``local`` runtime's workdir root, ``<work dir>/local``, outside the state dir (mode 0700)."""
+    work = settings.work_dir(state_dir)
+    root = work / LOCAL_WORKDIR_NAME
+    for path in (work, root):
+        path.mkdir(mode=WORKDIR_MODE, parents=True, exist_ok=True)
+        path.chmod(WORKDIR_MODE)
+    return root
 
 
 def make_client(cluster: Cluster, state_dir: str | Path) -> ClusterClient:
@@ -64,9 +71,7 @@ def make_client(cluster: Cluster, state_dir: str | Path) -> ClusterClient:
     if cluster.is_local:
         from godel_ray.agents.runtime import AgentRuntime
 
-        root = Path(state_dir) / LOCAL_WORKDIR
-        root.mkdir(parents=True, exist_ok=True)
-        return AgentRuntime(cluster.id, str(root), region=cluster.region,
+        return AgentRuntime(cluster.id, str(local_workdir_root(state_dir)), region=cluster.region,
                             cost_per_hour=cluster.cost_per_hour, max_agents=cluster.max_agents,
                             warm_pool_size=cluster.warm_pool_size or None)  # None: GODEL_LOCAL_WARM_POOL
     from godel_ray.rpc.auth import read_token_file
@@ -101,11 +106,11 @@ class ClusterActor:
         # The runtime of ``local`` lives in this process and starts from 0 after a restart; a site
         # keeps its own log, so resume from what the balancer already stored.
         try:
-            from godel_ray.control.store import StateStore
+            from godel_ray.control.store import open_store
 
-            reader = StateStore.reader(self.state_dir)
+            reader = open_store(self.state_dir, readonly=True)
             try:
-                return reader.meta_int(site_cursor_key(self.cluster.id))
+                return reader.site_cursor(self.cluster.id)
             finally:
                 reader.close()
         except Exception:  # noqa: BLE001 - no store yet: start from the beginning
@@ -294,4 +299,4 @@ class ClusterActor:
         return entries
 
 
-__all__ = ["ClusterActor", "make_client", "site_cursor_key"]
+__all__ = ["ClusterActor", "local_workdir_root", "make_client"]

@@ -81,13 +81,13 @@ def _counts(root: Path) -> tuple[int, int]:
 
 def _wait_for_balancer(root: Path) -> None:
     from godel_ray.control import factory
+    from godel_ray.raykit.gateway import BalancerGateway
 
-    handle = factory.balancer(str(root))
+    balancer = BalancerGateway(factory.balancer(str(root)))
     deadline = time.monotonic() + BALANCER_READY_TIMEOUT_S
     while True:
         try:
-            rayapi.get(handle.ping.remote(), timeout_s=max(1.0, deadline - time.monotonic()),
-                       what=rayapi.BALANCER_WHAT)
+            balancer.ping().get(timeout_s=max(1.0, deadline - time.monotonic()))
             return
         except ControlPlaneNotRunning:
             if time.monotonic() > deadline:
@@ -120,10 +120,7 @@ def up(state_dir: str | os.PathLike[str] | None = None, *, num_cpus: float | Non
 
 
 def _stop(root: Path, head: heads.RayHead) -> None:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
+    rayapi.detach()
     head.stop()
     (root / CONTROL_FILE).unlink(missing_ok=True)
 
@@ -139,9 +136,7 @@ def down(state_dir: str | os.PathLike[str] | None = None) -> bool:
         from godel_ray.control import factory
 
         rayapi.init_client(head.address, head.env())
-        balancer = factory.balancer_handle()
-        rayapi.get(balancer.prepare_shutdown.remote(), timeout_s=SHUTDOWN_CHECKPOINT_TIMEOUT_S,
-                   what=rayapi.BALANCER_WHAT)
+        factory.balancer_gateway().prepare_shutdown().get(timeout_s=SHUTDOWN_CHECKPOINT_TIMEOUT_S)
     except GodelError:
         pass  # stop anyway: a balancer that cannot answer cannot checkpoint either
     _stop(root, head)

@@ -7,19 +7,24 @@ and a ``migration.<phase>`` event after every step. What each action does here:
     Freeze + Export  source ``export(agent_id, epoch=epoch_from, freeze=True)``: one call; the
                      snapshot travels BY VALUE to the balancer (Freeze is reported when it returns,
                      Export right after with the bytes)
-    Transfer         ``ray.put`` of the snapshot (agent at ``epoch_to``) in the balancer: the
+    Transfer         ``rayapi.put`` of the snapshot (agent at ``epoch_to``) in the balancer: the
                      balancer owns the object-store copy, so the source's death cannot take it along
     Import           target ``import_(ref)``: Ray resolves the ObjectRef on the target's side
     Verify           target ``status``: same id, ``epoch_to``, running
-    Commit           the agent row with the target cluster and ``epoch_to``: THE commit point
+    Commit           the agent row with the target cluster and ``epoch_to``: THE commit point,
+                     written only over the migrating row begin wrote (compare-and-set, in memory
+                     and in the store): a kill that raced the move wins, the commit fails and
+                     the move rolls back (the target copy is deleted), so no copy survives
     KillSource       source ``kill(epoch=epoch_from, reason=migrated)``: its waiting commands fail
                      with ``AgentMoved`` and the proxy retries them at the new location
     Resume           rollback: source ``resume``
     DeleteTarget     rollback: target ``kill(epoch=epoch_to)`` (no copy there counts as done)
 
-The cooldown is recorded on every attempt that passed validation (state store ``meta``).
-``downtime_s`` is measured from the freeze request to the commit: an upper bound, since it also
-counts the wait for a command that was running when the freeze came.
+The cooldown is recorded on every attempt that passed validation (state store ``meta``, kept in
+memory). The target's capacity is held in the ledger from ``begin`` until the commit switches the
+agent's own hold there, or released when the move rolls back.
+``downtime_s`` is the machine's (``godel_ray.core.migration``: freeze requested -> commit succeeded);
+this shell reports each step's outcome with the time it happened and never rewrites it.
 """
 
 from __future__ import annotations
@@ -28,10 +33,13 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from godel_ray.control.store import StateStore
+from godel_ray.control.agent_table import AgentTable
+from godel_ray.control.eventlog import Emit
+from godel_ray.control.ledger import CapacityLedger, Demand
+from godel_ray.control.store import Store
 from godel_ray.core.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.core.migration import (
     Action,
@@ -52,7 +60,7 @@ from godel_ray.core.migration import (
     validate_migration,
 )
 from godel_ray.core.placement import ClusterView
-from godel_ray.errors import AgentNotFound, ClusterNotFound, GodelError, StaleEpoch
+from godel_ray.errors import AgentNotFound, ClusterNotFound, FailedPrecondition, GodelError, StaleEpoch
 from godel_ray.models import (
     LOCAL_CLUSTER_ID,
     Agent,
@@ -63,7 +71,11 @@ from godel_ray.models import (
     Migration,
     MigrationPhase,
 )
-from godel_ray.raykit import metrics
+from godel_ray.raykit import metrics, rayapi
+
+if TYPE_CHECKING:
+    from godel_ray.raykit.gateway import ClusterGateway
+
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +83,6 @@ MIGRATION_COOLDOWN_S = 30.0  # between two attempts to move the same agent
 EXPORT_TIMEOUT_S = 600.0  # freeze waits for the running command, then the workdir is packed
 IMPORT_TIMEOUT_S = 600.0  # a new actor may need a fresh worker process, then the workdir is unpacked
 STEP_TIMEOUT_S = 30.0  # verify, kill, resume
-COOLDOWN_KEY = "migration_attempt:"
-
-# call(cluster_id, method, *args, timeout_s=..., **kwargs): a ClusterActor call, errors as GodelErrors
-ClusterCall = Callable[..., Awaitable[Any]]
-# emit(kind, type, cluster_id, agent_id, **data): append to the merged event log
-Emit = Callable[..., None]
-
-
 COOLDOWN_ENV = "GODEL_MIGRATION_COOLDOWN_S"
 
 
@@ -93,13 +97,9 @@ def cooldown_from_env(default_s: float = MIGRATION_COOLDOWN_S) -> float:
     return max(0.0, value)
 
 
-def _ray_put(value: object) -> Any:
-    import ray
-
-    from godel_ray.raykit import rayapi
-
-    with rayapi.mapped("object store"):
-        return ray.put(value)
+def _migrating(previous: Agent) -> Agent:
+    """The row ``begin`` writes over ``previous`` (the one the commit expects to replace)."""
+    return previous.model_copy(update={"status": AgentStatus.MIGRATING})
 
 
 class MigrationExecutor:
@@ -107,27 +107,39 @@ class MigrationExecutor:
 
     Invariants: at most one migration per agent at a time (``in_progress``); the record is
     persisted after every step, so ``migrations()`` shows the live phase; the agent row changes
-    cluster only at Commit; the snapshot's object-store copy is owned by this process.
+    cluster only at Commit, and only over the migrating row (a racing kill wins); the snapshot's
+    object-store copy is owned by this process; the target's capacity is held from ``begin`` on.
     """
 
-    def __init__(self, store: StateStore, call: ClusterCall, emit: Emit, *,
+    def __init__(self, store: Store, table: AgentTable, gateway: Callable[[str], ClusterGateway],
+                 emit: Emit, *, ledger: CapacityLedger, views: Callable[[str], ClusterView | None],
                  cooldown_s: float = MIGRATION_COOLDOWN_S, clock: Callable[[], float] = time.time,
-                 put: Callable[[object], Any] = _ray_put, local_id: str = LOCAL_CLUSTER_ID) -> None:
-        self.store = store
-        self._call = call
+                 put: Callable[[object], Any] = rayapi.put, local_id: str = LOCAL_CLUSTER_ID) -> None:
+        self._store = store
+        self._table = table
+        self._gateway = gateway
         self._emit = emit
+        self._ledger = ledger
+        self._views = views
         self.cooldown_s = cooldown_s
         self._clock = clock
         self._put = put
         self._local_id = local_id
+        self._last_attempt: dict[str, float] = {}
         self.in_progress: set[str] = set()
         self._tasks: dict[str, asyncio.Task[Migration]] = {}
+
+    def load(self, agent_ids: Iterable[str]) -> None:
+        """Read the last attempt of each (live) agent from the store, once."""
+        for agent_id in agent_ids:
+            value = self._store.migration_attempt(agent_id)
+            if value is not None:
+                self._last_attempt[agent_id] = value
 
     # --- validation and start ---------------------------------------------------------------
 
     def last_attempt_at(self, agent_id: str) -> float | None:
-        value = self.store.meta(COOLDOWN_KEY + agent_id)
-        return float(value) if isinstance(value, (int, float)) else None
+        return self._last_attempt.get(agent_id)
 
     def validate(self, agent: Agent | None, source: ClusterView | None, target: ClusterView | None,
                  target_id: str) -> None:
@@ -145,16 +157,29 @@ class MigrationExecutor:
                            in_progress=agent is not None and agent.id in self.in_progress,
                            local_id=self._local_id)
 
+    async def migrate(self, agent_id: str, target: str, wait: bool = True) -> Migration:
+        """Validate, begin and run a move; ``wait=False`` returns the record as it started."""
+        agent = self._table.get(agent_id)
+        self.validate(agent, self._views(agent.cluster_id) if agent else None, self._views(target), target)
+        assert agent is not None  # validate refused an unknown agent
+        migration = self.begin(agent, target)
+        task = self.start(migration, agent)
+        if not wait:
+            return migration.model_copy(deep=True)
+        return await asyncio.shield(task)
+
     def begin(self, agent: Agent, target_id: str, *, reason: str = "manual") -> Migration:
-        """Record the attempt (cooldown starts now), the Migration, and mark the agent migrating."""
+        """Record the attempt (cooldown starts now), the Migration, hold the target's capacity, and
+        mark the agent migrating."""
         now = self._clock()
         self.in_progress.add(agent.id)
-        self.store.put_meta(COOLDOWN_KEY + agent.id, now)
+        self._store.put_migration_attempt(agent.id, now)
+        self._last_attempt[agent.id] = now
         migration = Migration(agent_id=agent.id, source=agent.cluster_id, target=target_id,
                               epoch_from=agent.epoch, epoch_to=agent.epoch + 1, reason=reason, started_at=now)
-        self.store.put_migration(migration)
-        self.store.put_agent(agent.model_copy(update={"status": AgentStatus.MIGRATING,
-                                                      "status_reason": f"migrating to {target_id}"}))
+        self._store.put_migration(migration)
+        self._ledger.hold(target_id, agent.id, Demand.of(agent.config), now, in_flight=True)
+        self._table.put(_migrating(agent).model_copy(update={"status_reason": f"migrating to {target_id}"}))
         self._emit(EventKind.MIGRATION, EventType.MIGRATION_STARTED, agent.cluster_id, agent.id,
                    migration_id=migration.id, source=migration.source, target=target_id)
         return migration
@@ -165,6 +190,9 @@ class MigrationExecutor:
         self._tasks[migration.id] = task
         task.add_done_callback(lambda _t: self._tasks.pop(migration.id, None))
         return task
+
+    def records(self, agent_id: str | None = None) -> list[Migration]:
+        return self._store.migrations(agent_id)
 
     # --- the shell loop ---------------------------------------------------------------------
 
@@ -179,10 +207,10 @@ class MigrationExecutor:
         """After a balancer restart: finish each persisted migration that had not ended, from its
         phase (roll back before the commit point, clean up after it). Returns what it finished."""
         out: list[Migration] = []
-        for migration in self.store.migrations():
+        for migration in self._store.migrations():
             if migration.finished_at is not None or migration.reason != "manual":
                 continue
-            row = self.store.agent(migration.agent_id)
+            row = self._table.get(migration.agent_id)
             if row is None:
                 continue
             committed = (row.cluster_id, row.epoch) == (migration.target, migration.epoch_to)
@@ -212,7 +240,8 @@ class MigrationExecutor:
                 machine.migration.error = f"{machine.migration.error}; aborted: {exc!r}".lstrip("; ")
                 if not machine.committed:
                     self._restore_row(state.previous)
-                self.store.put_migration(machine.migration)
+                    self._release_target(machine.migration)
+                self._store.put_migration(machine.migration)
             raise
         finally:
             self.in_progress.discard(machine.migration.agent_id)
@@ -229,8 +258,8 @@ class MigrationExecutor:
     async def _perform(self, action: Action, m: Migration, state: _Run) -> int:
         """Do ``action``; return the bytes it moved (0 when none). Raise to report a failure."""
         if isinstance(action, Freeze):
-            state.snapshot = await self._call(action.cluster_id, "export", action.agent_id, epoch=m.epoch_from,
-                                              freeze=True, timeout_s=EXPORT_TIMEOUT_S)
+            state.snapshot = await self._gateway(action.cluster_id).export(
+                action.agent_id, epoch=m.epoch_from, freeze=True).result(EXPORT_TIMEOUT_S)
             return 0
         if isinstance(action, Export):
             if state.snapshot is None:
@@ -246,11 +275,11 @@ class MigrationExecutor:
             state.snapshot, state.size = None, snapshot.size_bytes  # the object store holds it now
             return state.size
         if isinstance(action, Import):
-            await self._call(action.cluster_id, "import_", state.ref, timeout_s=IMPORT_TIMEOUT_S)
+            await self._gateway(action.cluster_id).import_(state.ref).result(IMPORT_TIMEOUT_S)
             state.ref = None  # nothing needs the object any more: let Ray free it
             return state.size
         if isinstance(action, Verify):
-            there: Agent = await self._call(action.cluster_id, "status", action.agent_id, timeout_s=STEP_TIMEOUT_S)
+            there = await self._gateway(action.cluster_id).status(action.agent_id).result(STEP_TIMEOUT_S)
             if (there.id, there.epoch, there.status) != (action.agent_id, action.epoch_to, AgentStatus.RUNNING):
                 raise ValueError(f"the imported copy answers id={there.id} epoch={there.epoch} "
                                  f"status={there.status.value}, expected epoch {action.epoch_to} running")
@@ -260,39 +289,48 @@ class MigrationExecutor:
             self._commit(action, state)
             return 0
         if isinstance(action, KillSource):
-            await self._call(action.cluster_id, "kill", action.agent_id, epoch=action.epoch_from,
-                             reason=KILL_REASON_MIGRATED, timeout_s=STEP_TIMEOUT_S)
+            await self._gateway(action.cluster_id).kill(action.agent_id, epoch=action.epoch_from,
+                                                        reason=KILL_REASON_MIGRATED).result(STEP_TIMEOUT_S)
             return 0
         if isinstance(action, Resume):
-            await self._call(action.cluster_id, "resume", action.agent_id, epoch=m.epoch_from,
-                             timeout_s=STEP_TIMEOUT_S)
+            await self._gateway(action.cluster_id).resume(action.agent_id, epoch=m.epoch_from).result(STEP_TIMEOUT_S)
             return 0
         if isinstance(action, DeleteTarget):
             try:
-                await self._call(action.cluster_id, "kill", action.agent_id, epoch=action.epoch_to,
-                                 reason="migration rolled back", timeout_s=STEP_TIMEOUT_S)
+                await self._gateway(action.cluster_id).kill(action.agent_id, epoch=action.epoch_to,
+                                                            reason="migration rolled back").result(STEP_TIMEOUT_S)
             except (AgentNotFound, StaleEpoch):
                 pass  # no partial copy at epoch_to there: nothing to delete
             return 0
         raise ValueError(f"unknown migration action {action!r}")
 
     def _commit(self, action: Commit, state: _Run) -> None:
-        """THE commit point: the agent row now names the target and ``epoch_to``."""
+        """THE commit point: the agent row now names the target and ``epoch_to`` -- written only
+        over the migrating row; anything else there (a kill, a failure) wins and the move rolls back."""
         there = state.verified
         row = state.previous.model_copy(update={
             "cluster_id": action.cluster_id, "epoch": action.epoch_to, "status": AgentStatus.RUNNING,
             "status_reason": "", "node_id": there.node_id if there else "",
             "gpu_ids": list(there.gpu_ids) if there else []})
-        self.store.put_agent(row)
+        if not self._table.replace(_migrating(state.previous), row):
+            now = self._table.get(action.agent_id)
+            where = f"{now.status.value} on {now.cluster_id} at epoch {now.epoch}" if now else "gone"
+            raise FailedPrecondition(f"agent {action.agent_id} changed while it migrated (now {where}): "
+                                     "the move is abandoned", agent_id=action.agent_id)
 
     def _restore_row(self, previous: Agent) -> None:
-        current = self.store.agent(previous.id)
+        current = self._table.get(previous.id)
         if current is not None and current.cluster_id == previous.cluster_id and current.status is AgentStatus.MIGRATING:
-            self.store.put_agent(previous)
+            self._table.replace(current, previous)
+
+    def _release_target(self, m: Migration) -> None:
+        row = self._table.get(m.agent_id)
+        if row is None or row.cluster_id != m.target or row.status.is_final:
+            self._ledger.release(m.target, m.agent_id, self._clock())
 
     def _persist(self, machine: MigrationMachine) -> None:
         m = machine.migration
-        self.store.put_migration(m)
+        self._store.put_migration(m)
         stamp = m.phases[-1]
         cluster = m.target if machine.committed else m.source
         data = {"migration_id": m.id, "source": m.source, "target": m.target, "bytes": str(m.bytes_moved)}
@@ -301,14 +339,11 @@ class MigrationExecutor:
         self._emit(EventKind.MIGRATION, f"migration.{stamp.phase.value}", cluster, m.agent_id, **data)
 
     def _finish(self, machine: MigrationMachine, outcome: MigrationPhase, state: _Run) -> None:
-        m = machine.migration
-        committed_at = next((s.at for s in m.phases if s.phase is MigrationPhase.CLEANING_UP), None)
-        freeze_at = next((s.at for s in m.phases if s.phase is MigrationPhase.FREEZING), None)
-        if committed_at is not None and freeze_at is not None:
-            m.downtime_s = max(0.0, committed_at - freeze_at)
+        m = machine.migration  # downtime_s: as the machine defined it (core.migration), never rewritten here
         if outcome is MigrationPhase.ROLLED_BACK:
             self._restore_row(state.previous)
-        self.store.put_migration(m)
+            self._release_target(m)
+        self._store.put_migration(m)
         metrics.record_migration(outcome.value, m.downtime_s)
         log.info("migration %s of %s %s -> %s: %s (%d bytes, downtime %s s)%s", m.id, m.agent_id, m.source,
                  m.target, outcome.value, m.bytes_moved, m.downtime_s, f": {m.error}" if m.error else "")
@@ -329,4 +364,4 @@ class _Run:
         self.verified: Agent | None = None
 
 
-__all__ = ["COOLDOWN_ENV", "COOLDOWN_KEY", "MIGRATION_COOLDOWN_S", "MigrationExecutor", "cooldown_from_env"]
+__all__ = ["COOLDOWN_ENV", "MIGRATION_COOLDOWN_S", "MigrationExecutor", "cooldown_from_env"]

@@ -1,10 +1,14 @@
-"""The event log: a bounded, in-memory, sequence-numbered list of ``FederationEvent``s.
+"""The event log: a bounded, in-memory, sequence-numbered window of ``FederationEvent``s.
 
 Pure (asyncio only). One writer (the runtime or the balancer, on one event loop) appends; any
 number of readers ask for what is newer than the last ``seq`` they saw, or wait for it. Sequence
-numbers start at 1 and only rise, so a subscriber that reconnects resumes with ``since(last_seq)``;
-a reader that fell further behind than ``capacity`` sees a gap (the first seq it gets is larger
-than ``last + 1``) and may resync.
+numbers start at 1 and only rise, so a subscriber that reconnects resumes with ``since(last_seq)``.
+
+The window is bounded by count (``Limits.event_log_capacity``) and by size
+(``Limits.event_log_max_bytes``, so a few huge events cannot hold much memory either): the oldest
+events are dropped first. A reader that fell further behind gets what is left, oldest first; it
+sees the gap (the first seq it gets is larger than ``last + 1``, and ``first_seq`` says where the
+window starts) and may resync.
 """
 
 from __future__ import annotations
@@ -13,20 +17,35 @@ import asyncio
 from collections import deque
 
 from godel_ray.models import FederationEvent
+from godel_ray.settings import LIMITS
 
-DEFAULT_CAPACITY = 10_000
+DEFAULT_CAPACITY = LIMITS.event_log_capacity
+DEFAULT_MAX_BYTES = LIMITS.event_log_max_bytes
+EVENT_OVERHEAD_BYTES = 256  # what one stored event costs beyond its strings (model, deque slot)
+
+
+def event_size(event: FederationEvent) -> int:
+    """An estimate of the memory ``event`` holds: its strings plus a fixed overhead."""
+    return (EVENT_OVERHEAD_BYTES + len(event.type) + len(event.cluster_id) + len(event.agent_id)
+            + sum(len(k) + len(v) for k, v in event.data.items()))
 
 
 class EventLog:
-    """Invariants: ``seq`` values are 1, 2, 3, ... in append order; at most ``capacity`` are kept.
+    """Invariants: stored ``seq`` values are 1, 2, 3, ... in append order and the kept ones are
+    contiguous; at most ``capacity`` events and (beyond the newest one) ``max_bytes`` are kept.
 
     Not thread-safe: append and wait from the same event loop.
     """
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
-        self._events: deque[FederationEvent] = deque(maxlen=capacity)
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        self._capacity = capacity
+        self._max_bytes = max_bytes
+        self._events: deque[tuple[FederationEvent, int]] = deque()
+        self._bytes = 0
         self._last_seq = 0
         self._waiters: set[asyncio.Future[None]] = set()
 
@@ -34,11 +53,26 @@ class EventLog:
     def last_seq(self) -> int:
         return self._last_seq
 
+    @property
+    def first_seq(self) -> int:
+        """The oldest kept seq (``last_seq + 1`` when nothing is kept): older ones were dropped."""
+        return self._events[0][0].seq if self._events else self._last_seq + 1
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
     def append(self, event: FederationEvent) -> FederationEvent:
-        """Store a copy of ``event`` with the next ``seq``; wake every waiter. Returns the stored event."""
+        """Store a copy of ``event`` with the next ``seq``; drop the oldest beyond the bounds; wake
+        every waiter. Returns the stored event."""
         self._last_seq += 1
         stored = event.model_copy(update={"seq": self._last_seq})
-        self._events.append(stored)
+        size = event_size(stored)
+        self._events.append((stored, size))
+        self._bytes += size
+        while len(self._events) > self._capacity or (self._bytes > self._max_bytes and len(self._events) > 1):
+            _, dropped = self._events.popleft()
+            self._bytes -= dropped
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -47,12 +81,11 @@ class EventLog:
 
     def since(self, seq: int) -> list[FederationEvent]:
         """Every kept event with ``seq`` greater than ``seq``, oldest first."""
-        if seq >= self._last_seq:
+        if seq >= self._last_seq or not self._events:
             return []
-        if not self._events or seq < self._events[0].seq:
-            return list(self._events)
-        start = seq - self._events[0].seq + 1  # seqs in the deque are contiguous
-        return [self._events[i] for i in range(start, len(self._events))]
+        first = self._events[0][0].seq
+        start = max(0, seq - first + 1)  # kept seqs are contiguous
+        return [self._events[i][0] for i in range(start, len(self._events))]
 
     async def wait_since(self, seq: int, timeout_s: float | None = None) -> list[FederationEvent]:
         """Events newer than ``seq``; waits up to ``timeout_s`` for one (``[]`` when none came)."""
@@ -73,4 +106,4 @@ class EventLog:
         return len(self._events)
 
 
-__all__ = ["DEFAULT_CAPACITY", "EventLog"]
+__all__ = ["DEFAULT_CAPACITY", "DEFAULT_MAX_BYTES", "EventLog", "event_size"]

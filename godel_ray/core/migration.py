@@ -213,8 +213,12 @@ class MigrationMachine:
       removed later by reconciliation.
     * An event that is not the one awaited (wrong step, before ``start``, after ``Finish``) is a
       bug in the shell and raises ``FailedPrecondition``; the state is left unchanged.
-    * Every transition appends a ``PhaseStamp``; ``downtime_s`` = Commit succeeded - Freeze
-      succeeded; ``bytes_moved`` = the largest byte count reported by Export/Transfer/Import.
+    * Every transition appends a ``PhaseStamp``; ``bytes_moved`` = the largest byte count
+      reported by Export/Transfer/Import.
+    * DOWNTIME, defined here only (the shell never rewrites it): ``downtime_s`` = Commit succeeded
+      - Freeze requested (FREEZING entered). From the freeze request on, a new command waits; from
+      the commit on, it is served by the target. It counts the wait for a command that was running
+      when the freeze came (new commands wait through it too). None when the move never committed.
     * After a balancer restart, ``recover`` picks up a persisted record from its phase.
     """
 
@@ -346,8 +350,8 @@ class MigrationMachine:
         return any(stamp.phase is phase for stamp in self.migration.phases)
 
     def _record_downtime(self, committed_at: float) -> None:
-        # EXPORTING is entered the moment Freeze succeeds: the agent stops serving there.
-        frozen_at = next((s.at for s in self.migration.phases if s.phase is MigrationPhase.EXPORTING), None)
+        # FREEZING is entered when the freeze is requested: new commands wait from then on.
+        frozen_at = next((s.at for s in self.migration.phases if s.phase is MigrationPhase.FREEZING), None)
         self.migration.downtime_s = None if frozen_at is None else max(0.0, committed_at - frozen_at)
 
     def _note(self, text: str) -> None:

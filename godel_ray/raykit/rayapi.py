@@ -311,6 +311,14 @@ def _reload_auth_config() -> None:
     reset_auth_token_state()
 
 
+def is_initialized() -> bool:
+    """Whether this process is attached to a Ray cluster (``ray.init`` done, no ``ray.shutdown`` since)."""
+    import ray
+
+    return bool(ray.is_initialized())
+
+
 __all__ = ["BALANCER_WHAT", "ActorDied", "ActorUnreachable", "actor", "alive_node_resources", "attach",
            "available_resources", "cancel", "cluster_resources", "current_placement", "detach", "get",
-           "init_client", "kill_actor", "mapped", "node_lost", "node_resources", "put", "remote_actor", "translate"]
+           "init_client", "is_initialized", "kill_actor", "mapped", "node_lost", "node_resources", "put",
+           "remote_actor", "translate"]

@@ -13,6 +13,11 @@ becomes a ``GodelError`` in ``rpc_errors`` alone. Policies:
   from the last ``seq`` seen, so nothing is delivered twice).
 - Long-lived channel options: keepalive *and* ``grpc.http2.ping_timeout_ms`` (keepalive alone
   took 61 s to notice a frozen site; with the ping timeout, 2 s).
+- Events a site sends that cannot be converted (an unknown kind from a newer site, a refused field)
+  are skipped, logged once per kind and type: one such event must not stall the stream, which would
+  otherwise reconnect at it forever.
+- A bearer token sent without TLS to a host that is not loopback is readable on the network path:
+  warned once per endpoint (never the token itself).
 
 The channel is created lazily, on the event loop of the first call (grpc.aio channels belong to
 one loop).
@@ -21,6 +26,8 @@ one loop).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -45,10 +52,12 @@ from godel_ray.rpc.auth import bearer_metadata
 from godel_ray.rpc.errors import rpc_errors
 from godel_ray.rpc.gen import federation_pb2 as pb
 from godel_ray.rpc.gen import federation_pb2_grpc as pb_grpc
-from godel_ray.rpc.servicer import assemble_snapshot, snapshot_chunks
+from godel_ray.rpc.servicer import assemble_snapshot, iter_snapshot_chunks
 from godel_ray.settings import LIMITS
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 KEEPALIVE_TIME_MS = 10_000
 KEEPALIVE_TIMEOUT_MS = 2_000
@@ -65,6 +74,9 @@ SNAPSHOT_MIN_BYTES_PER_S = 4 * 1024 * 1024  # slowest transfer rate a snapshot d
 # shorter than that gives up on work the site still finishes (an orphan agent, a kill reported failed).
 SPAWN_DEADLINE_S = 90.0
 KILL_DEADLINE_S = 45.0
+MAX_SKIPPED_EVENT_KINDS_LOGGED = 32  # distinct (kind, type) pairs logged per client; a hostile site gets no more
+
+_plaintext_token_warned: set[str] = set()  # endpoints warned about, once per process
 
 
 def channel_options() -> list[tuple[str, int]]:
@@ -80,6 +92,27 @@ def channel_options() -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", max_bytes),
         ("grpc.enable_retries", 0),  # retries are ours: only for idempotent calls
     ]
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1): traffic that never leaves the machine."""
+    if host.lower().removesuffix(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
+
+
+def warn_plaintext_token(endpoint: Endpoint) -> bool:
+    """Warn (once per endpoint and process) that a token goes to ``endpoint`` without TLS; True if warned."""
+    if endpoint.tls or is_loopback(endpoint.host) or endpoint.target in _plaintext_token_warned:
+        return False
+    _plaintext_token_warned.add(endpoint.target)
+    log.warning("the bearer token for site %s is sent without TLS: anyone on the network path can read it "
+                "and use it. Serve the site with --tls-cert/--tls-key and register it as grpcs://%s",
+                endpoint.target, endpoint.target)
+    return True
 
 
 def _read(path: str | None, what: str) -> bytes | None:
@@ -106,11 +139,14 @@ class GrpcClusterClient:
         self._cert = _read(tls_cert_file, "TLS certificate file")
         self._key = _read(tls_key_file, "TLS key file")
         self._metadata = bearer_metadata(token) if token else ()
+        if token and not self._tls:
+            warn_plaintext_token(self.endpoint)
         self.call_timeout_s = call_timeout_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.cluster_id = cluster_id
         self._channel: grpc.aio.Channel | None = None
         self._stub_obj: pb_grpc.ClusterFederationStub | None = None
+        self._skipped_event_kinds: set[tuple[int, str]] = set()
 
     def __repr__(self) -> str:  # never the token
         return f"GrpcClusterClient({self.endpoint}, tls={self._tls})"
@@ -225,7 +261,12 @@ class GrpcClusterClient:
                         if message.seq <= last_seq:
                             continue  # already delivered before a reconnect
                         last_seq = message.seq
-                        yield convert.event_from_pb(message, self.cluster_id)
+                        try:
+                            event = convert.event_from_pb(message, self.cluster_id)
+                        except InvalidArgument as exc:
+                            self._skip_event(message, exc)
+                            continue
+                        yield event
             except ClusterUnavailable as exc:
                 if exc.fields.get("tls"):
                     raise
@@ -233,6 +274,16 @@ class GrpcClusterClient:
                 call.cancel()
             failures += 1
             await asyncio.sleep(min(RETRY_BASE_DELAY_S * 2 ** min(failures, 10), EVENTS_MAX_RECONNECT_DELAY_S))
+
+    def _skip_event(self, message: pb.Event, exc: InvalidArgument) -> None:
+        key = (int(message.kind), message.type[:80])
+        if key in self._skipped_event_kinds or len(self._skipped_event_kinds) > MAX_SKIPPED_EVENT_KINDS_LOGGED:
+            return
+        self._skipped_event_kinds.add(key)
+        more = (" (no more kinds will be logged)" if len(self._skipped_event_kinds) > MAX_SKIPPED_EVENT_KINDS_LOGGED
+                else "")
+        log.warning("site %s: skipping event %d that cannot be read (%s); the stream goes on. Events of this "
+                    "kind and type are skipped without a log from now on%s", self._name, message.seq, exc, more)
 
     async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot:
         request = pb.ExportAgentRequest(agent_id=agent_id, epoch=epoch, freeze=freeze)
@@ -249,10 +300,8 @@ class GrpcClusterClient:
         return snapshot
 
     async def import_(self, snapshot: AgentSnapshot) -> Agent:
-        chunks = snapshot_chunks(snapshot)
-
         async def requests() -> AsyncIterator[pb.SnapshotChunk]:
-            for chunk in chunks:
+            for chunk in iter_snapshot_chunks(snapshot):  # made as sent: never a second copy
                 yield chunk
 
         # the site starts the agent's actor after the transfer: the spawn budget plus the bytes' time
@@ -276,5 +325,5 @@ class GrpcClusterClient:
             await channel.close()
 
 
-__all__ = ["GrpcClusterClient", "channel_options"]
+__all__ = ["GrpcClusterClient", "channel_options", "is_loopback", "warn_plaintext_token"]
 

@@ -5,6 +5,12 @@ arithmetic), so a new enum value on either side fails loudly here. Proto3 has no
 stands for "unset" on optional numbers (``timeout_s``, ``started_at``, ``finished_at``) and ``""``
 for optional strings (``gpu_type``).
 
+Everything read from the wire is a domain model built with validation: a field the model refuses
+(``inf``/``nan`` in any number, from a client or from a site) is ``InvalidArgument`` naming the
+message and the field, never a bare pydantic error. Events are the one lenient read: an unknown
+kind number (a newer site) is taken from the type's prefix (``"agent.x"`` is an agent event) and an
+unknown type is carried as it is (``FederationEvent.type`` is a string on purpose).
+
 What does not cross the wire: the placement hints of ``SpawnConfig`` (``cluster``, ``priority``,
 regions, latency/cost caps, ``idempotency_key`` which travels in the request) and
 ``Agent.cluster_id`` / ``FederationEvent.cluster_id``: the caller knows which cluster it called.
@@ -12,9 +18,15 @@ regions, latency/cost caps, ``idempotency_key`` which travels in the request) an
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
 from godel_ray.errors import InvalidArgument
+from godel_ray.inputs import describe_validation_error
 from godel_ray.models import (
     Agent,
+    AgentSnapshot,
     AgentStatus,
     EventKind,
     ExecChunk,
@@ -60,8 +72,21 @@ _EVENT_KIND_TO_PB: dict[EventKind, pb.EventKind] = {
 _EVENT_KIND_FROM_PB: dict[int, EventKind] = {int(v): k for k, v in _EVENT_KIND_TO_PB.items()}
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
 def _none_if_zero(value: float) -> float | None:
     return value if value else None
+
+
+def _build(model_cls: type[M], what: str, /, **fields: Any) -> M:
+    """``model_cls(**fields)``, with a refusal as ``InvalidArgument`` naming ``what`` and the field."""
+    try:
+        return model_cls(**fields)
+    except ValidationError as exc:
+        loc = exc.errors()[0]["loc"]
+        raise InvalidArgument(f"{what}: {describe_validation_error(exc)}",
+                              field=str(loc[0]) if loc else what) from None
 
 
 # --- enums -------------------------------------------------------------------------------------
@@ -91,7 +116,20 @@ def stream_from_pb(value: int) -> OutputStream:
 
 
 def event_kind_from_pb(value: int) -> EventKind:
-    return _EVENT_KIND_FROM_PB[value]
+    """The kind for a known number; ``InvalidArgument`` for any other (proto3 enums are open)."""
+    kind = _EVENT_KIND_FROM_PB.get(value)
+    if kind is None:
+        raise InvalidArgument(f"event kind {value} is unknown", field="kind")
+    return kind
+
+
+def _kind_of_type(type_: str) -> EventKind | None:
+    """``"agent.spawned"`` -> ``EventKind.AGENT``; ``None`` when the prefix names no kind."""
+    prefix, dot, _ = type_.partition(".")
+    try:
+        return EventKind(prefix) if dot else None
+    except ValueError:
+        return None
 
 
 # --- spawn config / agent ----------------------------------------------------------------------
@@ -112,7 +150,8 @@ def spec_to_pb(config: SpawnConfig) -> pb.AgentSpec:
 
 def spec_from_pb(spec: pb.AgentSpec) -> SpawnConfig:
     needs_gpu = spec.gpu_count > 0 or bool(spec.gpu_type)
-    return SpawnConfig(
+    return _build(
+        SpawnConfig, "agent spec",
         model=spec.model,
         labels=dict(spec.labels),
         env=dict(spec.env),
@@ -142,7 +181,8 @@ def agent_to_pb(agent: Agent) -> pb.Agent:
 
 
 def agent_from_pb(msg: pb.Agent, cluster_id: str = "") -> Agent:
-    return Agent(
+    return _build(
+        Agent, f"agent {msg.id[:80]!r}",
         id=msg.id,
         config=spec_from_pb(msg.spec),
         cluster_id=cluster_id,
@@ -172,8 +212,8 @@ def exec_chunk_from_pb(msg: pb.ExecuteCommandResponse) -> ExecChunk:
     """The result message carries no output: the caller folds the chunks (``collect``)."""
     if msg.WhichOneof("payload") == "result":
         r = msg.result
-        return ExecChunk(result=ExecResult(exit_code=r.exit_code, duration_s=r.duration_s,
-                                           timed_out=r.timed_out, truncated=r.truncated))
+        return ExecChunk(result=_build(ExecResult, "exec result", exit_code=r.exit_code, duration_s=r.duration_s,
+                                       timed_out=r.timed_out, truncated=r.truncated))
     return ExecChunk(stream=stream_from_pb(msg.chunk.stream),
                      data=msg.chunk.data.decode("utf-8", errors="replace"))
 
@@ -186,8 +226,14 @@ def event_to_pb(event: FederationEvent) -> pb.Event:
 
 
 def event_from_pb(msg: pb.Event, cluster_id: str = "") -> FederationEvent:
-    return FederationEvent(seq=msg.seq, kind=event_kind_from_pb(msg.kind), type=msg.type,
-                           cluster_id=cluster_id, agent_id=msg.agent_id, ts=msg.ts, data=dict(msg.data))
+    """The domain event. An unknown kind number is read from the type's prefix; ``InvalidArgument``
+    when neither names a kind or a field is refused (the caller skips that one event)."""
+    kind = _EVENT_KIND_FROM_PB.get(msg.kind) or _kind_of_type(msg.type)
+    if kind is None:
+        raise InvalidArgument(f"event {msg.seq}: kind {msg.kind} and type {msg.type[:80]!r} are both unknown",
+                              field="kind")
+    return _build(FederationEvent, f"event {msg.seq}", seq=msg.seq, kind=kind, type=msg.type,
+                  cluster_id=cluster_id, agent_id=msg.agent_id, ts=msg.ts, data=dict(msg.data))
 
 
 # --- capacity ----------------------------------------------------------------------------------
@@ -205,7 +251,8 @@ def capacity_to_pb(cap: SiteCapacity) -> pb.SiteCapacity:
 
 
 def capacity_from_pb(msg: pb.SiteCapacity) -> SiteCapacity:
-    return SiteCapacity(
+    return _build(
+        SiteCapacity, "site capacity",
         name=msg.name, region=msg.region, cost_per_hour=msg.cost_per_hour, max_agents=msg.max_agents,
         active_agents=msg.active_agents, available_agents=msg.available_agents,
         gpu_types=list(msg.gpu_types), free_gpus=dict(msg.free_gpus), total_gpus=msg.total_gpus,
@@ -225,9 +272,16 @@ def journal_entry_to_pb(entry: JournalEntry) -> pb.JournalEntry:
 
 
 def journal_entry_from_pb(msg: pb.JournalEntry) -> JournalEntry:
-    return JournalEntry(seq=msg.seq, command=msg.command,
-                        exit_code=msg.exit_code if msg.finished else None,
-                        started_at=msg.started_at, duration_s=msg.duration_s, timed_out=msg.timed_out)
+    return _build(JournalEntry, f"journal entry {msg.seq}", seq=msg.seq, command=msg.command,
+                  exit_code=msg.exit_code if msg.finished else None,
+                  started_at=msg.started_at, duration_s=msg.duration_s, timed_out=msg.timed_out)
+
+
+def snapshot_from_header(header: pb.SnapshotHeader, archive: bytes, cluster_id: str = "") -> AgentSnapshot:
+    """The snapshot a header describes, with its (already checked) ``archive``."""
+    return _build(AgentSnapshot, "snapshot header", agent=agent_from_pb(header.agent, cluster_id),
+                  journal=[journal_entry_from_pb(e) for e in header.journal], archive=archive,
+                  sha256=header.sha256, taken_at=header.taken_at)
 
 
 def snapshot_header_to_pb(agent: Agent, journal: list[JournalEntry], archive_size: int, sha256: str,
@@ -240,5 +294,5 @@ __all__ = [
     "agent_from_pb", "agent_status_from_pb", "agent_status_to_pb", "agent_to_pb", "capacity_from_pb",
     "capacity_to_pb", "event_from_pb", "event_kind_from_pb", "event_to_pb", "exec_chunk_from_pb",
     "exec_chunk_to_pb", "journal_entry_from_pb", "journal_entry_to_pb", "restart_policy_from_pb",
-    "snapshot_header_to_pb", "spec_from_pb", "spec_to_pb", "stream_from_pb",
+    "snapshot_from_header", "snapshot_header_to_pb", "spec_from_pb", "spec_to_pb", "stream_from_pb",
 ]

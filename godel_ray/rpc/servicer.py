@@ -2,26 +2,34 @@
 
 Each method converts proto to domain values, calls the runtime (a ``ClusterClient``), and converts
 back; errors become statuses through ``status_errors``. Validation belongs to the runtime; the only
-checks here are about the wire itself: the order, size and checksum of snapshot chunks.
+checks here are about the wire itself: the order, size and checksum of snapshot chunks, and the
+fields that travel beside a domain value (an idempotency key, an event cursor).
 
 Snapshots stream as ``SnapshotChunk``s: the header first (agent, journal, archive size, sha256),
 then the archive in pieces of ``LIMITS.snapshot_chunk_bytes``. An import is refused with
 INVALID_ARGUMENT, before the runtime sees anything, when the header is missing, not first, or
 repeated, when the announced or received size is over ``LIMITS.max_snapshot_bytes`` (checked while
 receiving), or when the received bytes do not match the announced size and checksum.
+
+Memory: an import holds at most one archive (``max_snapshot_bytes``): chunks go into one growing
+buffer that becomes the archive without a copy, hashed as they arrive (a list of chunks joined at
+the end held the archive twice). At most ``max_concurrent_imports`` imports run at once; one more is
+refused at once with RESOURCE_EXHAUSTED (its sender retries later) rather than buffered.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TypeAlias
 
 import grpc.aio
 
 from godel_ray.core.cluster_client import ClusterClient
-from godel_ray.errors import InvalidArgument, SnapshotRejected
+from godel_ray.core.validation import validate_idempotency_key
+from godel_ray.errors import InvalidArgument, ResourceExhausted, SnapshotRejected
 from godel_ray.models import AgentSnapshot, AgentStatus
 from godel_ray.rpc import convert
 from godel_ray.rpc.errors import status_errors
@@ -32,23 +40,31 @@ from godel_ray.settings import LIMITS, Limits
 Context: TypeAlias = grpc.aio.ServicerContext
 
 
-def snapshot_chunks(snapshot: AgentSnapshot, chunk_bytes: int = LIMITS.snapshot_chunk_bytes
-                    ) -> list[pb.SnapshotChunk]:
-    """The wire form of a snapshot: header first, then the archive in ``chunk_bytes`` pieces."""
-    header = convert.snapshot_header_to_pb(snapshot.agent, snapshot.journal, snapshot.size_bytes,
-                                           snapshot.sha256, snapshot.taken_at)
-    chunks = [pb.SnapshotChunk(header=header)]
+def iter_snapshot_chunks(snapshot: AgentSnapshot, chunk_bytes: int = LIMITS.snapshot_chunk_bytes
+                         ) -> Iterator[pb.SnapshotChunk]:
+    """The wire form of a snapshot, made as it is sent: header first, then ``chunk_bytes`` pieces."""
+    yield pb.SnapshotChunk(header=convert.snapshot_header_to_pb(
+        snapshot.agent, snapshot.journal, snapshot.size_bytes, snapshot.sha256, snapshot.taken_at))
     view = memoryview(snapshot.archive)
     for start in range(0, len(view), chunk_bytes):
-        chunks.append(pb.SnapshotChunk(data=bytes(view[start:start + chunk_bytes])))
-    return chunks
+        yield pb.SnapshotChunk(data=bytes(view[start:start + chunk_bytes]))
+
+
+def snapshot_chunks(snapshot: AgentSnapshot, chunk_bytes: int = LIMITS.snapshot_chunk_bytes
+                    ) -> list[pb.SnapshotChunk]:
+    """Every chunk of ``iter_snapshot_chunks`` at once (a second copy of the archive: for tests)."""
+    return list(iter_snapshot_chunks(snapshot, chunk_bytes))
 
 
 async def assemble_snapshot(chunks: AsyncIterator[pb.SnapshotChunk], limits: Limits = LIMITS,
                             cluster_id: str = "") -> AgentSnapshot:
-    """Reassemble a chunk stream into an ``AgentSnapshot``; ``InvalidArgument`` on any wire fault."""
+    """Reassemble a chunk stream into an ``AgentSnapshot``; ``InvalidArgument`` on any wire fault.
+
+    Holds at most the announced archive size (itself at most ``limits.max_snapshot_bytes``).
+    """
     header: pb.SnapshotHeader | None = None
-    parts: list[bytes] = []
+    buffer = io.BytesIO()
+    hasher = hashlib.sha256()
     received = 0
     async for chunk in chunks:
         kind = chunk.WhichOneof("payload")
@@ -68,7 +84,8 @@ async def assemble_snapshot(chunks: AsyncIterator[pb.SnapshotChunk], limits: Lim
                 raise InvalidArgument(
                     f"snapshot archive is larger than its header announced ({header.archive_size} bytes)",
                     field="archive_size")
-            parts.append(chunk.data)
+            buffer.write(chunk.data)
+            hasher.update(chunk.data)
         else:
             raise InvalidArgument("empty snapshot chunk: set header or data")
     if header is None:
@@ -79,17 +96,14 @@ async def assemble_snapshot(chunks: AsyncIterator[pb.SnapshotChunk], limits: Lim
         raise InvalidArgument(
             f"snapshot archive is truncated: got {received} of {header.archive_size} bytes",
             field="archive_size")
-    archive = b"".join(parts)
-    digest = hashlib.sha256(archive).hexdigest()
+    digest = hasher.hexdigest()
     if digest != header.sha256:
         raise SnapshotRejected(
             f"snapshot checksum mismatch: header says {header.sha256[:16] or '(none)'}..., "
             f"data hashes to {digest[:16]}...", field="sha256")
-    return AgentSnapshot(
-        agent=convert.agent_from_pb(header.agent, cluster_id),
-        journal=[convert.journal_entry_from_pb(e) for e in header.journal],
-        archive=archive, sha256=header.sha256, taken_at=header.taken_at,
-    )
+    archive = buffer.getvalue()  # the buffer's own bytes object: no second copy
+    del buffer
+    return convert.snapshot_from_header(header, archive, cluster_id)
 
 
 class ClusterFederationServicer(pb_grpc.ClusterFederationServicer):
@@ -99,12 +113,19 @@ class ClusterFederationServicer(pb_grpc.ClusterFederationServicer):
         self._runtime = runtime
         self._cluster_id = cluster_id
         self._limits = limits
+        self._imports = 0  # ImportAgent calls in flight: a counting semaphore (one event loop)
+
+    @property
+    def imports_in_flight(self) -> int:
+        return self._imports
 
     @status_errors
     async def SpawnAgent(self, request: pb.SpawnAgentRequest, context: Context) -> pb.SpawnAgentResponse:
+        # the key travels beside the spec, not in it: checked where it comes off the wire
+        key = validate_idempotency_key(request.idempotency_key) if request.idempotency_key else None
         agent, created = await self._runtime.spawn(
             convert.spec_from_pb(request.spec), agent_id=request.agent_id or None,
-            idempotency_key=request.idempotency_key or None, epoch=request.epoch or 1)
+            idempotency_key=key, epoch=request.epoch or 1)
         return pb.SpawnAgentResponse(agent=convert.agent_to_pb(agent), created=created)
 
     @status_errors
@@ -152,14 +173,24 @@ class ClusterFederationServicer(pb_grpc.ClusterFederationServicer):
     async def ExportAgent(self, request: pb.ExportAgentRequest, context: Context
                           ) -> AsyncIterator[pb.SnapshotChunk]:
         snapshot = await self._runtime.export(request.agent_id, epoch=request.epoch, freeze=request.freeze)
-        for chunk in snapshot_chunks(snapshot, self._limits.snapshot_chunk_bytes):
+        for chunk in iter_snapshot_chunks(snapshot, self._limits.snapshot_chunk_bytes):
             yield chunk
 
     @status_errors
     async def ImportAgent(self, request_iterator: AsyncIterator[pb.SnapshotChunk], context: Context
                           ) -> pb.ImportAgentResponse:
-        snapshot = await assemble_snapshot(request_iterator, self._limits, self._cluster_id)
-        agent = await self._runtime.import_(snapshot)
+        if self._imports >= self._limits.max_concurrent_imports:
+            raise ResourceExhausted(
+                f"site {self._cluster_id or '(this one)'} is already receiving {self._imports} agent imports, "
+                "its limit: "
+                "retry when one has finished", cluster_id=self._cluster_id,
+                max_concurrent_imports=self._limits.max_concurrent_imports)
+        self._imports += 1
+        try:
+            snapshot = await assemble_snapshot(request_iterator, self._limits, self._cluster_id)
+            agent = await self._runtime.import_(snapshot)
+        finally:
+            self._imports -= 1
         return pb.ImportAgentResponse(agent=convert.agent_to_pb(agent))
 
     @status_errors
@@ -168,4 +199,4 @@ class ClusterFederationServicer(pb_grpc.ClusterFederationServicer):
         return pb.ResumeAgentResponse(agent=convert.agent_to_pb(agent))
 
 
-__all__ = ["ClusterFederationServicer", "assemble_snapshot", "snapshot_chunks"]
+__all__ = ["ClusterFederationServicer", "assemble_snapshot", "iter_snapshot_chunks", "snapshot_chunks"]

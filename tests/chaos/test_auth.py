@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import pytest
 
 from godel_ray import errors as E
-from godel_ray.client.proxy import StateReader
+from godel_ray.client.reader import StateReader
 from godel_ray.models import SpawnConfig
 from godel_ray.rpc.client import GrpcClusterClient
 from godel_ray.site.launcher import write_token

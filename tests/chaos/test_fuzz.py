@@ -9,13 +9,21 @@ the servicer. Proto3 enums are open, so out-of-range enum numbers go on the wire
 
 What counts as an answer: OK or one of ``ANSWERS`` (a validation, lookup, state or capacity
 refusal). INTERNAL or UNKNOWN means an input slipped past validation and crashed a handler: a bug.
-Every agent the fuzzer manages to create is killed at once, and the last test checks none is left.
+The oracle also checks *which* answer: OK only for input that is valid by the rules written out
+here (independently of ``core.validation``: ``spec_problem``, ``import_problem``), and valid input
+never INVALID_ARGUMENT where the answer is decidable. Every agent the fuzzer manages to create is
+killed at once, and the last test checks none is left.
+
+Under ``CI=true`` the examples are derandomized (the same on every run: a red CI run is
+reproducible); locally a longer, random profile hunts for new cases.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,11 +51,90 @@ ANSWERS = {
     grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ALREADY_EXISTS,
 }
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+CI = os.environ.get("CI", "").lower() == "true"
+settings.register_profile("godel-fuzz-ci", max_examples=60, derandomize=True, deadline=None,
+                          suppress_health_check=list(HealthCheck), database=None)
+settings.register_profile("godel-fuzz-local", max_examples=200, deadline=None,
+                          suppress_health_check=list(HealthCheck), database=None)
+FUZZ = settings.get_profile("godel-fuzz-ci" if CI else "godel-fuzz-local")
 
 
 def valid_spec(model: str) -> pb.AgentSpec:
     return convert.spec_to_pb(SpawnConfig(model=model, cpus=0.05))
+
+
+# --- the oracle: what valid input is, written out independently of the code under test ---------
+
+AGENT_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+GPU_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+KNOWN_STATUSES = set(range(7))  # UNSPECIFIED (any) and the six statuses
+
+
+def agent_id_ok(agent_id: str) -> bool:
+    return AGENT_ID.fullmatch(agent_id) is not None
+
+
+def spec_problem(spec: pb.AgentSpec) -> str | None:
+    """Why a spec is invalid, or None. Proto3 zero means unset for ``timeout_s``."""
+    model = spec.model.encode()
+    if not model or len(model) > 256 or b"\0" in model:
+        return "model"
+    if len(spec.labels) > LIMITS.max_labels:
+        return "labels count"
+    for key, value in spec.labels.items():
+        if not LABEL_KEY.fullmatch(key) or "\0" in value or len(key.encode()) + len(value.encode()) > LIMITS.max_label_bytes:
+            return "label"
+    if len(spec.env) > LIMITS.max_env_vars:
+        return "env count"
+    if any(not ENV_NAME.fullmatch(k) or "\0" in v for k, v in spec.env.items()):
+        return "env"
+    if sum(len(k.encode()) + len(v.encode()) for k, v in spec.env.items()) > LIMITS.max_env_bytes:
+        return "env size"
+    if not math.isfinite(spec.timeout_s) or spec.timeout_s < 0:
+        return "timeout_s"
+    if not math.isfinite(spec.cpus) or not (spec.cpus == 0 or spec.cpus >= 0.0001):  # Ray's resource unit
+        return "cpus"
+    if spec.gpu_type and not GPU_TYPE.fullmatch(spec.gpu_type):
+        return "gpu_type"
+    if not math.isfinite(spec.checkpoint_interval_s) or spec.checkpoint_interval_s <= 0:
+        return "checkpoint_interval_s"
+    return None
+
+
+def spawn_problem(agent_id: str, spec: pb.AgentSpec, key: str) -> str | None:
+    if agent_id and not agent_id_ok(agent_id):
+        return "agent_id"
+    if key and (len(key) > 256 or "\0" in key):
+        return "idempotency_key"
+    return spec_problem(spec)
+
+
+def command_ok(command: str) -> bool:
+    return bool(command.strip()) and "\0" not in command and len(command.encode()) <= LIMITS.max_command_bytes
+
+
+def exec_timeout_ok(timeout_s: float) -> bool:
+    return timeout_s == 0 or (math.isfinite(timeout_s) and 0 < timeout_s <= LIMITS.max_command_timeout_s)
+
+
+def import_problem(stream: list[pb.SnapshotChunk]) -> str | None:
+    """Why an import stream is invalid, or None (the agent may still be refused for its state)."""
+    kinds = [c.WhichOneof("payload") for c in stream]
+    if not kinds or kinds[0] != "header" or kinds.count("header") != 1 or None in kinds:
+        return "chunk order"
+    header = stream[0].header
+    data = b"".join(c.data for c in stream[1:])
+    if len(data) != header.archive_size or hashlib.sha256(data).hexdigest() != header.sha256:
+        return "size or checksum"
+    agent = header.agent
+    if not agent_id_ok(agent.id):
+        return "agent id"
+    times = (header.taken_at, agent.created_at, agent.started_at, agent.finished_at)
+    if not all(math.isfinite(t) for t in times):
+        return "times"
+    return spec_problem(agent.spec)
 
 
 # --- the site under fuzz -----------------------------------------------------------------------
@@ -59,7 +146,12 @@ class FuzzSite:
     channel: grpc.Channel
     stub: pb_grpc.ClusterFederationStub
     agent_id: str  # a live agent that fuzzed calls may target
-    created: set[str] = field(default_factory=set)  # every agent id the fuzzer saw created
+    created: set[str] = field(default_factory=set)  # every agent id the fuzzer saw created, not yet killed
+    ever: set[str] = field(default_factory=set)  # every agent id the site ever confirmed
+
+    def add(self, agent_id: str) -> None:
+        self.created.add(agent_id)
+        self.ever.add(agent_id)
 
     @property
     def md(self) -> tuple[tuple[str, str], ...]:
@@ -93,7 +185,7 @@ def fuzz_site(site_factory: Callable[..., Any]) -> Iterator[FuzzSite]:
         spawned = stub.SpawnAgent(pb.SpawnAgentRequest(spec=valid_spec("fuzz-target")),
                                   metadata=bearer_metadata(site.token), timeout=CALL_DEADLINE_S)
         yield FuzzSite(endpoint=site.endpoint, token=site.token, channel=channel, stub=stub,
-                       agent_id=spawned.agent.id, created={spawned.agent.id})
+                       agent_id=spawned.agent.id, created={spawned.agent.id}, ever={spawned.agent.id})
     finally:
         channel.close()
 
@@ -116,7 +208,7 @@ MAPS = st.one_of(
 
 
 @st.composite
-def specs(draw: st.DrawFn) -> pb.AgentSpec:
+def random_specs(draw: st.DrawFn) -> pb.AgentSpec:
     return pb.AgentSpec(
         model=draw(TEXT), labels=draw(MAPS), env=draw(MAPS), timeout_s=draw(NUMBERS),
         cpus=draw(st.one_of(NUMBERS, st.sampled_from([0.01, 0.05]))), gpu_count=draw(INT32),
@@ -124,19 +216,87 @@ def specs(draw: st.DrawFn) -> pb.AgentSpec:
         restart_policy=draw(INT32), checkpoint_interval_s=draw(NUMBERS))
 
 
+EDGE_NUMBERS = st.sampled_from([math.inf, -math.inf, math.nan, float("1e309"), -1.0, 0.0, -0.0, 1e-300, 0.00005,
+                                 0.0001, 24 * 3600.0 + 1, 1e300])
+NAME_TRICKS = st.sampled_from(["\n", "\r\n", " ", "\x00", "\t", "\u00b2", "/", "=", ""])
+
+
+SPEC_FAULTS = ["timeout_s", "cpus", "checkpoint_interval_s", "model", "gpu_type", "label key", "label value",
+               "env name", "env value"]
+
+
+def one_fault_spec(draw: st.DrawFn, fault: str) -> pb.AgentSpec:
+    """A valid spec, with the field ``fault`` names made hostile (or none, for any other value)."""
+    spec = pb.AgentSpec(model="fuzz", cpus=0.01, checkpoint_interval_s=60.0, labels={"k": "v"}, env={"E": "1"})
+    if fault in ("timeout_s", "cpus", "checkpoint_interval_s"):
+        setattr(spec, fault, draw(st.one_of(EDGE_NUMBERS, NUMBERS)))
+    elif fault == "model":
+        spec.model = draw(TEXT)
+    elif fault == "gpu_type":
+        spec.gpu_type = draw(st.sampled_from(["nvidia-a100", "A100"])) + draw(NAME_TRICKS)
+    elif fault == "label key":
+        spec.labels[draw(st.sampled_from(["task", "a/b", "x.y"])) + draw(NAME_TRICKS)] = "v"
+    elif fault == "label value":
+        spec.labels["k"] = draw(st.one_of(TEXT, st.just("v\x00")))
+    elif fault == "env name":
+        spec.env[draw(st.sampled_from(["HOME", "A_B", "X"])) + draw(NAME_TRICKS)] = "1"
+    elif fault == "env value":
+        spec.env["E"] = draw(st.one_of(TEXT, st.just("1\x00")))
+    return spec
+
+
+@st.composite
+def one_fault_specs(draw: st.DrawFn) -> pb.AgentSpec:
+    return one_fault_spec(draw, draw(st.sampled_from([*SPEC_FAULTS, "none"])))
+
+
+def specs() -> st.SearchStrategy[pb.AgentSpec]:
+    """Random specs (almost never valid) and valid specs with one hostile field (so an OK answer to
+    an invalid value cannot hide behind another field's refusal)."""
+    return st.one_of(random_specs(), one_fault_specs())
+
+
+SpawnArgs = tuple[str, pb.AgentSpec, str, int]
+
+
+@st.composite
+def one_fault_spawns(draw: st.DrawFn) -> SpawnArgs:
+    """A valid SpawnAgent request with at most one hostile field, the agent id and key included."""
+    fault = draw(st.sampled_from([*SPEC_FAULTS, "agent_id", "key", "none"]))
+    agent_id = draw(st.sampled_from(["", "ag-fz-1", "ag-fz.2"]))
+    if fault == "agent_id":
+        agent_id = draw(st.one_of(AGENT_IDS, st.tuples(st.sampled_from(["ag-fz-1", "x"]), NAME_TRICKS).map("".join)))
+    key = draw(st.sampled_from(["", "key-1", "k" * 256]))
+    if fault == "key":
+        key = draw(st.one_of(TEXT, st.just("k" * 257), st.just("key\x00")))
+    return agent_id, one_fault_spec(draw, fault), key, draw(st.integers(0, 2))
+
+
+@st.composite
+def random_spawns(draw: st.DrawFn) -> SpawnArgs:
+    agent_id = draw(st.one_of(st.just(""), AGENT_IDS, st.tuples(st.sampled_from(["ag-fz-1", "ag-fz.2"]),
+                                                                  NAME_TRICKS).map("".join)))
+    return agent_id, draw(random_specs()), draw(st.one_of(st.just(""), TEXT)), draw(INT64)
+
+
 # --- every RPC with random fields --------------------------------------------------------------
 
 @FUZZ
-@given(agent_id=st.one_of(st.just(""), AGENT_IDS), spec=specs(), key=TEXT, epoch=INT64)
-def test_spawn_with_random_fields_is_answered(fuzz_site: FuzzSite, agent_id: str, spec: pb.AgentSpec,
-                                              key: str, epoch: int) -> None:
+@given(args=st.one_of(random_spawns(), one_fault_spawns()))
+def test_spawn_with_random_fields_is_answered(fuzz_site: FuzzSite, args: SpawnArgs) -> None:
     """SpawnAgent with random ids, models, labels, env, NaN/inf/negative numbers and out-of-range
-    enums: refused with a status, or (rarely) a real agent that is killed at once."""
+    enums: refused with a status, or a real agent that is killed at once."""
+    agent_id, spec, key, epoch = args
     request = pb.SpawnAgentRequest(agent_id=agent_id, spec=spec, idempotency_key=key, epoch=epoch)
     code, response = fuzz_site.answer(
         lambda: fuzz_site.stub.SpawnAgent(request, metadata=fuzz_site.md, timeout=CALL_DEADLINE_S), "SpawnAgent")
+    problem = spawn_problem(agent_id, spec, key)
     if code == grpc.StatusCode.OK:
-        fuzz_site.created.add(response.agent.id)
+        fuzz_site.add(response.agent.id)
+        assert problem is None, f"SpawnAgent answered OK to invalid input ({problem}): {request}"
+    else:
+        assert problem is not None or code != grpc.StatusCode.INVALID_ARGUMENT, \
+            f"SpawnAgent refused valid input: {response}"
     fuzz_site.kill_created()
 
 
@@ -176,10 +336,29 @@ def test_every_rpc_with_random_fields_is_answered(
         ("ExecuteCommand(timeout)", lambda: list(s.ExecuteCommand(pb.ExecuteCommandRequest(
             agent_id=real, command="echo fuzz", timeout_s=timeout_s), metadata=md, timeout=t))),
     ]
+    known = target in fuzz_site.ever
+    # when an OK answer is allowed at all (the fixture agent is at epoch 1; real-target calls that
+    # could change it carry a wrong epoch, so those must never be OK)
+    ok_allowed = {
+        "KillAgent": known and not target_real,
+        "GetAgentStatus": known,
+        "ListAgents": status in KNOWN_STATUSES,
+        "Heartbeat": True,
+        "ExportAgent": known and not target_real,
+        "ResumeAgent": known and (not target_real or epoch in (0, 1)),
+        "ExecuteCommand": known and not target_real and command_ok(command) and exec_timeout_ok(timeout_s),
+        "ExecuteCommand(timeout)": exec_timeout_ok(timeout_s),
+    }
     for name, call in calls:
         code, response = fuzz_site.answer(call, name)
-        if name == "ExecuteCommand(timeout)" and code == grpc.StatusCode.OK:
-            assert response[-1].WhichOneof("payload") == "result", response
+        if code == grpc.StatusCode.OK:
+            assert ok_allowed[name], f"{name} answered OK to input it must refuse (target {target!r})"
+        if name == "ExecuteCommand(timeout)":  # decidable both ways: the agent runs and the command is valid
+            assert (code == grpc.StatusCode.OK) == exec_timeout_ok(timeout_s), f"timeout {timeout_s}: {code.name}"
+            if code == grpc.StatusCode.OK:
+                assert response[-1].WhichOneof("payload") == "result", response
+        if name in ("ListAgents", "Heartbeat"):
+            assert (code == grpc.StatusCode.OK) == ok_allowed[name], f"{name}: {code.name}: {response}"
     # StreamEvents follows the log and never ends by itself: the answer to a valid since_seq is a
     # first event (newer than since_seq, or the replay from 1 of a cursor from an earlier life of the
     # site), or nothing yet (our short deadline) when since_seq is the end of the log
@@ -281,7 +460,9 @@ def test_import_with_bad_chunk_streams_is_answered(fuzz_site: FuzzSite) -> None:
         code, response = fuzz_site.answer(lambda: fuzz_site.stub.ImportAgent(
             iter(stream), metadata=fuzz_site.md, timeout=CALL_DEADLINE_S), "ImportAgent")
         if code == grpc.StatusCode.OK:
-            fuzz_site.created.add(response.agent.id)
+            fuzz_site.add(response.agent.id)
+            problem = import_problem(stream)
+            assert problem is None, f"ImportAgent answered OK to an invalid stream ({problem})"
         fuzz_site.kill_created()
 
     fuzz()

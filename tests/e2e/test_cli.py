@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -84,6 +86,21 @@ def poll(what: str, check: Callable[[], Any], deadline_s: float = DEADLINE_S, ev
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
+def read_line(proc: subprocess.Popen[str], timeout_s: float = DEADLINE_S) -> str:
+    """The next line ``proc`` writes on stdout, waiting at most ``timeout_s`` (a reader thread: a bare
+    ``readline()`` would hang the test if the line never came)."""
+    assert proc.stdout is not None
+    lines: queue.Queue[str] = queue.Queue(maxsize=1)
+    stdout = proc.stdout
+    threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
+    try:
+        line = lines.get(timeout=timeout_s)
+    except queue.Empty:
+        raise AssertionError(f"no line on stdout within {timeout_s:g} s") from None
+    assert line, f"stdout closed without a line (exit code {proc.poll()})"
+    return line
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -139,8 +156,7 @@ def test_registration_and_refusals(federation: Federation) -> None:
     follow = subprocess.Popen([*swarmctl_argv(), "events", "--follow", "--json"], stdout=subprocess.PIPE,
                               text=True, env=dict(os.environ, GODEL_STATE_DIR=str(cli.state_dir)))
     try:
-        assert follow.stdout is not None
-        first = json.loads(follow.stdout.readline())  # JSON lines: one event per line, as they come
+        first = json.loads(read_line(follow))  # JSON lines: one event per line, as they come
         assert first["seq"] >= 1 and first["type"]
     finally:
         follow.terminate()
@@ -153,10 +169,14 @@ def test_registration_and_refusals(federation: Federation) -> None:
 
 def test_placement_exec_and_filters(federation: Federation) -> None:
     cli = federation.cli
-    first = cli.json("agent", "spawn", "--cpus", "2", "--label", "team=a", "--env", "SECRET=hunter2")
+    env_file = federation.base / "agent.env"
+    env_file.write_text("# from a file: out of `ps`\nFROM_FILE=filed value\nSECRET=overridden-by---env\n")
+    env_file.chmod(0o600)
+    first = cli.json("agent", "spawn", "--cpus", "2", "--label", "team=a", "--env-file", str(env_file),
+                     "--env", "SECRET=hunter2")
     assert first["cluster_id"] == "local"
-    assert first["config"]["env"] == {"SECRET": "***"}
-    assert "hunter2" not in json.dumps(first)
+    assert first["config"]["env"] == {"FROM_FILE": "***", "SECRET": "***"}
+    assert "hunter2" not in json.dumps(first) and "filed" not in json.dumps(first)
     decision = cli.json("agent", "explain", first["id"])
     assert decision["chosen"] == "local" and decision["rule"]
 
@@ -176,6 +196,12 @@ def test_placement_exec_and_filters(federation: Federation) -> None:
         assert proc.stdout == "out-default\n" and proc.stderr == "err\n"
     result = cli.run("agent", "exec", second["id"], "--json", "--", "printf", "hi")
     assert result.returncode == 0 and json.loads(result.stdout)["stdout"] == "hi"
+    # several arguments keep their argv (kubectl/docker): `sh -c "a; b"` is sh with two arguments;
+    # the agent's env comes from --env-file, with --env winning
+    argv = cli.run("agent", "exec", first["id"], "--", "sh", "-c", 'echo "$FROM_FILE|$SECRET"; echo b')
+    assert argv.returncode == 0 and argv.stdout == "filed value|hunter2\nb\n", argv.stderr
+    line = cli.run("agent", "exec", first["id"], "--", "printf '%s|' 'a b' && echo $((1 + 1))")
+    assert line.returncode == 0 and line.stdout == "a b|2\n", line.stderr  # one argument: a shell line
 
     on_gpu = cli.json("agent", "list", "--cluster", "gpu")
     assert [a["id"] for a in on_gpu] == [gpu_agent["id"]]
@@ -253,7 +279,7 @@ def test_down_up_keeps_clusters_and_agents(federation: Federation) -> None:
     cli.fails("agent", "spawn")  # no control plane: says so in one line
     cli.ok("up", "--num-cpus", "2")
     assert cli.cluster_ids() == before_clusters
-    assert {a["id"] for a in cli.json("agent", "list")} >= before_agents
+    assert {a["id"] for a in cli.json("agent", "list")} == before_agents, "every agent kept, none added"
     proc = cli.run("agent", "exec", remote["id"], "--", "echo still-here")
     assert proc.returncode == 0 and proc.stdout == "still-here\n", proc.stderr
     assert cli.json("status")["running"] is True

@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from godel_ray.client.proxy import TransparentClusterProxy
+from godel_ray.control import factory
 from godel_ray.errors import AgentNotFound, ClusterNotFound, InvalidArgument
-from godel_ray.models import AgentStatus, ExecChunk, ExecResult, MigrationPhase, SpawnConfig
+from godel_ray.models import Agent, AgentStatus, ExecChunk, ExecResult, MigrationPhase, SpawnConfig
+from godel_ray.raykit.gateway import ClusterGateway
 from tests.e2e.migration_helpers import (
     control_plane,
     finished,
@@ -137,6 +139,35 @@ def test_refusals_are_clear_and_change_nothing(plane: Plane) -> None:
         proxy.migrate("ag-000000000000", "west")
     assert len(proxy.migrations(agent_id)) == 3
     assert proxy.status(agent_id).cluster_id == "local"
+
+
+def _local_copies(agent_id: str) -> list[Agent]:
+    """The ``local`` runtime's own live copies of ``agent_id`` (through its ClusterActor, not the table)."""
+    gateway = ClusterGateway("local", factory.cluster_actor_handle("local"))
+    return [a for a in gateway.list_agents().get(timeout_s=30) if a.id == agent_id and not a.status.is_final]
+
+
+def test_kill_during_a_migration_wins_and_no_copy_survives(plane: Plane) -> None:
+    proxy = plane.proxy
+    agent = proxy.spawn(SpawnConfig(model="doomed", labels={"fault": "kill"}, cluster="local"))
+    assert proxy.exec(agent.id, "head -c 48000000 /dev/urandom > big.bin").exit_code == 0  # a move that takes a while
+    started = proxy.migrate(agent.id, "west", wait=False)
+    wait_for(lambda: phase_of(proxy, started.id) == MigrationPhase.IMPORTING.value, "the import to start",
+             poll_s=0.02)
+    killed = proxy.kill(agent.id)
+    assert killed.status is AgentStatus.TERMINATED
+
+    done = wait_for(lambda: finished(proxy, started.id), "the move to end")
+    if done.phase is MigrationPhase.ROLLED_BACK:  # the kill landed first: the commit was refused
+        assert "commit failed" in done.error, done.error
+    else:  # the commit landed first: the kill followed the agent to the target
+        assert done.phase is MigrationPhase.COMPLETED, done.error
+    after = proxy.status(agent.id)
+    assert after.status is AgentStatus.TERMINATED, after
+    wait_for(lambda: not live_copies(plane.sites["west"], agent.id) and not _local_copies(agent.id),
+             "no copy of the killed agent anywhere")
+    assert proxy.status(agent.id).status is AgentStatus.TERMINATED  # and it stays killed
+    assert [a.id for a in proxy.list()].count(agent.id) == 1
 
 
 def test_target_dies_during_import_rolls_back_exactly_once(plane: Plane) -> None:

@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 import pytest
 
 from godel_ray import settings
-from godel_ray.client.proxy import StateReader, TransparentClusterProxy, connect
+from godel_ray.client.proxy import TransparentClusterProxy, connect
+from godel_ray.client.reader import StateReader
 from godel_ray.control import controlplane
 from godel_ray.errors import (
     AlreadyExists,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import math
 import os
 import socket
 import tarfile
@@ -38,7 +39,7 @@ from godel_ray.rpc.client import GrpcClusterClient
 from godel_ray.rpc.gen import federation_pb2 as pb
 from godel_ray.rpc.gen import federation_pb2_grpc as pb_grpc
 from godel_ray.rpc.server import SERVICE_NAME, build_server
-from godel_ray.settings import Limits
+from godel_ray.settings import LIMITS, Limits
 
 pytestmark = pytest.mark.ray
 T = TypeVar("T")
@@ -407,15 +408,80 @@ def test_invalid_input_is_invalid_argument_with_a_reason(site: Site) -> None:
     site.run(scenario())
 
 
+@pytest.mark.parametrize(("field", "value"), [("checkpoint_interval_s", math.inf), ("timeout_s", math.nan),
+                                              ("cpus", float("1e309")), ("checkpoint_interval_s", -math.inf)])
+def test_non_finite_numbers_are_refused_naming_the_field(site: Site, field: str, value: float) -> None:
+    """inf / nan / 1e309 in a spawn, from a raw client or through GrpcClusterClient: INVALID_ARGUMENT
+    naming the field, and nothing spawned (they used to spawn, and poison the agent table)."""
+    labels = _label()
+
+    async def scenario() -> None:
+        spec = convert.spec_to_pb(SpawnConfig(labels=labels))
+        setattr(spec, field, value)
+        async with site.channel() as channel:
+            stub = pb_grpc.ClusterFederationStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.SpawnAgent(pb.SpawnAgentRequest(spec=spec), metadata=bearer_metadata(TOKEN), timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert f"{field}: Input should be a finite number" in (info.value.details() or "")
+        built_around = SpawnConfig(labels=labels).model_copy(update={field: value})  # skips pydantic
+        with pytest.raises(E.InvalidArgument, match=field) as refused:
+            await site.client.spawn(built_around)
+        assert refused.value.field == field
+        assert await site.client.list_agents(labels=labels) == []
+
+    site.run(scenario())
+
+
+@pytest.mark.parametrize("case", ["agent-id-newline", "env-name-newline", "label-key-newline", "gpu-type-newline",
+                                  "long-idempotency-key", "nul-idempotency-key"])
+def test_names_with_a_trailing_newline_and_bad_keys_are_refused(site: Site, case: str) -> None:
+    labels = _label()
+    spec = convert.spec_to_pb(SpawnConfig(labels=labels))
+    request = pb.SpawnAgentRequest(spec=spec)
+    if case == "agent-id-newline":
+        request.agent_id = "ag-newline\n"
+    elif case == "env-name-newline":
+        request.spec.env["HOME\n"] = "x"
+    elif case == "label-key-newline":
+        request.spec.labels["task\n"] = "x"
+    elif case == "gpu-type-newline":
+        request.spec.gpu_type = "nvidia-a100\n"
+    elif case == "long-idempotency-key":
+        request.idempotency_key = "k" * 257
+    else:
+        request.idempotency_key = "k\x00"
+
+    async def scenario() -> None:
+        async with site.channel() as channel:
+            stub = pb_grpc.ClusterFederationStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.SpawnAgent(request, metadata=bearer_metadata(TOKEN), timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+        assert await site.client.list_agents(labels=labels) == []
+
+    site.run(scenario())
+
+
 # --- snapshot import over the wire -------------------------------------------------------------
 
-def _header(agent_id: str, archive: bytes, sha256: str | None = None) -> pb.SnapshotChunk:
+def _header(agent_id: str, archive: bytes, sha256: str | None = None, taken_at: float | None = None
+            ) -> pb.SnapshotChunk:
     from godel_ray.models import Agent
 
     agent = Agent(id=agent_id, config=SpawnConfig(labels={"import": "test"}), status=AgentStatus.RUNNING)
     return pb.SnapshotChunk(header=pb.SnapshotHeader(
         agent=convert.agent_to_pb(agent), archive_size=len(archive),
-        sha256=hashlib.sha256(archive).hexdigest() if sha256 is None else sha256, taken_at=time.time()))
+        sha256=hashlib.sha256(archive).hexdigest() if sha256 is None else sha256,
+        taken_at=time.time() if taken_at is None else taken_at))
+
+
+def _many_files_archive(count: int) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for i in range(count):
+            tar.addfile(tarfile.TarInfo(f"f{i}"), io.BytesIO(b""))
+    return buf.getvalue()
 
 
 def _hostile_archive() -> bytes:
@@ -439,10 +505,11 @@ def _good_archive() -> bytes:
 
 
 @pytest.mark.parametrize("case", ["data-first", "no-header", "two-headers", "bad-checksum", "truncated",
-                                  "oversize", "hostile"])
+                                  "oversize", "hostile", "nan-taken-at", "too-many-files"])
 def test_bad_imports_are_refused_and_leave_nothing(site: Site, case: str, tmp_path: Path) -> None:
     agent_id = "ag-imp-" + uuid.uuid4().hex[:8]
     good = _good_archive()
+    many = _many_files_archive(LIMITS.max_snapshot_members + 1) if case == "too-many-files" else b""
     chunks: list[pb.SnapshotChunk] = {
         "data-first": [pb.SnapshotChunk(data=good), _header(agent_id, good)],
         "no-header": [pb.SnapshotChunk(data=good)],
@@ -451,6 +518,8 @@ def test_bad_imports_are_refused_and_leave_nothing(site: Site, case: str, tmp_pa
         "truncated": [_header(agent_id, good), pb.SnapshotChunk(data=good[:-3])],
         "oversize": [_header(agent_id, good), pb.SnapshotChunk(data=good), pb.SnapshotChunk(data=b"more")],
         "hostile": [_header(agent_id, _hostile_archive()), pb.SnapshotChunk(data=_hostile_archive())],
+        "nan-taken-at": [_header(agent_id, good, taken_at=math.nan), pb.SnapshotChunk(data=good)],
+        "too-many-files": [_header(agent_id, many), pb.SnapshotChunk(data=many)],
     }[case]
 
     async def scenario() -> None:
@@ -467,6 +536,8 @@ def test_bad_imports_are_refused_and_leave_nothing(site: Site, case: str, tmp_pa
         with pytest.raises(E.NotFound):
             await site.client.status(agent_id)
         assert agent_id not in [a.id for a in await site.client.list_agents()]
+        root = site.runtime.workdir_root
+        assert not [n for n in os.listdir(root) if n.startswith(".import-") or n == agent_id]
 
     site.run(scenario())
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from godel_cli import render
+from godel_cli import render, safetext, tables
 from godel_cli.main import app
 from rich.console import Console
 from typer.testing import CliRunner
@@ -80,6 +80,15 @@ def test_short_heartbeat_interval_caps_the_default_timeout() -> None:
     ({"max_agents": 0}, "--max-agents"),
     ({"gpu_types": ["bad type"]}, "gpu type"),
     ({"heartbeat_interval_s": 1.0, "heartbeat_timeout_s": 2.0}, "heartbeat_timeout_s"),
+    ({"cost_per_hour": float("inf")}, "--cost: Input should be a finite number"),
+    ({"cost_per_hour": float("nan")}, "--cost: Input should be a finite number"),
+    ({"load_threshold": float("nan")}, "--load-threshold: Input should be a finite number"),
+    ({"heartbeat_interval_s": float("inf")}, "finite"),
+    ({"grace_period_s": float("inf")}, "finite"),
+    ({"name": "ok\n"}, "NAME"),
+    ({"region": "us-east\n"}, "region"),
+    ({"gpu_types": ["nvidia-a100\n"]}, "gpu type"),
+    ({"endpoint": "host:\u00b2"}, "not a number"),
 ])
 def test_registration_rejects_bad_input_naming_the_field(fields: dict[str, object], needle: str) -> None:
     base: dict[str, object] = {"name": "ok", "endpoint": "127.0.0.1:1"}
@@ -119,6 +128,8 @@ def test_cluster_file_with_a_list(tmp_path: Path) -> None:
     ("- a\n- b\n", "mapping"),
     ("name: [unclosed\n", "YAML"),
     ("clusters:\n  - {name: a, endpoint: 'h:1'}\n  - {name: a, endpoint: 'h:2'}\n", "more than once"),
+    ("clusters:\n  - {name: a, endpoint: 'h:1', cost_per_hour: .inf}\n", "clusters[0].cost_per_hour: Input should be a finite"),
+    ("name: a\nendpoint: 'h:1'\nheartbeat_interval_s: .nan\n", "heartbeat_interval_s: Input should be a finite"),
 ])
 def test_bad_cluster_file_names_the_file_and_field(tmp_path: Path, text: str, needle: str) -> None:
     file = tmp_path / "bad.yaml"
@@ -175,9 +186,9 @@ def test_tables_have_no_colour_codes_off_a_terminal() -> None:
                                  candidates=[CandidateScore(cluster_id="a", score=40, factors={"cost": 10}),
                                              CandidateScore(cluster_id="b", score=90, factors={"cost": 90})],
                                  rejections={"c": "no GPU of type nvidia-a100"})
-    console.print(render.placement_table(decision))
-    console.print(render.rejections_table(decision))
-    console.print(render.cluster_status(ClusterStatus.OFFLINE))
+    console.print(tables.placement_table(decision))
+    console.print(tables.rejections_table(decision))
+    console.print(safetext.cluster_status(ClusterStatus.OFFLINE))
     text = buf.getvalue()
     assert "\x1b[" not in text
     assert text.index(" b ") < text.index(" a "), "best candidate first"
@@ -208,11 +219,27 @@ def _run(args: list[str], **env: str) -> tuple[int, str, str]:
     ["cluster", "add"],
     ["cluster", "maintenance", "x", "sideways"],
     ["agent", "list", "--status", "sleeping"],
+    ["cluster", "add", "x", "host:\u00b2"],
 ])
 def test_bad_input_is_one_error_line_before_anything_is_contacted(args: list[str]) -> None:
     code, stdout, stderr = _run(args)
     assert code == render.EXIT_CODES[errors.InvalidArgument]
     assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert stdout == ""
+
+
+@pytest.mark.parametrize("number", ["inf", "-inf", "nan", "1e309", "Infinity"])
+@pytest.mark.parametrize(("args", "flag"), [
+    (["agent", "spawn", "--checkpoint-interval"], "--checkpoint-interval"),
+    (["agent", "spawn", "--timeout"], "--timeout"),
+    (["agent", "spawn", "--cpus"], "--cpus"),
+    (["cluster", "add", "x", "127.0.0.1:1", "--cost"], "--cost"),
+])
+def test_non_finite_numbers_are_refused_naming_the_flag(args: list[str], flag: str, number: str) -> None:
+    """`--checkpoint-interval inf` used to spawn (and poison the agent table): one error line now."""
+    code, stdout, stderr = _run([*args, number])
+    assert code == render.EXIT_CODES[errors.InvalidArgument], stderr
+    assert stderr.startswith(f"error: {flag}: ") and "finite" in stderr and stderr.count("\n") == 1, stderr
     assert stdout == ""
 
 
@@ -278,3 +305,79 @@ def test_read_only_commands_never_import_ray_or_grpc(tmp_path: Path) -> None:
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'grpc')))\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert proc.stdout.strip() == "[]", proc.stdout
+
+
+# --------------------------------------------------------------- exec argv
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["make test && ls"], "make test && ls"),  # one argument: a shell line, as it is
+    (["sh", "-c", "echo a; echo b"], "sh -c 'echo a; echo b'"),  # several: argv survives
+    (["printf", "%s|", "a b", "c'd", "$HOME"], "printf '%s|' 'a b' 'c'\"'\"'d' '$HOME'"),
+    (["printf", "hi"], "printf hi"),
+])
+def test_exec_arguments_follow_kubectl_and_docker(argv: list[str], line: str) -> None:
+    import shlex
+
+    from godel_cli.agent import shell_line
+
+    assert shell_line(argv) == line
+    if len(argv) > 1:
+        assert shlex.split(shell_line(argv)) == argv
+
+
+def test_exec_help_says_how_arguments_are_passed() -> None:
+    result = CliRunner().invoke(app, ["agent", "exec", "--help"], env={"COLUMNS": "200"})
+    assert "sh -c" in result.stdout and "shell line" in result.stdout
+
+
+# --------------------------------------------------------------- --env-file
+
+
+def _env_file(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
+    path = tmp_path / "agent.env"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def test_env_file_lines_comments_and_blanks(tmp_path: Path) -> None:
+    from godel_cli.envfile import read_env_file
+
+    path = _env_file(tmp_path, "# secrets\n\nAPI_KEY=sk-1=2\n  TOKEN=\"quoted\" \r\n   # indented comment\nEMPTY=\n")
+    assert read_env_file(path) == ["API_KEY=sk-1=2", 'TOKEN="quoted" ', "EMPTY="]
+    assert inputs.parse_env(read_env_file(path)) == {"API_KEY": "sk-1=2", "TOKEN": '"quoted" ', "EMPTY": ""}
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("OK=1\nsk-supersecret\n", "agent.env:2: not of the form NAME=value"),
+    ("OK=1\n=supersecret\n", "agent.env:2: not of the form NAME=value"),
+    ("1BAD=supersecret\n", "agent.env:1: env name '1BAD' is invalid"),
+    ("export X=supersecret\n", "agent.env:1: env name 'export X' is invalid"),
+])
+def test_bad_env_file_line_names_file_and_line_never_the_value(tmp_path: Path, text: str, needle: str) -> None:
+    from godel_cli.envfile import read_env_file
+
+    with pytest.raises(errors.InvalidArgument) as info:
+        read_env_file(_env_file(tmp_path, text))
+    assert needle in str(info.value) and "supersecret" not in str(info.value)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_env_file_others_can_read_is_refused(tmp_path: Path, mode: int) -> None:
+    code, stdout, stderr = _run(["agent", "spawn", "--env-file", str(_env_file(tmp_path, "A=secret\n", mode))])
+    assert code == render.EXIT_CODES[errors.InvalidArgument] and stdout == ""
+    assert "accessible by group or others" in stderr and "chmod 600" in stderr and "secret\n" not in stderr
+
+
+@pytest.mark.parametrize(("text", "needle"), [("A=1\nnot a pair\n", "agent.env:2"), ("9X=1\n", "agent.env:1")])
+def test_spawn_with_a_bad_env_file_is_one_error_line_before_anything_is_contacted(
+        tmp_path: Path, text: str, needle: str) -> None:
+    code, stdout, stderr = _run(["agent", "spawn", "--env-file", str(_env_file(tmp_path, text))])
+    assert code == render.EXIT_CODES[errors.InvalidArgument] and stdout == ""
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1 and needle in stderr
+
+
+def test_missing_env_file(tmp_path: Path) -> None:
+    code, _, stderr = _run(["agent", "spawn", "--env-file", str(tmp_path / "nope.env")])
+    assert code == render.EXIT_CODES[errors.InvalidArgument] and "cannot read env file" in stderr

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
+from godel_ray.errors import InvalidArgument
 from godel_ray.models import (
     Agent,
     AgentStatus,
@@ -125,3 +128,73 @@ def test_journal_entry_round_trip(exit_code: int | None) -> None:
     entry = JournalEntry(seq=7, command="make", exit_code=exit_code, started_at=9.0, duration_s=0.5,
                          timed_out=False)
     assert convert.journal_entry_from_pb(convert.journal_entry_to_pb(entry)) == entry
+
+
+# --- what a client or a site may send: refused naming the field, never a bare pydantic error -------
+
+NON_FINITE = [math.inf, -math.inf, math.nan, float("1e309")]
+
+
+@pytest.mark.parametrize("value", NON_FINITE, ids=["inf", "-inf", "nan", "1e309"])
+@pytest.mark.parametrize("field", ["timeout_s", "cpus", "checkpoint_interval_s"])
+def test_spec_with_a_non_finite_number_is_invalid_argument(field: str, value: float) -> None:
+    spec = convert.spec_to_pb(SpawnConfig())
+    setattr(spec, field, value)
+    with pytest.raises(InvalidArgument, match=f"agent spec: {field}: Input should be a finite number") as info:
+        convert.spec_from_pb(spec)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize("value", NON_FINITE, ids=["inf", "-inf", "nan", "1e309"])
+@pytest.mark.parametrize("field", ["cost_per_hour", "total_gpus", "total_cpus", "free_cpus", "free_gpus"])
+def test_capacity_with_a_non_finite_number_is_invalid_argument(field: str, value: float) -> None:
+    msg = convert.capacity_to_pb(SiteCapacity(name="s", gpu_types=["a100"], free_gpus={"a100": 1.0}))
+    if field == "free_gpus":
+        msg.free_gpus["a100"] = value
+    else:
+        setattr(msg, field, value)
+    with pytest.raises(InvalidArgument, match="site capacity: .*finite number") as info:
+        convert.capacity_from_pb(msg)
+    assert info.value.field == field
+
+
+def test_agent_and_journal_with_non_finite_times_are_invalid_argument() -> None:
+    agent = convert.agent_to_pb(Agent(id="ag-1", config=SpawnConfig()))
+    agent.created_at = math.nan
+    with pytest.raises(InvalidArgument, match="agent 'ag-1': created_at") as info:
+        convert.agent_from_pb(agent)
+    assert info.value.field == "created_at"
+    with pytest.raises(InvalidArgument, match="journal entry 3: duration_s"):
+        convert.journal_entry_from_pb(pb.JournalEntry(seq=3, command="ls", started_at=1.0, duration_s=math.inf))
+    with pytest.raises(InvalidArgument, match="exec result: duration_s"):
+        convert.exec_chunk_from_pb(pb.ExecuteCommandResponse(result=pb.ExecResult(duration_s=math.nan)))
+
+
+# --- events from a newer site: carried when the kind can be told, refused (and skipped) otherwise --
+
+def test_an_unknown_event_type_of_a_known_kind_is_carried() -> None:
+    wire = pb.Event(seq=5, kind=pb.EVENT_KIND_AGENT, type="agent.hibernated", agent_id="ag-1", ts=1.0)
+    event = convert.event_from_pb(wire, cluster_id="east")
+    assert (event.seq, event.kind, event.type, event.cluster_id) == (5, EventKind.AGENT, "agent.hibernated", "east")
+
+
+@pytest.mark.parametrize(("type_", "kind"), [("agent.hibernated", EventKind.AGENT),
+                                              ("migration.paused", EventKind.MIGRATION),
+                                              ("cluster.status", EventKind.CLUSTER)])
+def test_an_unknown_kind_number_is_read_from_the_type(type_: str, kind: EventKind) -> None:
+    for number in (0, 99, -1):
+        event = convert.event_from_pb(pb.Event(seq=6, kind=number, type=type_, ts=1.0))  # type: ignore[arg-type]
+        assert (event.kind, event.type) == (kind, type_)
+
+
+@pytest.mark.parametrize("type_", ["quota.exceeded", "", "agent", ".agent", "Agent.spawned"])
+def test_an_event_whose_kind_cannot_be_told_is_invalid_argument(type_: str) -> None:
+    with pytest.raises(InvalidArgument, match="event 7: kind 42 and type .* both unknown"):
+        convert.event_from_pb(pb.Event(seq=7, kind=42, type=type_, ts=1.0))  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="event kind 42 is unknown"):
+        convert.event_kind_from_pb(42)
+
+
+def test_an_event_with_a_non_finite_time_is_invalid_argument() -> None:
+    with pytest.raises(InvalidArgument, match="event 8: ts"):
+        convert.event_from_pb(pb.Event(seq=8, kind=pb.EVENT_KIND_AGENT, type="agent.spawned", ts=math.inf))

@@ -54,3 +54,43 @@ def test_wait_since_returns_at_once_when_something_is_newer() -> None:
         return await log.wait_since(0, timeout_s=30)
 
     assert [e.type for e in asyncio.run(go())] == ["a"]
+
+
+def test_the_default_window_is_the_setting() -> None:
+    from godel_ray.settings import LIMITS
+
+    log = EventLog()
+    for i in range(LIMITS.event_log_capacity + 5):
+        log.append(ev(f"e{i}"))
+    assert len(log) == LIMITS.event_log_capacity and log.last_seq == LIMITS.event_log_capacity + 5
+    assert log.first_seq == 6 and log.since(0)[0].seq == 6
+
+
+def test_a_reader_that_fell_behind_gets_what_is_left_and_resumes_exactly() -> None:
+    log = EventLog(capacity=4)
+    for i in range(10):
+        log.append(ev(f"e{i}"))
+    behind = log.since(2)  # seqs 3..6 were dropped
+    assert [e.seq for e in behind] == [7, 8, 9, 10] and log.first_seq == 7
+    assert [e.seq for e in log.since(behind[1].seq)] == [9, 10]  # resume after what it got
+    assert log.since(10) == [] and log.since(-5) == behind
+    log.append(ev("e10"))
+    assert [e.seq for e in log.since(10)] == [11]
+
+
+def test_the_window_is_bounded_by_size_too() -> None:
+    """A few huge events cannot hold memory without bound: the oldest go, the newest always stays."""
+    big = {"reason": "x" * 10_000}
+    log = EventLog(capacity=1000, max_bytes=25_000)
+    for i in range(10):
+        log.append(FederationEvent(kind=EventKind.AGENT, type=f"e{i}", data=big))
+    assert len(log) == 2 and log.size_bytes <= 25_000
+    assert [e.seq for e in log.since(0)] == [9, 10]
+    huge = EventLog(capacity=10, max_bytes=100)
+    huge.append(FederationEvent(kind=EventKind.AGENT, type="huge", data=big))
+    assert [e.type for e in huge.since(0)] == ["huge"]
+
+
+def test_an_empty_log() -> None:
+    log = EventLog(capacity=2)
+    assert log.since(0) == [] and log.first_seq == 1 and log.last_seq == 0 and len(log) == 0

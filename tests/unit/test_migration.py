@@ -122,19 +122,19 @@ def test_happy_path_every_transition() -> None:
     assert d.migration.finished_at == d.now
 
 
-def test_downtime_is_freeze_succeeded_to_commit_succeeded_and_bytes_recorded() -> None:
+def test_downtime_is_freeze_requested_to_commit_succeeded_and_bytes_recorded() -> None:
     d = Driver()
-    d.start()
-    d.ok("freeze")          # t = T0 + 2: the agent stops serving
+    d.start()               # t = T0 + 1: the freeze is requested; new commands wait from here
+    d.ok("freeze")
     d.ok("export", 1000)
     d.ok("transfer", 1200)  # the larger report wins (a framing overhead, say)
     d.ok("import")
     d.ok("verify")
     d.ok("commit")          # t = T0 + 7: the target serves
-    assert d.migration.downtime_s == pytest.approx(5.0)
+    assert d.migration.downtime_s == pytest.approx(6.0)
     assert d.migration.bytes_moved == 1200
     d.ok("kill_source")
-    assert d.migration.downtime_s == pytest.approx(5.0)
+    assert d.migration.downtime_s == pytest.approx(6.0)
 
 
 def test_failed_kill_after_commit_still_completes_with_a_note() -> None:

@@ -9,76 +9,51 @@ from typing import Any
 
 import pytest
 
-from godel_ray.control.migrator import COOLDOWN_KEY, MigrationExecutor
-from godel_ray.control.store import StateStore
+from godel_ray.control.agent_ops import AgentOps
+from godel_ray.control.migrator import MigrationExecutor
 from godel_ray.core.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.core.placement import ClusterView
-from godel_ray.errors import AgentNotFound, ClusterUnavailable, CooldownActive, MigrationInProgress
+from godel_ray.errors import ClusterUnavailable, CooldownActive, MigrationInProgress
 from godel_ray.models import (
     Agent,
-    AgentSnapshot,
     AgentStatus,
     Cluster,
     ClusterHealthState,
     EventKind,
+    Migration,
     MigrationPhase,
     PhaseStamp,
     SpawnConfig,
 )
-
-
-class FakeCluster:
-    def __init__(self, cluster_id: str) -> None:
-        self.id = cluster_id
-        self.agents: dict[str, Agent] = {}
-        self.fail: dict[str, Exception] = {}
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-
-    async def handle(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        self.calls.append((method, kwargs))
-        if method in self.fail:
-            raise self.fail[method]
-        agent_id = args[0] if isinstance(args[0], str) else args[0].agent.id
-        if method != "import_" and agent_id not in self.agents:
-            raise AgentNotFound(f"agent {agent_id} is not on {self.id}", agent_id=agent_id)
-        if method == "export":
-            agent = self.agents[agent_id]
-            self.agents[agent_id] = agent.model_copy(update={"status": AgentStatus.MIGRATING})
-            return AgentSnapshot(agent=agent, archive=b"x" * 100, sha256="0" * 64)
-        if method == "import_":
-            snapshot: AgentSnapshot = args[0]
-            self.agents[agent_id] = snapshot.agent.model_copy(update={"status": AgentStatus.RUNNING,
-                                                                     "cluster_id": self.id})
-            return self.agents[agent_id]
-        if method == "status":
-            return self.agents[agent_id]
-        if method == "resume":
-            self.agents[agent_id] = self.agents[agent_id].model_copy(update={"status": AgentStatus.RUNNING})
-            return self.agents[agent_id]
-        if method == "kill":
-            agent = self.agents.pop(agent_id)
-            return agent.model_copy(update={"status": AgentStatus.TERMINATED,
-                                            "status_reason": kwargs.get("reason", "")})
-        raise AssertionError(method)
+from tests.fakes import Control
 
 
 class Harness:
     def __init__(self, tmp_path: Path) -> None:
-        self.store = StateStore.for_state_dir(tmp_path)
-        self.clusters = {"src": FakeCluster("src"), "dst": FakeCluster("dst")}
+        self.control = Control(tmp_path)
+        self.store = self.control.store
+        self.clusters = self.control.fakes
         self.events: list[tuple[EventKind, str, str, str, dict[str, str]]] = []
-        self.now = 1000.0
-        self.executor = MigrationExecutor(self.store, self.call, self.emit, cooldown_s=30.0,
-                                          clock=lambda: self.now, put=lambda value: value)
-        self.agent = Agent(id="ag-1", config=SpawnConfig(labels={"k": "v"}), cluster_id="src",
-                           status=AgentStatus.RUNNING, epoch=3)
-        self.store.put_agent(self.agent)
-        self.clusters["src"].agents["ag-1"] = self.agent
+        self.executor = MigrationExecutor(self.store, self.control.table, self.gateway, self.emit,
+                                          ledger=self.control.ledger, views=self.control.clusters.view,
+                                          cooldown_s=30.0, clock=self.clock, put=lambda value: value)
+        self.agent = self.control.put_agent(Agent(id="ag-1", config=SpawnConfig(labels={"k": "v"}), cluster_id="src",
+                                                  status=AgentStatus.RUNNING, epoch=3))
 
-    async def call(self, cluster_id: str, method: str, *args: Any, timeout_s: float | None = None,
-                   **kwargs: Any) -> Any:
-        self.now += 0.5
-        return await self.clusters[cluster_id].handle(method, *args, **kwargs)
+    @property
+    def now(self) -> float:
+        return self.control.now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.control.now = value
+
+    def clock(self) -> float:
+        return self.control.now
+
+    def gateway(self, cluster_id: str) -> Any:
+        self.control.now += 0.5  # every cluster call takes a while
+        return self.control.gateway(cluster_id)
 
     def emit(self, kind: EventKind, type_: str, cluster_id: str, agent_id: str = "", **data: str) -> None:
         self.events.append((kind, type_, cluster_id, agent_id, data))
@@ -113,7 +88,7 @@ def test_happy_path_commits_the_new_location_and_kills_the_source(tmp_path: Path
     assert h.store.migrations("ag-1")[-1] == done
     types = [t for _, t, *_ in h.events]
     assert types[0] == "migration.started" and types[-1] == "migration.completed"
-    assert h.store.meta(COOLDOWN_KEY + "ag-1") == 1000.0
+    assert h.store.migration_attempt("ag-1") == 1000.0
     assert not h.executor.in_progress
 
 
@@ -178,3 +153,65 @@ def test_recover_unfinished_rolls_back_a_migration_cut_before_its_commit(tmp_pat
     assert [m for m, _ in h.clusters["dst"].calls] == ["kill"] and [m for m, _ in h.clusters["src"].calls] == ["resume"]
     row = h.store.agent("ag-1")
     assert row is not None and (row.cluster_id, row.epoch, row.status) == ("src", 3, AgentStatus.RUNNING)
+
+
+def _no_copy_anywhere(h: Harness) -> bool:
+    return all("ag-1" not in fake.agents for fake in h.clusters.values())
+
+
+def test_kill_during_the_move_wins_the_commit_is_refused_and_no_copy_survives(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    ops = AgentOps(h.control.gateway, h.control.table, h.store, clock=h.clock)
+
+    async def scenario() -> tuple[Agent, Migration]:
+        verify = h.clusters["dst"].gate("status")  # the move waits with its copy imported on dst
+        task = h.executor.start(h.executor.begin(h.agent, "dst"), h.agent)
+        await h.clusters["dst"].reached("status")
+        killed = await ops.kill("ag-1")  # swarmctl agent kill, mid-move
+        verify.set()
+        return killed, await task
+
+    killed, done = asyncio.run(scenario())
+    assert killed.status is AgentStatus.TERMINATED
+    assert done.phase is MigrationPhase.ROLLED_BACK and "commit failed" in done.error
+    row = h.store.agent("ag-1")
+    assert row is not None and (row.cluster_id, row.epoch, row.status) == ("src", 3, AgentStatus.TERMINATED)
+    assert h.control.table.get("ag-1") == row
+    assert _no_copy_anywhere(h)
+    assert (h.control.ledger.holds("src"), h.control.ledger.holds("dst")) == (0, 0)
+
+
+def test_kill_that_read_the_row_before_the_commit_kills_the_moved_agent_too(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    ops = AgentOps(h.control.gateway, h.control.table, h.store, clock=h.clock)
+
+    async def scenario() -> tuple[Agent, Migration]:
+        verify = h.clusters["dst"].gate("status")
+        source_kill = h.clusters["src"].gate("kill")
+        task = h.executor.start(h.executor.begin(h.agent, "dst"), h.agent)
+        await h.clusters["dst"].reached("status")
+        kill = asyncio.create_task(ops.kill("ag-1"))  # reads the migrating row, then waits on src
+        await h.clusters["src"].reached("kill")
+        verify.set()  # the move commits meanwhile and its KillSource waits on src too
+        await h.clusters["src"].reached("kill", 2)
+        source_kill.set()
+        return await kill, await task
+
+    killed, done = asyncio.run(scenario())
+    assert done.phase is MigrationPhase.COMPLETED  # it committed first ...
+    assert killed.status is AgentStatus.TERMINATED  # ... and the kill still won, where the agent lived then
+    row = h.store.agent("ag-1")
+    assert row is not None and (row.cluster_id, row.epoch, row.status) == ("dst", 4, AgentStatus.TERMINATED)
+    assert _no_copy_anywhere(h)
+    assert (h.control.ledger.holds("src"), h.control.ledger.holds("dst")) == (0, 0)
+
+
+def test_rollback_releases_the_targets_reservation_and_commit_moves_the_hold(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.clusters["dst"].fail["import_"] = ClusterUnavailable("site died")
+    h.migrate()
+    assert (h.control.ledger.holds("src"), h.control.ledger.holds("dst")) == (1, 0)
+    h.clusters["dst"].fail.clear()
+    h.now += 60  # past the cooldown
+    h.migrate()
+    assert (h.control.ledger.holds("src"), h.control.ledger.holds("dst")) == (0, 1)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from godel_ray.core.validation import (
     parse_label,
     validate_agent_id,
+    validate_cluster_id,
     validate_command,
+    validate_env,
     validate_exec_timeout,
     validate_spawn_config,
 )
@@ -47,7 +50,9 @@ def test_a_plain_config_is_valid() -> None:
     (SpawnConfig(env={"A": "a\x00b"}), "env", "NUL"),
     (SpawnConfig(timeout_s=0), "timeout_s", "> 0"),
     (SpawnConfig(timeout_s=-1), "timeout_s", "> 0"),
-    (SpawnConfig(cpus=-0.5), "cpus", ">= 0"),
+    (SpawnConfig(cpus=-0.5), "cpus", "0 or at least"),
+    (SpawnConfig(cpus=0.00005), "cpus", "0 or at least 0.0001"),
+    (SpawnConfig(cpus=1e-300), "cpus", "0 or at least 0.0001"),
     (SpawnConfig(requires_gpu=True, gpu_count=0), "gpu_count", ">= 1"),
     (SpawnConfig(gpu_type="bad type!"), "gpu_type", "gpu_type"),
     (SpawnConfig(checkpoint_interval_s=0), "checkpoint_interval_s", "> 0"),
@@ -59,8 +64,15 @@ def test_bad_spawn_configs(config: SpawnConfig, field: str, message: str) -> Non
     assert info.value.field == field
 
 
+def test_the_smallest_cpu_share_ray_schedules_is_valid() -> None:
+    for cpus in (0.0, 0.0001, 0.5, 64.0):
+        assert validate_spawn_config(SpawnConfig(cpus=cpus), SMALL).cpus == cpus
+
+
 def test_gpu_count_is_ignored_without_a_gpu() -> None:
-    validate_spawn_config(SpawnConfig(gpu_count=0), SMALL)
+    config = SpawnConfig(gpu_count=0)
+    assert validate_spawn_config(config, SMALL) is config
+    assert config.num_gpus == 0
 
 
 @pytest.mark.parametrize(("command", "message"), [
@@ -89,3 +101,66 @@ def test_parse_label() -> None:
     for bad in ("novalue", "=v", "-k=v"):
         with pytest.raises(InvalidArgument):
             parse_label(bad)
+
+
+# --- a trailing newline is not part of a name ("$" in re.match matches before a final "\n") ------
+
+@pytest.mark.parametrize("suffix", ["\n", "\r\n", "\n\n", " "])
+def test_names_with_a_trailing_newline_are_refused(suffix: str) -> None:
+    with pytest.raises(InvalidArgument, match="agent id"):
+        validate_agent_id("ag-1" + suffix)
+    with pytest.raises(InvalidArgument, match="cluster name"):
+        validate_cluster_id("gpu-east" + suffix)
+    with pytest.raises(InvalidArgument, match="env name"):
+        validate_env({"HOME" + suffix: "x"})
+    with pytest.raises(InvalidArgument, match="label key"):
+        parse_label(f"task{suffix}=dl")
+    with pytest.raises(InvalidArgument, match="gpu_type"):
+        validate_spawn_config(SpawnConfig(gpu_type="nvidia-a100" + suffix))
+
+
+def test_names_without_the_newline_pass() -> None:
+    assert validate_agent_id("ag-1") == "ag-1"
+    assert validate_cluster_id("gpu-east") == "gpu-east"
+    validate_env({"HOME": "x"})
+    assert parse_label("task=dl\n") == ("task", "dl\n")  # a value may hold anything but NUL
+
+
+# --- non-finite numbers ---------------------------------------------------------------------------
+
+NON_FINITE = [float("inf"), float("-inf"), float("nan"), float("1e309")]
+FLOAT_FIELDS = ["timeout_s", "cpus", "checkpoint_interval_s", "max_latency_ms", "max_cost_per_hour"]
+
+
+@pytest.mark.parametrize("value", NON_FINITE, ids=["inf", "-inf", "nan", "1e309"])
+@pytest.mark.parametrize("field", FLOAT_FIELDS)
+def test_the_python_api_model_refuses_non_finite_numbers(field: str, value: float) -> None:
+    """``gr.SpawnConfig(checkpoint_interval_s=float("inf"))``: refused when it is built, naming the field."""
+    with pytest.raises(ValidationError, match="finite number") as info:
+        SpawnConfig(**{field: value})
+    assert info.value.errors()[0]["loc"] == (field,)
+
+
+@pytest.mark.parametrize("value", NON_FINITE, ids=["inf", "-inf", "nan", "1e309"])
+@pytest.mark.parametrize("field", FLOAT_FIELDS)
+def test_validation_refuses_non_finite_numbers_on_unvalidated_models(field: str, value: float) -> None:
+    """A config built around pydantic (``model_copy(update=...)``) is still refused by the checks."""
+    config = SpawnConfig().model_copy(update={field: value})
+    with pytest.raises(InvalidArgument, match="finite") as info:
+        validate_spawn_config(config)
+    assert info.value.field == field
+
+
+def test_nested_non_finite_numbers_are_named_by_their_path() -> None:
+    from godel_ray.core.validation import validate_finite
+    from godel_ray.models import Cluster, HealthSettings, SiteCapacity
+
+    cluster = Cluster(id="east", endpoint="h:1").model_copy(
+        update={"health": HealthSettings().model_copy(update={"heartbeat_interval_s": float("inf")})})
+    with pytest.raises(InvalidArgument, match=r"health\.heartbeat_interval_s must be a finite number") as info:
+        validate_finite(cluster)
+    assert info.value.field == "health.heartbeat_interval_s"
+    capacity = SiteCapacity().model_copy(update={"free_gpus": {"a100": float("nan")}})
+    with pytest.raises(InvalidArgument, match=r"free_gpus\.a100"):
+        validate_finite(capacity)
+    validate_finite(Cluster(id="east", endpoint="h:1"))  # finite everywhere: no error
