@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from godel_ray.agents.capacity import node_capacities, site_capacity
 from godel_ray.errors import InvalidArgument
+from godel_ray.site import launcher
 from godel_ray.site.serve import SiteConfig
 
 HEAD = ("h" * 8, True, {"CPU": 2.0, "node:__internal_head__": 1.0}, {"CPU": 1.0})
@@ -54,7 +57,6 @@ def test_the_kuberay_manifest_has_the_multinode_site_shape() -> None:
     """cluster-configs/kuberay-site.yaml and site-multinode.yaml describe one shape: a head, one GPU
     worker node with the site's GPUs (and their accelerator_type resource), the other workers CPU-only."""
     import json
-    from pathlib import Path
 
     import yaml
 
@@ -73,3 +75,15 @@ def test_the_kuberay_manifest_has_the_multinode_site_shape() -> None:
     assert [(g["replicas"], gpus(g)) for g in gpu_groups] == [(1, local.num_gpus)]
     resources = json.loads(json.loads(gpu_groups[0]["rayStartParams"]["resources"]))
     assert resources == {f"accelerator_type:{local.gpu_type}": local.num_gpus}
+
+
+def test_the_launcher_records_each_worker_nodes_session(tmp_path: Path) -> None:
+    """``start_site`` keeps the ``ray worker session SID`` lines, so ``kill`` stops those nodes too."""
+    script = ("echo 'ray head session 4242'; echo 'ray worker session 4343'; echo 'ray worker session 4444'; "
+              "echo 'listening on 127.0.0.1:5555'; exec sleep 600")
+    site = launcher.start_site(tmp_path, "multi", prefix_cmd=["sh", "-c", script, "stand-in"])
+    try:
+        assert (site.head_sid, site.worker_sids, site.endpoint) == (4242, [4343, 4444], "127.0.0.1:5555")
+    finally:
+        site.head_sid, site.worker_sids = None, []  # stand-ins: there are no such sessions to stop
+        site.kill()
