@@ -107,9 +107,16 @@ class EventTail(threading.Thread):
         self.lags_ms: list[float] = []
         self.seen: set[str] = set()
         self.stop_flag = threading.Event()
+        self.error = ""
 
     def run(self) -> None:
-        from godel_ray.client.proxy import StateReader
+        try:
+            self._follow()
+        except Exception as exc:  # noqa: BLE001 - reported with the figure it breaks
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def _follow(self) -> None:
+        from godel_ray.client.reader import StateReader
 
         reader = StateReader(self.state_dir)
         seq = 0
@@ -284,7 +291,8 @@ def run(opt: ScaleOptions) -> list[Row]:
         rows.append(Row("merged event stream lag (site emit -> control-plane store)", "ms", tail.lags_ms,
                         target=Target("p99_max", EVENT_LAG_TARGET_MS),
                         note=f"{got}/{len(agents)} agent.spawned events arrived; the last {drain_s:.1f} s after "
-                             f"the last spawn returned; polled every {TAIL_POLL_S * 1000:.0f} ms"))
+                             f"the last spawn returned; polled every {TAIL_POLL_S * 1000:.0f} ms"
+                             + (f"; the tail failed: {tail.error[:200]}" if tail.error else "")))
 
         quiet_start = time.monotonic()
         cpu_before = {pid: cpu_s(pid) for pid in [balancer_pid or 0, raw_pid, *cas.values()]}
