@@ -33,6 +33,10 @@ def serve(
     num_cpus: Annotated[int | None, typer.Option("--num-cpus", help="CPUs of the Ray head started here.")] = None,
     num_gpus: Annotated[int | None, typer.Option("--num-gpus", help="GPUs of the Ray head started here.")] = None,
     gpu_type: Annotated[str | None, typer.Option("--gpu-type", help="GPU type, e.g. nvidia-a100.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", help="Also start N Ray worker nodes here, joined to the head; the GPUs go on the first.")] = None,
+    worker_cpus: Annotated[int | None, typer.Option(
+        "--worker-cpus", help="CPUs of each worker node (default: --num-cpus).")] = None,
     tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="Server certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="Server private key (PEM).")] = None,
     tls_client_ca: Annotated[Path | None, typer.Option(
@@ -52,8 +56,9 @@ def serve(
             config, port=port, auth_token_file=_str(auth_token_file), host=host, name=name, region=region,
             cost_per_hour=cost, max_agents=max_agents, warm_pool_size=warm_pool_size,
             ray_address=ray_address, num_cpus=num_cpus,
-            num_gpus=num_gpus, gpu_type=gpu_type, tls_cert=_str(tls_cert), tls_key=_str(tls_key),
-            tls_client_ca=_str(tls_client_ca), insecure=insecure or None, isolation=isolation)
+            num_gpus=num_gpus, gpu_type=gpu_type, workers=workers, worker_cpus=worker_cpus,
+            tls_cert=_str(tls_cert), tls_key=_str(tls_key), tls_client_ca=_str(tls_client_ca),
+            insecure=insecure or None, isolation=isolation)
         code = run(site_config)
     except GodelError as exc:
         fail(str(exc))

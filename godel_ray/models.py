@@ -256,8 +256,20 @@ class Cluster(_Model):
         return self.endpoint is None
 
 
+class NodeCapacity(_Model):
+    """One alive Ray node of a site, as the site's heartbeat reports it (from Ray's resources)."""
+
+    node_id: str
+    head: bool = False
+    total_cpus: float = 0.0
+    free_cpus: float = 0.0
+    total_gpus: float = 0.0
+    free_gpus: float = 0.0
+    gpu_types: list[str] = Field(default_factory=list)
+
+
 class SiteCapacity(_Model):
-    """What a heartbeat reports: real capacity from the site's Ray resources."""
+    """What a heartbeat reports: real capacity from the site's Ray resources (and per node)."""
 
     name: str = ""
     region: str = ""
@@ -273,6 +285,7 @@ class SiteCapacity(_Model):
     warm_pool: int = 0
     version: str = ""
     isolation: Isolation | None = None  # None: the site did not say (an older site)
+    nodes: list[NodeCapacity] = Field(default_factory=list)  # each alive node (empty: not reported)
 
 
 class ClusterHealthState(_Model):
@@ -432,6 +445,7 @@ __all__ = [
     "JournalEntry",
     "Migration",
     "MigrationPhase",
+    "NodeCapacity",
     "OutputStream",
     "PhaseStamp",
     "PlacementDecision",

@@ -6,7 +6,9 @@ Pure (reads resource maps handed in; no ray, no grpc), so both are unit-tested w
   resources), and under which GPU type spelling? GPU types match by ``core.gpu`` -- the rule
   placement applies too, so a site never refuses a type that placement chose it for.
 - ``site_capacity(...)``: the ``SiteCapacity`` a heartbeat reports; resources held by idle
-  warm-pool members count as free (a spawn claims or evicts them).
+  warm-pool members count as free (a spawn claims or evicts them);
+- ``node_capacities(nodes)``: the per-node part of it, from each alive node's total and free
+  resources (there, warm-pool members count as used: they do hold their node's resources).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from collections.abc import Mapping, Sequence
 
 from godel_ray import settings
 from godel_ray.core.gpu import GPU_TYPE_RESOURCE_UNITS, gpu_type_resource, gpu_types_of, matching_gpu_types
-from godel_ray.models import Isolation, SiteCapacity, SpawnConfig
+from godel_ray.models import Isolation, NodeCapacity, SiteCapacity, SpawnConfig
 
 Resources = Mapping[str, float]
+NodeResources = tuple[str, bool, Resources, Resources]  # node id, is the head, total, free
 
 
 def _fits(config: SpawnConfig, node: Resources, accel: str | None) -> bool:
@@ -58,9 +61,19 @@ def wants(config: SpawnConfig, accel: str | None) -> str:
     return text
 
 
+def node_capacities(nodes: Sequence[NodeResources]) -> list[NodeCapacity]:
+    """Each node's capacity (the head first, then by node id)."""
+    out = [NodeCapacity(node_id=node_id, head=head, total_cpus=total.get("CPU", 0.0),
+                        free_cpus=min(total.get("CPU", 0.0), free.get("CPU", 0.0)),
+                        total_gpus=total.get("GPU", 0.0), free_gpus=min(total.get("GPU", 0.0), free.get("GPU", 0.0)),
+                        gpu_types=gpu_types_of(total))
+           for node_id, head, total, free in nodes]
+    return sorted(out, key=lambda n: (not n.head, n.node_id))
+
+
 def site_capacity(*, name: str, region: str, cost_per_hour: float, max_agents: int, active_agents: int,
                   total: Resources, free: Resources, pool_cpus: float, pool_gpus: Mapping[str, float],
-                  warm_pool: int, isolation: Isolation) -> SiteCapacity:
+                  warm_pool: int, isolation: Isolation, nodes: Sequence[NodeResources] = ()) -> SiteCapacity:
     """The capacity a heartbeat reports. ``pool_cpus``/``pool_gpus`` (by advertised GPU type) are what
     idle and starting warm-pool members hold: they count as free; idle members take no agent slot."""
     types = gpu_types_of(total)
@@ -73,7 +86,7 @@ def site_capacity(*, name: str, region: str, cost_per_hour: float, max_agents: i
                           + pool_gpus.get(t, 0.0) * GPU_TYPE_RESOURCE_UNITS) for t in types},
         total_gpus=total.get("GPU", 0.0), total_cpus=total.get("CPU", 0.0),
         free_cpus=min(total.get("CPU", 0.0), free.get("CPU", 0.0) + pool_cpus),
-        warm_pool=warm_pool, version=settings.VERSION, isolation=isolation)
+        warm_pool=warm_pool, version=settings.VERSION, isolation=isolation, nodes=node_capacities(nodes))
 
 
-__all__ = ["placement_problem", "site_capacity", "wants"]
+__all__ = ["NodeResources", "node_capacities", "placement_problem", "site_capacity", "wants"]

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator
 
 from godel_ray.agents import snapshot as snap
 from godel_ray.agents.actor import create_agent_actor
-from godel_ray.agents.capacity import placement_problem, site_capacity, wants
+from godel_ray.agents.capacity import NodeResources, placement_problem, site_capacity, wants
 from godel_ray.agents.pool import WarmPool, pool_sizes
 from godel_ray.agents.resource_cache import ResourceCache
 from godel_ray.agents.table import AgentEntry, AgentTable, record
@@ -111,8 +111,9 @@ class AgentRuntime:
         self.pool = WarmPool(name, workdir_root, pool_sizes(warm_pool_size, warm_pool_gpu), limits=limits,
                              ready_timeout_s=ready_timeout_s)
         # heartbeats answer from here, never waiting on Ray's GCS (see agents.resource_cache)
-        self._capacity_resources: ResourceCache[tuple[dict[str, float], dict[str, float]]] = ResourceCache(
-            self._totals)
+        self._capacity_resources: ResourceCache[tuple[dict[str, float], dict[str, float], list[NodeResources]]] = (
+            ResourceCache(
+                self._totals))
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -128,10 +129,12 @@ class AgentRuntime:
         with rayapi.mapped("ray cluster"):
             return await asyncio.to_thread(read)  # Ray's reads block: off the loop
 
-    async def _totals(self) -> tuple[dict[str, float], dict[str, float]]:
-        """(the cluster's total resources, what is free now): what a heartbeat reports."""
+    async def _totals(self) -> tuple[dict[str, float], dict[str, float], list[NodeResources]]:
+        """(the cluster's total resources, what is free now, each node's): what a heartbeat reports."""
         _, total, free = await self._resources()
-        return total, free
+        with rayapi.mapped("ray cluster"):
+            nodes: list[NodeResources] = [*await asyncio.to_thread(rayapi.node_resources)]
+        return total, free, nodes
 
     # --- creation ----------------------------------------------------------------------------
 
@@ -210,6 +213,9 @@ class AgentRuntime:
         try:
             done = await actor.wait_done()
         except GodelError as exc:  # any failure of the actor ends the watch
+            current = entry.actor is actor and not entry.agent.status.is_final
+            if current and isinstance(exc, (rayapi.ActorDied, rayapi.ActorUnreachable)):
+                exc = await self._node_loss(entry.agent, exc)  # the reason names a lost node
             if entry.actor is actor and not entry.agent.status.is_final:
                 self._table.failure(entry, exc)
             return
@@ -217,6 +223,19 @@ class AgentRuntime:
             return  # killed through the runtime: kill() did the bookkeeping
         self._table.set_agent(entry, done)
         await self._release(entry, done.status_reason)
+
+    async def _node_loss(self, agent: Agent, exc: GodelError) -> GodelError:
+        """``exc``, or an ``ActorDied`` naming the lost node when the agent's Ray node is gone (a
+        worker node of a multi-node site lost with its raylet: every agent on it died with it)."""
+        try:
+            with rayapi.mapped("ray cluster"):
+                why = await asyncio.to_thread(rayapi.node_lost, agent.node_id)
+        except GodelError:
+            return exc
+        if why is None:
+            return exc
+        return rayapi.ActorDied(f"its node {agent.node_id[:12]} was lost: {why}", agent_id=agent.id,
+                                cluster_id=self.name)
 
     async def _release(self, entry: AgentEntry, reason: str) -> None:
         """Terminate and kill the actor (idempotent); keep the journal and final status."""
@@ -317,18 +336,19 @@ class AgentRuntime:
         return sorted(out, key=lambda a: (a.created_at, a.id))
 
     async def heartbeat(self) -> SiteCapacity:
-        """Capacity; resources held by idle warm-pool members count as free (a spawn claims or
+        """Capacity, also per node; resources held by idle warm-pool members count as free (a spawn claims or
         evicts them), and idle members never reduce ``available_agents``. Answered from cached Ray
         resources (refreshed in the background; at most ``resource_cache.FRESH_WAIT_S`` late after
         an agent started or ended here): a heartbeat never waits on Ray's GCS once the first read
         is done. Agent counts are this runtime's own, always current."""
         self.pool.start()
-        total, free = await self._capacity_resources.get()
+        total, free, nodes = await self._capacity_resources.get()
         pool_cpus, pool_gpus = self.pool.held()
         return site_capacity(name=self.name, region=self.region, cost_per_hour=self.cost_per_hour,
                              max_agents=self.max_agents, active_agents=self._table.active_count(), total=total,
                              free=free, pool_cpus=pool_cpus, pool_gpus=pool_gpus,
-                             warm_pool=self.pool.idle_count, isolation=self._limits.sandbox.isolation)
+                             warm_pool=self.pool.idle_count, isolation=self._limits.sandbox.isolation,
+                             nodes=nodes)
 
     async def probe(self) -> SiteCapacity:
         return await self.heartbeat()

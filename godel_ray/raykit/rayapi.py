@@ -15,7 +15,8 @@ failed, can tell the two apart without importing Ray.
 Use ``mapped(...)`` around any Ray call (sync or async), ``get(ref, timeout_s)`` for blocking
 gets, ``init_client(address, env)`` to attach a driver, ``attach(address, namespace)`` for a
 server process (a site) that hosts actors. Reading the cluster: ``cluster_resources``,
-``available_resources``, ``alive_node_resources``, and ``current_placement`` inside an actor.
+``available_resources``, ``alive_node_resources``, ``node_resources`` (per node, with what is free),
+``node_lost`` (whether a node is gone), and ``current_placement`` inside an actor.
 """
 
 from __future__ import annotations
@@ -184,6 +185,56 @@ def alive_node_resources() -> list[dict[str, float]]:
             if node.get("Alive")]
 
 
+def node_resources() -> list[tuple[str, bool, dict[str, float], dict[str, float]]]:
+    """Each alive node of the attached Ray cluster: (node id, is the head, total resources, free now).
+
+    ``[]`` when not inside Ray. Free resources come from Ray's per-node view (a developer API that
+    may lag a running task by a moment, as ``available_resources`` does).
+    """
+    import ray
+
+    if not ray.is_initialized():
+        return []
+    from ray._private.state import available_resources_per_node
+
+    free = available_resources_per_node()  # type: ignore[no-untyped-call]
+    out = []
+    for node in ray.nodes():  # type: ignore[no-untyped-call]
+        if not node.get("Alive"):
+            continue
+        total = {k: float(v) for k, v in node.get("Resources", {}).items()}
+        node_id = str(node.get("NodeID", ""))
+        out.append((node_id, "node:__internal_head__" in total, total,
+                    {k: float(v) for k, v in free.get(node_id, {}).items()}))
+    return out
+
+
+def node_lost(node_id: str, timeout_s: float = 1.0) -> str | None:
+    """Why node ``node_id`` of the attached cluster is gone, or None (alive, or not known).
+
+    Ray takes its health-check window (about 15 s by default) to mark a dead node; a raylet that no
+    longer accepts connections on its node-manager port is lost already, so that is checked too.
+    """
+    import socket
+
+    import ray
+
+    if not node_id or not ray.is_initialized():
+        return None
+    node = next((n for n in ray.nodes() if n.get("NodeID") == node_id), None)  # type: ignore[no-untyped-call]
+    if node is None:
+        return None
+    if not node.get("Alive"):
+        why = str(node.get("DeathReasonMessage") or "").strip()
+        return f"Ray marked it dead{': ' + why[:120] if why else ''}"
+    address = (str(node.get("NodeManagerAddress", "")), int(node.get("NodeManagerPort", 0)))
+    try:
+        with socket.create_connection(address, timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"its raylet at {address[0]}:{address[1]} does not answer ({exc.strerror or exc})"
+
+
 def current_placement() -> tuple[str, list[str]]:
     """Inside an actor: (the id of the node it runs on, the GPU ids Ray assigned it).
 
@@ -278,4 +329,5 @@ def is_initialized() -> bool:
 
 __all__ = ["BALANCER_WHAT", "ActorDied", "ActorUnreachable", "actor", "alive_node_resources", "attach",
            "available_resources", "cancel", "cluster_resources", "current_placement", "detach", "get",
-           "init_client", "is_initialized", "kill_actor", "mapped", "put", "remote_actor", "translate"]
+           "init_client", "is_initialized", "kill_actor", "mapped", "node_lost", "node_resources", "put",
+           "remote_actor", "translate"]

@@ -36,6 +36,7 @@ from godel_ray.models import (
     FederationEvent,
     Isolation,
     JournalEntry,
+    NodeCapacity,
     OutputStream,
     RestartPolicy,
     SiteCapacity,
@@ -277,6 +278,9 @@ def capacity_to_pb(cap: SiteCapacity) -> pb.SiteCapacity:
         gpu_types=list(cap.gpu_types), free_gpus=dict(cap.free_gpus), total_gpus=cap.total_gpus,
         total_cpus=cap.total_cpus, free_cpus=cap.free_cpus, warm_pool=cap.warm_pool, version=cap.version,
         isolation=pb.ISOLATION_UNSPECIFIED if cap.isolation is None else _ISOLATION_TO_PB[cap.isolation],
+        nodes=[pb.NodeCapacity(node_id=n.node_id, head=n.head, total_cpus=n.total_cpus, free_cpus=n.free_cpus,
+                               total_gpus=n.total_gpus, free_gpus=n.free_gpus, gpu_types=list(n.gpu_types))
+               for n in cap.nodes],
     )
 
 
@@ -288,6 +292,9 @@ def capacity_from_pb(msg: pb.SiteCapacity) -> SiteCapacity:
         gpu_types=list(msg.gpu_types), free_gpus=dict(msg.free_gpus), total_gpus=msg.total_gpus,
         total_cpus=msg.total_cpus, free_cpus=msg.free_cpus, warm_pool=msg.warm_pool, version=msg.version,
         isolation=_ISOLATION_FROM_PB.get(msg.isolation),  # unspecified or newer than us: unknown
+        nodes=[NodeCapacity(node_id=n.node_id, head=n.head, total_cpus=n.total_cpus, free_cpus=n.free_cpus,
+                            total_gpus=n.total_gpus, free_gpus=n.free_gpus, gpu_types=list(n.gpu_types))
+               for n in msg.nodes],
     )
 
 

@@ -1,7 +1,8 @@
 """Launching site servers (`swarmctl site serve`) as separate local processes: for the demo and tests.
 
-Each site runs in its own session, with the Ray head it starts in another; both are stopped by session id
-(SIGTERM, wait, SIGKILL), never with ``ray stop``. A background thread collects each site's output for
+Each site runs in its own session, with the Ray head it starts in another (and each worker node it
+starts, with ``--workers``, in one more); all are stopped by session id (SIGTERM, wait, SIGKILL),
+never with ``ray stop``. A background thread collects each site's output for
 its whole life, so waiting for the ``listening on`` line is bounded by a deadline even when the site
 prints nothing at all.
 """
@@ -43,6 +44,7 @@ class SiteProcess:
     token_file: Path
     args: list[str]
     head_sid: int | None = None
+    worker_sids: list[int] = field(default_factory=list)  # with --workers: each worker node's session
     output: list[str] = field(default_factory=list)
 
     def terminate(self, timeout_s: float = 30.0) -> int | None:
@@ -57,8 +59,10 @@ class SiteProcess:
         return self.proc.returncode
 
     def kill(self) -> None:
-        """Hard kill: SIGKILL the server's session and its Ray head's session."""
+        """Hard kill: SIGKILL the server's session, its worker nodes' and its Ray head's."""
         heads.stop_session(self.proc.pid, grace_s=0.0)
+        for sid in self.worker_sids:
+            heads.stop_session(sid, grace_s=0.0)
         if self.head_sid:
             heads.stop_session(self.head_sid, grace_s=0.0)
         try:
@@ -70,11 +74,12 @@ class SiteProcess:
 def start_site(tmp_dir: Path, name: str, *, num_cpus: float = 4, num_gpus: int = 0,
                gpu_type: str | None = None, extra: list[str] | None = None,
                token: str | None = None, port: int = 0, host: str | None = None,
-               prefix_cmd: list[str] | None = None) -> SiteProcess:
+               prefix_cmd: list[str] | None = None, workers: int = 0) -> SiteProcess:
     """Start ``swarmctl site serve`` and wait for its ``listening on`` line.
 
     ``host`` binds a non-loopback address (with ``--insecure``: tests only); ``prefix_cmd`` runs the
     server under a wrapper, e.g. ``["ip", "netns", "exec", NS]`` to put it in a network namespace.
+    ``workers`` starts that many Ray worker nodes next to the site's head (the GPUs on the first).
     """
     tmp_dir.mkdir(parents=True, exist_ok=True)
     token_file = tmp_dir / f"{name}.token"
@@ -84,6 +89,8 @@ def start_site(tmp_dir: Path, name: str, *, num_cpus: float = 4, num_gpus: int =
             "--num-gpus", str(num_gpus)]
     if gpu_type:
         args += ["--gpu-type", gpu_type]
+    if workers:
+        args += ["--workers", str(workers)]
     if host:
         args += ["--host", host, "--insecure"]
     args += extra or []
@@ -104,6 +111,8 @@ def start_site(tmp_dir: Path, name: str, *, num_cpus: float = 4, num_gpus: int =
                 seen += 1
                 if m := re.search(r"ray head session (\d+)", line):
                     site.head_sid = int(m.group(1))
+                if m := re.search(r"ray worker session (\d+)", line):
+                    site.worker_sids.append(int(m.group(1)))
                 if m := re.search(r"listening on (\S+:\d+)", line):
                     site.endpoint = m.group(1)
                     return site

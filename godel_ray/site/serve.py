@@ -5,9 +5,18 @@
 stack: services, credentials, interceptors, stream bounds). It prints ``ray head session SID``
 (when it started a head) and then ``listening on HOST:PORT`` with the real bound port, once ready.
 
+Multi-node (``workers: N``): the site starts its head plus N worker nodes on this machine, joined
+with ``ray start --address`` (``heads.start_worker``: each its own ports, temp dir and session), and
+serves once Ray lists all of them alive. The simulated GPUs (``num_gpus``, ``gpu_type``) go on the
+first worker -- the GPU node -- and not on the head, so Ray puts GPU agents there and keeps CPU
+agents off it while other nodes have room (Ray's scheduler avoids GPU nodes for CPU-only work).
+Every node has ``num_cpus`` CPUs unless ``worker_cpus`` says otherwise for the workers. It prints
+``ray worker session SID`` for each worker it started.
+
 On SIGTERM/SIGINT: health goes NOT_SERVING, the server stops accepting, the runtime closes
-(terminating its agents), the server stops, Ray disconnects, and the head it started (only that
-one) is stopped. Exit code 0.
+(terminating its agents), the server stops, Ray disconnects, and the worker nodes and the head it
+started (only those) are stopped. Exit code 0. A worker node that is lost meanwhile (its raylet
+killed) fails the agents it hosted (their actors died with it); the site keeps serving on the rest.
 
 Safety refusals (before anything starts): a non-loopback ``host`` without TLS unless ``insecure``;
 a token file or TLS key file readable by group/others; no credential at all (neither token nor
@@ -35,7 +44,7 @@ import grpc.aio
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from godel_ray.errors import InvalidArgument
+from godel_ray.errors import GodelError, InvalidArgument
 from godel_ray.models import Isolation
 from godel_ray.raykit import rayapi
 from godel_ray.rpc.auth import read_key_file, read_token_file
@@ -46,6 +55,8 @@ log = logging.getLogger(__name__)
 
 SITE_NAMESPACE = "godel-site"
 SHUTDOWN_GRACE_S = 5.0
+NODES_READY_TIMEOUT_S = 120.0  # every node started here listed alive by Ray
+NODES_POLL_S = 0.2
 
 
 class SiteConfig(BaseModel):
@@ -71,6 +82,8 @@ class SiteConfig(BaseModel):
     insecure: bool = False
     workdir_root: str | None = None  # default: a fresh temp dir, removed at shutdown
     isolation: Isolation = Isolation.SANDBOX  # none: agents run without a sandbox (only when asked)
+    workers: int = Field(0, ge=0, le=16)  # worker nodes joined to the head started here (GPUs on the first)
+    worker_cpus: int | None = Field(None, ge=0)  # CPUs of each worker node (default: num_cpus)
 
     @model_validator(mode="after")
     def _consistent(self) -> SiteConfig:
@@ -82,6 +95,11 @@ class SiteConfig(BaseModel):
             raise ValueError("--ray-address attaches to an existing cluster: drop --num-cpus/--num-gpus/--gpu-type")
         if self.gpu_type and not self.num_gpus:
             raise ValueError("--gpu-type needs --num-gpus N (N >= 1)")
+        if self.ray_address and (self.workers or self.worker_cpus is not None):
+            raise ValueError("--workers starts nodes next to the head started here: drop --ray-address, or "
+                             "add nodes to that cluster with `ray start --address`")
+        if self.worker_cpus is not None and not self.workers:
+            raise ValueError("--worker-cpus needs --workers N (N >= 1)")
         if not self.auth_token_file and not self.tls_client_ca:
             raise ValueError("a site needs a credential: --auth-token-file F and/or --tls-client-ca F")
         return self
@@ -171,6 +189,7 @@ async def serve(config: SiteConfig) -> None:
     credentials = _server_credentials(config) if config.tls else None
     limits = agent_limits(config)
     head: heads.RayHead | None = None
+    workers: list[heads.RayWorkerNode] = []
     workdir_root = config.workdir_root
     own_workdir = workdir_root is None
     if workdir_root is None:
@@ -188,15 +207,24 @@ async def serve(config: SiteConfig) -> None:
     try:
         address = config.ray_address
         if address is None:
+            head_gpus = 0 if config.workers else config.num_gpus
             head = await asyncio.to_thread(
-                heads.start_head, config.num_cpus, config.num_gpus, config.gpu_type,
+                heads.start_head, config.num_cpus, head_gpus, config.gpu_type if head_gpus else None,
                 auth_token=secrets.token_hex(16))
             _say(f"ray head session {head.pid}")
+            for i in range(config.workers):
+                workers.append(await asyncio.to_thread(
+                    heads.start_worker, head,
+                    config.worker_cpus if config.worker_cpus is not None else config.num_cpus,
+                    config.num_gpus if i == 0 else 0, config.gpu_type if i == 0 else None))
+                _say(f"ray worker session {workers[-1].pid}")
             os.environ.update(head.env())
             address = head.address
         # Ray reads its auth settings from the environment when it is first imported: nothing here
         # imports it before this point, after head.env() is in place.
         rayapi.attach(address, SITE_NAMESPACE)
+        if workers:
+            await _wait_for_nodes(1 + len(workers))
         from godel_ray.agents.runtime import AgentRuntime
 
         runtime = AgentRuntime(config.name, workdir_root, region=config.region,
@@ -224,10 +252,26 @@ async def serve(config: SiteConfig) -> None:
         if runtime is not None:
             await runtime.close()
         rayapi.detach()
+        for worker in workers:
+            await asyncio.to_thread(worker.stop)
         if head is not None:
             await asyncio.to_thread(head.stop)
         if own_workdir:
             shutil.rmtree(workdir_root, ignore_errors=True)
+
+
+async def _wait_for_nodes(count: int, timeout_s: float = NODES_READY_TIMEOUT_S) -> None:
+    """Wait until Ray lists ``count`` alive nodes (the head and the workers started here)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        with rayapi.mapped("ray cluster"):
+            alive = len(await asyncio.to_thread(rayapi.alive_node_resources))
+        if alive >= count:
+            return
+        if loop.time() > deadline:
+            raise GodelError(f"only {alive} of the {count} Ray nodes started here joined within {timeout_s:g} s")
+        await asyncio.sleep(NODES_POLL_S)
 
 
 def run(config: SiteConfig) -> int:

@@ -15,6 +15,7 @@ from godel_ray.models import (
     ExecResult,
     FederationEvent,
     JournalEntry,
+    NodeCapacity,
     OutputStream,
     RestartPolicy,
     SiteCapacity,
@@ -111,6 +112,15 @@ def test_capacity_round_trip() -> None:
                        available_agents=8, gpu_types=["nvidia-a100"], free_gpus={"nvidia-a100": 1.0},
                        total_gpus=2.0, total_cpus=8.0, free_cpus=6.0, warm_pool=1, version="0.1.0")
     assert convert.capacity_from_pb(convert.capacity_to_pb(cap)) == cap
+
+
+def test_capacity_round_trip_with_nodes() -> None:
+    cap = SiteCapacity(name="s", total_gpus=2.0, total_cpus=8.0, nodes=[
+        NodeCapacity(node_id="aa", head=True, total_cpus=4.0, free_cpus=3.0),
+        NodeCapacity(node_id="bb", total_cpus=4.0, free_cpus=4.0, total_gpus=2.0, free_gpus=1.0,
+                     gpu_types=["nvidia-a100"])])
+    wire = pb.SiteCapacity.FromString(convert.capacity_to_pb(cap).SerializeToString())
+    assert convert.capacity_from_pb(wire) == cap
 
 
 @pytest.mark.parametrize("exit_code", [None, 0, 3])

@@ -287,7 +287,7 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, sent_at: _Optional[float] = ...) -> None: ...
 
 class SiteCapacity(_message.Message):
-    __slots__ = ("name", "region", "cost_per_hour", "max_agents", "active_agents", "available_agents", "gpu_types", "free_gpus", "total_gpus", "total_cpus", "free_cpus", "warm_pool", "version", "isolation")
+    __slots__ = ("name", "region", "cost_per_hour", "max_agents", "active_agents", "available_agents", "gpu_types", "free_gpus", "total_gpus", "total_cpus", "free_cpus", "warm_pool", "version", "isolation", "nodes")
     class FreeGpusEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -309,6 +309,7 @@ class SiteCapacity(_message.Message):
     WARM_POOL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ISOLATION_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
     name: str
     region: str
     cost_per_hour: float
@@ -323,7 +324,26 @@ class SiteCapacity(_message.Message):
     warm_pool: int
     version: str
     isolation: Isolation
-    def __init__(self, name: _Optional[str] = ..., region: _Optional[str] = ..., cost_per_hour: _Optional[float] = ..., max_agents: _Optional[int] = ..., active_agents: _Optional[int] = ..., available_agents: _Optional[int] = ..., gpu_types: _Optional[_Iterable[str]] = ..., free_gpus: _Optional[_Mapping[str, float]] = ..., total_gpus: _Optional[float] = ..., total_cpus: _Optional[float] = ..., free_cpus: _Optional[float] = ..., warm_pool: _Optional[int] = ..., version: _Optional[str] = ..., isolation: _Optional[_Union[Isolation, str]] = ...) -> None: ...
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeCapacity]
+    def __init__(self, name: _Optional[str] = ..., region: _Optional[str] = ..., cost_per_hour: _Optional[float] = ..., max_agents: _Optional[int] = ..., active_agents: _Optional[int] = ..., available_agents: _Optional[int] = ..., gpu_types: _Optional[_Iterable[str]] = ..., free_gpus: _Optional[_Mapping[str, float]] = ..., total_gpus: _Optional[float] = ..., total_cpus: _Optional[float] = ..., free_cpus: _Optional[float] = ..., warm_pool: _Optional[int] = ..., version: _Optional[str] = ..., isolation: _Optional[_Union[Isolation, str]] = ..., nodes: _Optional[_Iterable[_Union[NodeCapacity, _Mapping]]] = ...) -> None: ...
+
+class NodeCapacity(_message.Message):
+    __slots__ = ("node_id", "head", "total_cpus", "free_cpus", "total_gpus", "free_gpus", "gpu_types")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_CPUS_FIELD_NUMBER: _ClassVar[int]
+    FREE_CPUS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_GPUS_FIELD_NUMBER: _ClassVar[int]
+    FREE_GPUS_FIELD_NUMBER: _ClassVar[int]
+    GPU_TYPES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    head: bool
+    total_cpus: float
+    free_cpus: float
+    total_gpus: float
+    free_gpus: float
+    gpu_types: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., head: _Optional[bool] = ..., total_cpus: _Optional[float] = ..., free_cpus: _Optional[float] = ..., total_gpus: _Optional[float] = ..., free_gpus: _Optional[float] = ..., gpu_types: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("capacity", "received_at")
