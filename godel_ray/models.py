@@ -165,9 +165,18 @@ class JournalEntry(_Model):
     timed_out: bool = False
 
 
-class AgentSnapshot(_Model):
-    """An agent's portable state: metadata, journal, and a tar.gz of its working directory."""
+SNAPSHOT_FORMAT_VERSION = 2
+"""1: the journal inside the snapshot header; 2: the journal as its own section after the header."""
 
+
+class AgentSnapshot(_Model):
+    """An agent's portable state: metadata, journal, and a tar.gz of its working directory.
+
+    ``format_version`` is the version it was written in (``SNAPSHOT_FORMAT_VERSION`` when made here);
+    a reader refuses a version newer than it knows.
+    """
+
+    format_version: int = SNAPSHOT_FORMAT_VERSION
     agent: Agent
     journal: list[JournalEntry] = Field(default_factory=list)
     archive: bytes = b""
