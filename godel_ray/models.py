@@ -327,7 +327,11 @@ class FederationEvent(_Model):
 
 class MigrationPhase(str, Enum):
     VALIDATING = "validating"
+    PREPARING = "preparing"  # protocol v2: the target holds resources and a staging dir
+    PRECOPYING = "precopying"  # protocol v2: the workdir streams while the source runs
     FREEZING = "freezing"
+    DELTA = "delta"  # protocol v2: what changed since the pre-copy manifest, frozen
+    ACTIVATING = "activating"  # protocol v2: the target renames staging and runs at epoch_to
     EXPORTING = "exporting"
     TRANSFERRING = "transferring"
     IMPORTING = "importing"
