@@ -302,6 +302,8 @@ class EventType(str, Enum):
     AGENT_SPAWNED = "agent.spawned"
     AGENT_STALE_REMOVED = "agent.stale_removed"
     AGENT_STATUS = "agent.status"
+    CLUSTER_DRAINED = "cluster.drained"
+    CLUSTER_DRAINING = "cluster.draining"
     CLUSTER_REGISTERED = "cluster.registered"
     CLUSTER_STATUS = "cluster.status"
     CLUSTER_UNREGISTERED = "cluster.unregistered"
@@ -363,7 +365,22 @@ class Migration(_Model):
     error: str = ""
     started_at: float = Field(default_factory=now_s)
     finished_at: float | None = None
-    reason: str = "manual"  # manual | failover
+    reason: str = "manual"  # manual | drain | failover
+
+
+class DrainReport(_Model):
+    """What ``cluster drain`` did: the moves it started (or finished, with ``--wait``), the agents
+    it could not move with the reason for each, and whether the cluster is now in maintenance."""
+
+    cluster_id: str
+    migrations: list[Migration] = Field(default_factory=list)
+    unmovable: dict[str, str] = Field(default_factory=dict)  # agent id -> why it stays
+    maintenance: bool = True
+
+    @property
+    def complete(self) -> bool:
+        """Every agent left (or is leaving) and none had to stay."""
+        return not self.unmovable and all(m.phase is not MigrationPhase.ROLLED_BACK for m in self.migrations)
 
 
 class CandidateScore(_Model):

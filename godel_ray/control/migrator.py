@@ -102,6 +102,9 @@ def _migrating(previous: Agent) -> Agent:
     return previous.model_copy(update={"status": AgentStatus.MIGRATING})
 
 
+LIVE_MOVE_REASONS = frozenset({"manual", "drain"})  # live moves this executor runs (and recovers)
+
+
 class MigrationExecutor:
     """Runs migrations for the balancer (the single writer of the state store).
 
@@ -157,12 +160,13 @@ class MigrationExecutor:
                            in_progress=agent is not None and agent.id in self.in_progress,
                            local_id=self._local_id)
 
-    async def migrate(self, agent_id: str, target: str, wait: bool = True) -> Migration:
-        """Validate, begin and run a move; ``wait=False`` returns the record as it started."""
+    async def migrate(self, agent_id: str, target: str, wait: bool = True, *, reason: str = "manual") -> Migration:
+        """Validate, begin and run a move; ``wait=False`` returns the record as it started.
+        ``reason``: one of ``LIVE_MOVE_REASONS`` (what asked for the move; recorded and recovered)."""
         agent = self._table.get(agent_id)
         self.validate(agent, self._views(agent.cluster_id) if agent else None, self._views(target), target)
         assert agent is not None  # validate refused an unknown agent
-        migration = self.begin(agent, target)
+        migration = self.begin(agent, target, reason=reason)
         task = self.start(migration, agent)
         if not wait:
             return migration.model_copy(deep=True)
@@ -181,7 +185,7 @@ class MigrationExecutor:
         self._ledger.hold(target_id, agent.id, Demand.of(agent.config), now, in_flight=True)
         self._table.put(_migrating(agent).model_copy(update={"status_reason": f"migrating to {target_id}"}))
         self._emit(EventKind.MIGRATION, EventType.MIGRATION_STARTED, agent.cluster_id, agent.id,
-                   migration_id=migration.id, source=migration.source, target=target_id)
+                   migration_id=migration.id, source=migration.source, target=target_id, reason=reason)
         return migration
 
     def start(self, migration: Migration, previous: Agent) -> asyncio.Task[Migration]:
@@ -190,6 +194,10 @@ class MigrationExecutor:
         self._tasks[migration.id] = task
         task.add_done_callback(lambda _t: self._tasks.pop(migration.id, None))
         return task
+
+    def task_of(self, migration_id: str) -> asyncio.Task[Migration] | None:
+        """The running task of a migration this executor started (None once it ended)."""
+        return self._tasks.get(migration_id)
 
     def records(self, agent_id: str | None = None) -> list[Migration]:
         return self._store.migrations(agent_id)
@@ -208,7 +216,7 @@ class MigrationExecutor:
         phase (roll back before the commit point, clean up after it). Returns what it finished."""
         out: list[Migration] = []
         for migration in self._store.migrations():
-            if migration.finished_at is not None or migration.reason != "manual":
+            if migration.finished_at is not None or migration.reason not in LIVE_MOVE_REASONS:
                 continue
             row = self._table.get(migration.agent_id)
             if row is None:
@@ -364,4 +372,4 @@ class _Run:
         self.verified: Agent | None = None
 
 
-__all__ = ["COOLDOWN_ENV", "MIGRATION_COOLDOWN_S", "MigrationExecutor", "cooldown_from_env"]
+__all__ = ["COOLDOWN_ENV", "LIVE_MOVE_REASONS", "MIGRATION_COOLDOWN_S", "MigrationExecutor", "cooldown_from_env"]
