@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from enum import Enum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -70,6 +71,9 @@ class Priority(str, Enum):
     GPU = "gpu"
 
 
+FailBackPolicy = Literal["auto", "never"]
+
+
 class SpawnConfig(_Model):
     """What a user asks for when spawning an agent. Placement fields are hints and hard filters."""
 
@@ -92,6 +96,7 @@ class SpawnConfig(_Model):
     max_latency_ms: float | None = None
     max_cost_per_hour: float | None = None
     required_capabilities: list[str] = Field(default_factory=list)  # each must be in capabilities.flags
+    fail_back: FailBackPolicy | None = None  # after an automatic move: go home when it is back (None: its default)
 
     @property
     def needs_gpu(self) -> bool:
@@ -116,6 +121,9 @@ class Agent(_Model):
     finished_at: float | None = None
     node_id: str = ""
     gpu_ids: list[str] = Field(default_factory=list)
+    # The cluster an automatic move (failover, drain) took it from; fail-back returns it there.
+    # Empty when it lives where it was put (a manual move or a fail-back clears it).
+    home_cluster_id: str = ""
 
     @property
     def model(self) -> str:
@@ -224,6 +232,7 @@ class Cluster(_Model):
     load_threshold: float = 0.8  # spill-over threshold (used for local)
     warm_pool_size: int = 0
     maintenance: bool = False
+    fail_back: FailBackPolicy = "never"  # default for agents moved off this cluster that set none
     created_at: float = Field(default_factory=now_s)
 
     @property

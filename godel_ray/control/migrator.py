@@ -102,7 +102,17 @@ def _migrating(previous: Agent) -> Agent:
     return previous.model_copy(update={"status": AgentStatus.MIGRATING})
 
 
-LIVE_MOVE_REASONS = frozenset({"manual", "drain"})  # live moves this executor runs (and recovers)
+LIVE_MOVE_REASONS = frozenset({"manual", "drain", "fail_back"})  # live moves this executor runs (and recovers)
+AUTOMATIC_MOVE_REASONS = frozenset({"drain", "failover"})  # moves that remember the agent's home
+
+
+def home_after_move(previous: Agent, m: Migration) -> str:
+    """The agent's home once ``m`` committed: an automatic move remembers where it came from (the
+    first home, over several moves); a manual move or a fail-back means it lives where it is now."""
+    if m.reason in AUTOMATIC_MOVE_REASONS:
+        home = previous.home_cluster_id or m.source
+        return "" if home == m.target else home
+    return ""
 
 
 class MigrationExecutor:
@@ -294,7 +304,7 @@ class MigrationExecutor:
             state.verified = there
             return 0
         if isinstance(action, Commit):
-            self._commit(action, state)
+            self._commit(action, state, home_after_move(state.previous, m))
             return 0
         if isinstance(action, KillSource):
             await self._gateway(action.cluster_id).kill(action.agent_id, epoch=action.epoch_from,
@@ -312,13 +322,13 @@ class MigrationExecutor:
             return 0
         raise ValueError(f"unknown migration action {action!r}")
 
-    def _commit(self, action: Commit, state: _Run) -> None:
+    def _commit(self, action: Commit, state: _Run, home: str) -> None:
         """THE commit point: the agent row now names the target and ``epoch_to`` -- written only
         over the migrating row; anything else there (a kill, a failure) wins and the move rolls back."""
         there = state.verified
         row = state.previous.model_copy(update={
             "cluster_id": action.cluster_id, "epoch": action.epoch_to, "status": AgentStatus.RUNNING,
-            "status_reason": "", "node_id": there.node_id if there else "",
+            "status_reason": "", "home_cluster_id": home, "node_id": there.node_id if there else "",
             "gpu_ids": list(there.gpu_ids) if there else []})
         if not self._table.replace(_migrating(state.previous), row):
             now = self._table.get(action.agent_id)
@@ -372,4 +382,4 @@ class _Run:
         self.verified: Agent | None = None
 
 
-__all__ = ["COOLDOWN_ENV", "LIVE_MOVE_REASONS", "MIGRATION_COOLDOWN_S", "MigrationExecutor", "cooldown_from_env"]
+__all__ = ["AUTOMATIC_MOVE_REASONS", "COOLDOWN_ENV", "LIVE_MOVE_REASONS", "home_after_move", "MIGRATION_COOLDOWN_S", "MigrationExecutor", "cooldown_from_env"]
