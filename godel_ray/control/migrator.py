@@ -382,4 +382,4 @@ class _Run:
         self.verified: Agent | None = None
 
 
-__all__ = ["AUTOMATIC_MOVE_REASONS", "COOLDOWN_ENV", "LIVE_MOVE_REASONS", "home_after_move", "MIGRATION_COOLDOWN_S", "MigrationExecutor", "cooldown_from_env"]
+__all__ = ["AUTOMATIC_MOVE_REASONS", "COOLDOWN_ENV", "LIVE_MOVE_REASONS", "MIGRATION_COOLDOWN_S", "MigrationExecutor", "cooldown_from_env", "home_after_move"]
