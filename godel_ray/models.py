@@ -302,6 +302,7 @@ class EventType(str, Enum):
     AGENT_CHECKPOINTED = "agent.checkpointed"
     AGENT_EXPORTED = "agent.exported"
     AGENT_FAILED = "agent.failed"
+    AGENT_FAIL_BACK = "agent.fail_back"
     AGENT_IMPORTED = "agent.imported"
     AGENT_KILLED = "agent.killed"
     AGENT_ORPHAN_REMOVED = "agent.orphan_removed"

@@ -31,6 +31,7 @@ from godel_ray.control.cluster_actor import LOCAL_WORKDIR_NAME
 from godel_ray.control.clusters import DEFAULT_LOCAL_MAX_AGENTS, ClusterSet, probe_site
 from godel_ray.control.drainer import Drainer
 from godel_ray.control.eventlog import Emitter, EventCursors
+from godel_ray.control.failback import FailBack
 from godel_ray.control.failover import Failover
 from godel_ray.control.ledger import CapacityLedger
 from godel_ray.control.migrator import MigrationExecutor, cooldown_from_env
@@ -120,6 +121,7 @@ class MultiClusterLoadBalancer:
                                           cooldown_s=cooldown_from_env(), local_id=LOCAL_ID)
         self.migrator.load(live)
         self.drainer = Drainer(self.clusters, self.table, self.migrator, emitter, local_id=LOCAL_ID)
+        self.failback = FailBack(self.clusters, self.table, self.migrator, emitter, local_id=LOCAL_ID)
         self.failover = Failover(self.clusters, self.table, self.checkpoints, store, emitter,
                                  busy=lambda: set(self.migrator.in_progress), local_id=LOCAL_ID)
         self.reconciler = Reconciler(self.clusters, self.table, self.checkpoints, cursors, emitter,
@@ -150,6 +152,7 @@ class MultiClusterLoadBalancer:
             try:
                 await self.reconciler.tick()
                 await self.failover.tick()
+                await self.failback.tick()
             except asyncio.CancelledError:
                 raise
             except Exception:
