@@ -171,24 +171,6 @@ def test_kill_during_a_migration_wins_and_no_copy_survives(plane: Plane) -> None
     assert [a.id for a in proxy.list()].count(agent.id) == 1
 
 
-def test_target_dies_during_import_rolls_back_exactly_once(plane: Plane) -> None:
-    proxy, doomed = plane.proxy, plane.sites["east"]  # the last test: east dies here
-    agent = proxy.spawn(SpawnConfig(model="big", labels={"fault": "import"}, cluster="local"))
-    setup = proxy.exec(agent.id, "echo safe > notes.txt && head -c 48000000 /dev/urandom > big.bin")
-    assert setup.exit_code == 0
-    started = proxy.migrate(agent.id, "east", wait=False)
-    wait_for(lambda: phase_of(proxy, started.id) == MigrationPhase.IMPORTING.value, "the import to start",
-             poll_s=0.02)
-    doomed.kill()
-    done = wait_for(lambda: finished(proxy, started.id), "the rollback")
-    assert done.phase is MigrationPhase.ROLLED_BACK and "import failed" in done.error
-    back = proxy.status(agent.id)
-    assert (back.cluster_id, back.epoch, back.status) == ("local", agent.epoch, AgentStatus.RUNNING)
-    assert proxy.exec(agent.id, "cat notes.txt && wc -c < big.bin").stdout == "safe\n48000000\n"
-    assert [a.id for a in proxy.list()].count(agent.id) == 1
-    assert all(a.id != agent.id for a in site_agents(plane.sites["west"]))  # east died with its Ray cluster
-
-
 def test_a_journal_of_130_commands_of_64_kib_migrates_site_to_site(plane: Plane) -> None:
     """8.5 MB of journal: over the gRPC message limit as one header, so it travels as its own section."""
     proxy = plane.proxy
@@ -209,3 +191,22 @@ def test_a_journal_of_130_commands_of_64_kib_migrates_site_to_site(plane: Plane)
     assert [e.command for e in proxy.journal(agent.id)] == commands
     assert live_copies(plane.sites["east"], agent.id) == []
     proxy.kill(agent.id)
+
+
+def test_target_dies_during_import_rolls_back_exactly_once(plane: Plane) -> None:
+    proxy, doomed = plane.proxy, plane.sites["east"]  # the last test: east dies here
+    agent = proxy.spawn(SpawnConfig(model="big", labels={"fault": "import"}, cluster="local"))
+    setup = proxy.exec(agent.id, "echo safe > notes.txt && head -c 48000000 /dev/urandom > big.bin")
+    assert setup.exit_code == 0
+    started = proxy.migrate(agent.id, "east", wait=False)
+    wait_for(lambda: phase_of(proxy, started.id) == MigrationPhase.IMPORTING.value, "the import to start",
+             poll_s=0.02)
+    doomed.kill()
+    done = wait_for(lambda: finished(proxy, started.id), "the rollback")
+    assert done.phase is MigrationPhase.ROLLED_BACK and "import failed" in done.error
+    back = proxy.status(agent.id)
+    assert (back.cluster_id, back.epoch, back.status) == ("local", agent.epoch, AgentStatus.RUNNING)
+    assert proxy.exec(agent.id, "cat notes.txt && wc -c < big.bin").stdout == "safe\n48000000\n"
+    assert [a.id for a in proxy.list()].count(agent.id) == 1
+    assert all(a.id != agent.id for a in site_agents(plane.sites["west"]))  # east died with its Ray cluster
+
