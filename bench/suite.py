@@ -250,6 +250,9 @@ def bench_migration(fed: Federation, opt: Options) -> list[Row]:
             del data
             rows.append(Row(f"raw ray.put/get {size} MB", "MB/s", ray_rates, higher_is_better=True))
             rows.append(Row(f"raw gRPC stream {size} MB (1 MB chunks)", "MB/s", grpc_rates, higher_is_better=True))
+            rows.append(Row(f"tar stream pack+unpack {size} MB (agents/transfer, in-process pipeline)", "MB/s",
+                            _tar_stream(size, n), "gRPC stream", grpc_rates, higher_is_better=True,
+                            note="the v2 wire format alone: plain tar made as sent, unpacked as it arrives"))
             for source, target in (("local", SITES[0]), (SITES[1], "local")):
                 name = f"migrate {size} MB {source} -> {target}"
                 thr, down, err = _migrate(fed, source, target, size, n)
@@ -266,6 +269,23 @@ def bench_migration(fed: Federation, opt: Options) -> list[Row]:
         grpc_server.close()
         ray.kill(actor)
     return rows
+
+
+def _tar_stream(size_mb: int, n: int) -> list[float]:
+    """MB/s of ``WorkdirStream`` piped into ``unpack_stream`` (4 MiB chunks, no compression)."""
+    from godel_ray.agents.transfer import WorkdirStream, unpack_stream
+
+    rates = []
+    with tempfile.TemporaryDirectory(prefix="godel-bench-tar-") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        (src / "blob").write_bytes(os.urandom(size_mb << 20))
+        for i in range(n):
+            stream = WorkdirStream(str(src))
+            start = time.perf_counter()
+            unpack_stream(iter(stream), str(Path(tmp) / f"dst{i}"), expected_sha256=lambda s=stream: s.sha256)
+            rates.append(size_mb * 1.048576 / (time.perf_counter() - start))
+    return rates
 
 
 def _migrate(fed: Federation, source: str, target: str, size_mb: int, n: int

@@ -184,9 +184,20 @@ def kill(agent_id: Annotated[str, typer.Argument(metavar="ID")],
 @render.guarded
 def explain(agent_id: Annotated[str, typer.Argument(metavar="ID")],
             state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
-    """Why the agent went where it went: every candidate's factor scores and every rejection (no Ray)."""
-    decision = _reader(state_dir).decision(agent_id)
-    render.emit_json(decision) if json_out else tables.print_placement(decision)
+    """Why the agent went where it went: every candidate's factor scores and every rejection, then
+    every move since with its reason (manual, drain, failover, fail_back) and its home (no Ray)."""
+    reader = _reader(state_dir)
+    decision = reader.decision(agent_id)
+    if json_out:
+        render.emit_json(decision)
+        return
+    tables.print_placement(decision)
+    for m in reader.migrations(agent_id):
+        render.say(f"moved {m.source} → {m.target}: {m.reason}, {m.phase.value}"
+                   + (f" ({m.error})" if m.error else ""))
+    agent = reader.agent(agent_id)
+    if agent.home_cluster_id:
+        render.say(f"home: {agent.home_cluster_id} (fail_back {agent.config.fail_back or 'as its home cluster says'})")
 
 
 @app.command("logs")

@@ -190,6 +190,30 @@ def maintenance(cluster_id: Annotated[str, typer.Argument(metavar="ID")],
         render.say(f"{cluster_id} is now ", safetext.cluster_status(info.health.status))
 
 
+@app.command("drain")
+@render.guarded
+def drain(cluster_id: Annotated[str, typer.Argument(metavar="ID")],
+          wait: Annotated[bool, typer.Option("--wait", help="Wait until every move has ended.")] = False,
+          state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
+    """Move every agent off a cluster live, then leave it in maintenance (like kubectl drain).
+
+    Each agent is placed by the normal rules (GPU needs honoured); one that cannot be placed stays
+    and is listed with the reason (exit code 1)."""
+    report = _connect(state_dir).registry.drain(cluster_id, wait=wait)
+    if json_out:
+        render.emit_json(report)
+    else:
+        for m in report.migrations:
+            render.say(f"{m.agent_id}: {m.source} → {m.target} ({m.phase.value})"
+                       + (f": {m.error}" if m.error and wait else ""))
+        for agent_id, why in sorted(report.unmovable.items()):
+            render.say(f"{agent_id}: stays on {cluster_id}: {why}")
+        render.say(f"{cluster_id} is in maintenance; {len(report.migrations)} moving, "
+                   f"{len(report.unmovable)} unmovable")
+    if report.unmovable or (wait and not report.complete):
+        render.fail(f"drain of {cluster_id} is incomplete: {len(report.unmovable)} agent(s) could not be moved")
+
+
 @app.command("migrate")
 @render.guarded
 def migrate(agent_id: Annotated[str, typer.Argument(metavar="AGENT_ID")],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from enum import Enum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -77,6 +78,9 @@ class Priority(str, Enum):
     GPU = "gpu"
 
 
+FailBackPolicy = Literal["auto", "never"]
+
+
 class AgentLimits(_Model):
     """Per-agent limits inside the sandbox; ``None`` takes the cluster's default (``SandboxPolicy``).
 
@@ -114,6 +118,9 @@ class SpawnConfig(_Model):
     max_latency_ms: float | None = None
     max_cost_per_hour: float | None = None
     required_capabilities: list[str] = Field(default_factory=list)  # each must be in capabilities.flags
+    fail_back: FailBackPolicy | None = None  # after an automatic move: go home when it is back (None: its default)
+
+
     # the sandbox (ignored where the cluster runs with isolation none)
     limits: AgentLimits = Field(default_factory=AgentLimits)
     unshare_net: bool = False  # True: the agent's commands get no network (loopback only)
@@ -141,6 +148,9 @@ class Agent(_Model):
     finished_at: float | None = None
     node_id: str = ""
     gpu_ids: list[str] = Field(default_factory=list)
+    # The cluster an automatic move (failover, drain) took it from; fail-back returns it there.
+    # Empty when it lives where it was put (a manual move or a fail-back clears it).
+    home_cluster_id: str = ""
 
     @property
     def model(self) -> str:
@@ -190,9 +200,18 @@ class JournalEntry(_Model):
     timed_out: bool = False
 
 
-class AgentSnapshot(_Model):
-    """An agent's portable state: metadata, journal, and a tar.gz of its working directory."""
+SNAPSHOT_FORMAT_VERSION = 2
+"""1: the journal inside the snapshot header; 2: the journal as its own section after the header."""
 
+
+class AgentSnapshot(_Model):
+    """An agent's portable state: metadata, journal, and a tar.gz of its working directory.
+
+    ``format_version`` is the version it was written in (``SNAPSHOT_FORMAT_VERSION`` when made here);
+    a reader refuses a version newer than it knows.
+    """
+
+    format_version: int = SNAPSHOT_FORMAT_VERSION
     agent: Agent
     journal: list[JournalEntry] = Field(default_factory=list)
     archive: bytes = b""
@@ -249,6 +268,7 @@ class Cluster(_Model):
     load_threshold: float = 0.8  # spill-over threshold (used for local)
     warm_pool_size: int = 0
     maintenance: bool = False
+    fail_back: FailBackPolicy = "never"  # default for agents moved off this cluster that set none
     created_at: float = Field(default_factory=now_s)
 
     @property
@@ -335,6 +355,7 @@ class EventType(str, Enum):
     AGENT_CHECKPOINTED = "agent.checkpointed"
     AGENT_EXPORTED = "agent.exported"
     AGENT_FAILED = "agent.failed"
+    AGENT_FAIL_BACK = "agent.fail_back"
     AGENT_IMPORTED = "agent.imported"
     AGENT_KILLED = "agent.killed"
     AGENT_ORPHAN_REMOVED = "agent.orphan_removed"
@@ -344,6 +365,8 @@ class EventType(str, Enum):
     AGENT_SPAWNED = "agent.spawned"
     AGENT_STALE_REMOVED = "agent.stale_removed"
     AGENT_STATUS = "agent.status"
+    CLUSTER_DRAINED = "cluster.drained"
+    CLUSTER_DRAINING = "cluster.draining"
     CLUSTER_REGISTERED = "cluster.registered"
     CLUSTER_STATUS = "cluster.status"
     CLUSTER_UNREGISTERED = "cluster.unregistered"
@@ -369,7 +392,11 @@ class FederationEvent(_Model):
 
 class MigrationPhase(str, Enum):
     VALIDATING = "validating"
+    PREPARING = "preparing"  # protocol v2: the target holds resources and a staging dir
+    PRECOPYING = "precopying"  # protocol v2: the workdir streams while the source runs
     FREEZING = "freezing"
+    DELTA = "delta"  # protocol v2: what changed since the pre-copy manifest, frozen
+    ACTIVATING = "activating"  # protocol v2: the target renames staging and runs at epoch_to
     EXPORTING = "exporting"
     TRANSFERRING = "transferring"
     IMPORTING = "importing"
@@ -401,7 +428,22 @@ class Migration(_Model):
     error: str = ""
     started_at: float = Field(default_factory=now_s)
     finished_at: float | None = None
-    reason: str = "manual"  # manual | failover
+    reason: str = "manual"  # manual | drain | failover
+
+
+class DrainReport(_Model):
+    """What ``cluster drain`` did: the moves it started (or finished, with ``--wait``), the agents
+    it could not move with the reason for each, and whether the cluster is now in maintenance."""
+
+    cluster_id: str
+    migrations: list[Migration] = Field(default_factory=list)
+    unmovable: dict[str, str] = Field(default_factory=dict)  # agent id -> why it stays
+    maintenance: bool = True
+
+    @property
+    def complete(self) -> bool:
+        """Every agent left (or is leaving) and none had to stay."""
+        return not self.unmovable and all(m.phase is not MigrationPhase.ROLLED_BACK for m in self.migrations)
 
 
 class CandidateScore(_Model):

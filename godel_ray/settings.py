@@ -93,6 +93,10 @@ class Limits(BaseModel):
     default_command_timeout_s: float = 3600.0
     max_snapshot_bytes: int = 1024 * 1024 * 1024
     snapshot_chunk_bytes: int = 1024 * 1024
+    # The journal travels as its own section (one message per entry, never inside the header): its
+    # entries and the bytes of their commands are bounded on their own, far above the message limit.
+    max_snapshot_journal_entries: int = 1_000_000
+    max_snapshot_journal_bytes: int = 1024 * 1024 * 1024
     # An archive's cost is not only its bytes: 100k empty files (a 620 KB archive) took 70 s to
     # unpack, and long names made the check hold about 1 GB. So members, names and time are bounded.
     max_snapshot_members: int = 50_000

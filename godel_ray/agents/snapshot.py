@@ -315,24 +315,38 @@ def _walk_archive(data: bytes, sha256: str, max_bytes: int,
                   limits: Limits = LIMITS, deadline: float | None = None) -> ArchiveSummary:
     if sha256_hex(data) != (sha256 or "").lower():
         raise SnapshotRejected("snapshot checksum mismatch: the archive was corrupted or altered in transit")
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb") as gz:
+            return walk_tar(gz, max_bytes, on_member, limits, deadline)
+    except (OSError, EOFError, zlib.error) as exc:
+        if isinstance(exc, SnapshotRejected):
+            raise
+        raise SnapshotRejected(f"snapshot archive is corrupt: {exc}") from exc
+
+
+def walk_tar(stream: IO[bytes] | gzip.GzipFile | Any, max_bytes: int,
+             on_member: Callable[[tarfile.TarFile, tarfile.TarInfo, str], None] | None,
+             limits: Limits = LIMITS, deadline: float | None = None) -> ArchiveSummary:
+    """Check every member of the (uncompressed) tar ``stream`` as it is read, calling ``on_member``
+    for each accepted one; raise ``SnapshotRejected`` on the first fault. Reads the stream once,
+    front to back (``stream.read`` only): it works on a pipe as well as on a whole archive."""
     budget = _Budget(limits, time.monotonic() + limits.snapshot_unpack_timeout_s if deadline is None else deadline)
     seen: dict[str, bool] = {}
     links: dict[str, str] = {}
     total = 0
     try:
-        with gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb") as gz:
-            reader = _CountingReader(gz, max_bytes + 64 * 1024)
-            with tarfile.open(fileobj=reader, mode="r|",  # type: ignore[call-overload]
-                              tarinfo=_tarinfo_class(budget)) as tar:
-                for member in tar:
-                    budget.member(member)
-                    norm = _check_member(member, seen, links)
-                    total += max(member.size, 0)
-                    if total > max_bytes:
-                        raise SnapshotRejected(
-                            f"snapshot holds more than the limit of {max_bytes} bytes", max_bytes=max_bytes)
-                    if on_member is not None:
-                        on_member(tar, member, norm)
+        reader = _CountingReader(stream, max_bytes + 64 * 1024)
+        with tarfile.open(fileobj=reader, mode="r|",  # type: ignore[call-overload]
+                          tarinfo=_tarinfo_class(budget)) as tar:
+            for member in tar:
+                budget.member(member)
+                norm = _check_member(member, seen, links)
+                total += max(member.size, 0)
+                if total > max_bytes:
+                    raise SnapshotRejected(
+                        f"snapshot holds more than the limit of {max_bytes} bytes", max_bytes=max_bytes)
+                if on_member is not None:
+                    on_member(tar, member, norm)
     except SnapshotRejected:
         raise
     except RecursionError as exc:  # a symlink or header structure deeper than the interpreter allows
@@ -377,6 +391,13 @@ def unpack_archive(data: bytes, sha256: str, dest: str, max_bytes: int, limits: 
     On any rejection, the timeout included, nothing is left at ``dest`` beyond what was there (an
     empty dir stays empty) and no staging directory is left beside it.
     """
+    return unpack_into(dest, lambda extract: _walk_archive(data, sha256, max_bytes, extract, limits, deadline))
+
+
+def unpack_into(dest: str, walk: Callable[[Callable[[tarfile.TarFile, tarfile.TarInfo, str], None]],
+                                          ArchiveSummary]) -> ArchiveSummary:
+    """Run ``walk`` with an extractor into a fresh staging directory beside ``dest``; rename it to
+    ``dest`` when ``walk`` returns, remove it when ``walk`` raises (nothing left behind)."""
     dest = os.path.abspath(dest)
     if os.path.lexists(dest) and (not os.path.isdir(dest) or os.path.islink(dest) or os.listdir(dest)):
         raise SnapshotRejected(
@@ -401,7 +422,7 @@ def unpack_archive(data: bytes, sha256: str, dest: str, max_bytes: int, limits: 
             tar.extract(member, path=root, set_attrs=False)
 
     try:
-        summary = _walk_archive(data, sha256, max_bytes, extract, limits, deadline)
+        summary = walk(extract)
         if os.path.isdir(dest):
             os.rmdir(dest)
         os.rename(staging, dest)
@@ -412,4 +433,5 @@ def unpack_archive(data: bytes, sha256: str, dest: str, max_bytes: int, limits: 
     return summary
 
 
-__all__ = ["STAGING_PREFIX", "ArchiveSummary", "check_archive", "pack_workdir", "sha256_hex", "unpack_archive"]
+__all__ = ["STAGING_PREFIX", "ArchiveSummary", "check_archive", "pack_workdir", "sha256_hex", "unpack_archive",
+           "unpack_into", "walk_tar"]

@@ -22,6 +22,7 @@ from godel_ray.models import (
     ClusterHealthState,
     ClusterInfo,
     ClusterStats,
+    DrainReport,
     ExecChunk,
     ExecResult,
     FederationEvent,
@@ -96,6 +97,11 @@ class AsyncClusterRegistry(_AsyncBalanced):
 
     async def regions(self) -> dict[str, builtins.list[str]]:
         return await self._read(lambda b: b.regions())
+
+    async def drain(self, cluster_id: str, *, wait: bool = False) -> DrainReport:
+        """Every live agent moved off ``cluster_id`` live, the cluster left in maintenance; see
+        ``ClusterRegistry.drain``."""
+        return await self._write(lambda b: b.drain(cluster_id, wait))
 
 
 class AsyncTransparentClusterProxy(_AsyncBalanced):

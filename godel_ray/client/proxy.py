@@ -30,6 +30,7 @@ from godel_ray.models import (
     ClusterHealthState,
     ClusterInfo,
     ClusterStats,
+    DrainReport,
     ExecChunk,
     ExecResult,
     FederationEvent,
@@ -134,6 +135,12 @@ class ClusterRegistry(_Balanced):
 
     def regions(self) -> dict[str, builtins.list[str]]:
         return self._read(lambda b: b.regions())
+
+    def drain(self, cluster_id: str, *, wait: bool = False) -> DrainReport:
+        """Move every live agent off ``cluster_id`` live, each placed by the normal rules, and leave
+        the cluster in maintenance. ``wait``: until every move ended. Agents that cannot be placed
+        stay, listed in ``unmovable`` with the reason."""
+        return self._write(lambda b: b.drain(cluster_id, wait))
 
 
 class TransparentClusterProxy(_Balanced):

@@ -31,7 +31,9 @@ from godel_ray.control.agent_table import AgentTable
 from godel_ray.control.checkpoints import Checkpoints
 from godel_ray.control.cluster_actor import LOCAL_WORKDIR_NAME
 from godel_ray.control.clusters import DEFAULT_LOCAL_MAX_AGENTS, ClusterSet, probe_site
+from godel_ray.control.drainer import Drainer
 from godel_ray.control.eventlog import Emitter, EventCursors
+from godel_ray.control.failback import FailBack
 from godel_ray.control.failover import Failover
 from godel_ray.control.lease import LEASE_RETRY_S, LeaseKeeper, Role, describe, holder_name, lease_ttl_from_env
 from godel_ray.control.ledger import CapacityLedger
@@ -48,6 +50,7 @@ from godel_ray.models import (
     ClusterHealthState,
     ClusterInfo,
     ClusterStats,
+    DrainReport,
     FederationEvent,
     JournalEntry,
     Migration,
@@ -117,6 +120,8 @@ class MultiClusterLoadBalancer:
         self.agents = AgentOps(gateway, self.table, store, local_id=LOCAL_ID)
         self.migrator = MigrationExecutor(store, self.table, gateway, emitter, ledger=ledger, views=self.clusters.view,
                                           cooldown_s=cooldown_from_env(), local_id=LOCAL_ID)
+        self.drainer = Drainer(self.clusters, self.table, self.migrator, emitter, local_id=LOCAL_ID)
+        self.failback = FailBack(self.clusters, self.table, self.migrator, emitter, local_id=LOCAL_ID)
         self.failover = Failover(self.clusters, self.table, self.checkpoints, store, emitter,
                                  busy=lambda: set(self.migrator.in_progress), local_id=LOCAL_ID)
         self.reconciler = Reconciler(self.clusters, self.table, self.checkpoints, cursors, emitter,
@@ -191,6 +196,7 @@ class MultiClusterLoadBalancer:
             try:
                 await self.reconciler.tick()
                 await self.failover.tick()
+                await self.failback.tick()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -253,6 +259,12 @@ class MultiClusterLoadBalancer:
     async def set_maintenance(self, cluster_id: str, on: bool) -> ClusterInfo:
         await self._ensure_ready()
         return await self.clusters.set_maintenance(cluster_id, on)
+
+    async def drain(self, cluster_id: str, wait: bool = False) -> DrainReport:
+        """Move every live agent off ``cluster_id`` live (``godel_ray.control.drainer``) and leave it in
+        maintenance; agents that cannot be placed stay and are listed with the reason."""
+        await self._ensure_ready()
+        return await self.drainer.drain(cluster_id, wait=wait)
 
     async def regions(self) -> dict[str, list[str]]:
         await self._ensure_ready()

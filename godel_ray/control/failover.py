@@ -227,6 +227,10 @@ class Failover:
             return
         if restored is None:
             return  # the table moved on meanwhile (killed by the user, say): that copy was removed
+        row = self._table.get(agent.id)
+        home = agent.home_cluster_id or action.dead_cluster  # remembered for fail-back (control.failback)
+        if row is not None and row.cluster_id == target and row.home_cluster_id != home:
+            self._table.put(row.model_copy(update={"home_cluster_id": "" if home == target else home}))
         self._store.put_decision(decision.model_copy(update={"agent_id": agent.id}))
         done = self._clock()
         self._store.put_migration(Migration(

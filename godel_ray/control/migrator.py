@@ -102,6 +102,19 @@ def _migrating(previous: Agent) -> Agent:
     return previous.model_copy(update={"status": AgentStatus.MIGRATING})
 
 
+LIVE_MOVE_REASONS = frozenset({"manual", "drain", "fail_back"})  # live moves this executor runs (and recovers)
+AUTOMATIC_MOVE_REASONS = frozenset({"drain", "failover"})  # moves that remember the agent's home
+
+
+def home_after_move(previous: Agent, m: Migration) -> str:
+    """The agent's home once ``m`` committed: an automatic move remembers where it came from (the
+    first home, over several moves); a manual move or a fail-back means it lives where it is now."""
+    if m.reason in AUTOMATIC_MOVE_REASONS:
+        home = previous.home_cluster_id or m.source
+        return "" if home == m.target else home
+    return ""
+
+
 class MigrationExecutor:
     """Runs migrations for the balancer (the single writer of the state store).
 
@@ -157,12 +170,13 @@ class MigrationExecutor:
                            in_progress=agent is not None and agent.id in self.in_progress,
                            local_id=self._local_id)
 
-    async def migrate(self, agent_id: str, target: str, wait: bool = True) -> Migration:
-        """Validate, begin and run a move; ``wait=False`` returns the record as it started."""
+    async def migrate(self, agent_id: str, target: str, wait: bool = True, *, reason: str = "manual") -> Migration:
+        """Validate, begin and run a move; ``wait=False`` returns the record as it started.
+        ``reason``: one of ``LIVE_MOVE_REASONS`` (what asked for the move; recorded and recovered)."""
         agent = self._table.get(agent_id)
         self.validate(agent, self._views(agent.cluster_id) if agent else None, self._views(target), target)
         assert agent is not None  # validate refused an unknown agent
-        migration = self.begin(agent, target)
+        migration = self.begin(agent, target, reason=reason)
         task = self.start(migration, agent)
         if not wait:
             return migration.model_copy(deep=True)
@@ -181,7 +195,7 @@ class MigrationExecutor:
         self._ledger.hold(target_id, agent.id, Demand.of(agent.config), now, in_flight=True)
         self._table.put(_migrating(agent).model_copy(update={"status_reason": f"migrating to {target_id}"}))
         self._emit(EventKind.MIGRATION, EventType.MIGRATION_STARTED, agent.cluster_id, agent.id,
-                   migration_id=migration.id, source=migration.source, target=target_id)
+                   migration_id=migration.id, source=migration.source, target=target_id, reason=reason)
         return migration
 
     def start(self, migration: Migration, previous: Agent) -> asyncio.Task[Migration]:
@@ -190,6 +204,10 @@ class MigrationExecutor:
         self._tasks[migration.id] = task
         task.add_done_callback(lambda _t: self._tasks.pop(migration.id, None))
         return task
+
+    def task_of(self, migration_id: str) -> asyncio.Task[Migration] | None:
+        """The running task of a migration this executor started (None once it ended)."""
+        return self._tasks.get(migration_id)
 
     def records(self, agent_id: str | None = None) -> list[Migration]:
         return self._store.migrations(agent_id)
@@ -208,7 +226,7 @@ class MigrationExecutor:
         phase (roll back before the commit point, clean up after it). Returns what it finished."""
         out: list[Migration] = []
         for migration in self._store.migrations():
-            if migration.finished_at is not None or migration.reason != "manual":
+            if migration.finished_at is not None or migration.reason not in LIVE_MOVE_REASONS:
                 continue
             row = self._table.get(migration.agent_id)
             if row is None:
@@ -286,7 +304,7 @@ class MigrationExecutor:
             state.verified = there
             return 0
         if isinstance(action, Commit):
-            self._commit(action, state)
+            self._commit(action, state, home_after_move(state.previous, m))
             return 0
         if isinstance(action, KillSource):
             await self._gateway(action.cluster_id).kill(action.agent_id, epoch=action.epoch_from,
@@ -304,13 +322,13 @@ class MigrationExecutor:
             return 0
         raise ValueError(f"unknown migration action {action!r}")
 
-    def _commit(self, action: Commit, state: _Run) -> None:
+    def _commit(self, action: Commit, state: _Run, home: str) -> None:
         """THE commit point: the agent row now names the target and ``epoch_to`` -- written only
         over the migrating row; anything else there (a kill, a failure) wins and the move rolls back."""
         there = state.verified
         row = state.previous.model_copy(update={
             "cluster_id": action.cluster_id, "epoch": action.epoch_to, "status": AgentStatus.RUNNING,
-            "status_reason": "", "node_id": there.node_id if there else "",
+            "status_reason": "", "home_cluster_id": home, "node_id": there.node_id if there else "",
             "gpu_ids": list(there.gpu_ids) if there else []})
         if not self._table.replace(_migrating(state.previous), row):
             now = self._table.get(action.agent_id)
@@ -364,4 +382,4 @@ class _Run:
         self.verified: Agent | None = None
 
 
-__all__ = ["COOLDOWN_ENV", "MIGRATION_COOLDOWN_S", "MigrationExecutor", "cooldown_from_env"]
+__all__ = ["AUTOMATIC_MOVE_REASONS", "COOLDOWN_ENV", "LIVE_MOVE_REASONS", "MIGRATION_COOLDOWN_S", "MigrationExecutor", "cooldown_from_env", "home_after_move"]

@@ -169,6 +169,7 @@ Action = Freeze | Export | Transfer | Import | Verify | Commit | KillSource | Re
 class StepSucceeded:
     step: str
     bytes_moved: int = 0
+    dirty_bytes: int = 0  # protocol v2, pre-copy: bytes changed since the round's manifest (an estimate)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from godel_ray.models import (
     ClusterHealthState,
     ClusterInfo,
     ClusterStats,
+    DrainReport,
     ExecChunk,
     ExecResult,
     FederationEvent,
@@ -291,6 +292,9 @@ class BalancerGateway:
 
     def regions(self) -> Call[dict[str, list[str]]]:
         return Call(self.what, lambda: self.handle.regions.remote())
+
+    def drain(self, cluster_id: str, wait: bool = False) -> Call[DrainReport]:
+        return Call(self.what, lambda: self.handle.drain.remote(cluster_id, wait))
 
     def plan(self, config: SpawnConfig) -> Call[PlacementDecision]:
         return Call(self.what, lambda: self.handle.plan.remote(config))

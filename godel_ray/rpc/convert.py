@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from godel_ray.errors import InvalidArgument
 from godel_ray.inputs import describe_validation_error
 from godel_ray.models import (
+    SNAPSHOT_FORMAT_VERSION,
     Agent,
     AgentLimits,
     AgentSnapshot,
@@ -312,23 +313,38 @@ def journal_entry_from_pb(msg: pb.JournalEntry) -> JournalEntry:
                   started_at=msg.started_at, duration_s=msg.duration_s, timed_out=msg.timed_out)
 
 
-def snapshot_from_header(header: pb.SnapshotHeader, archive: bytes, cluster_id: str = "") -> AgentSnapshot:
-    """The snapshot a header describes, with its (already checked) ``archive``."""
+def snapshot_format(header: pb.SnapshotHeader) -> int:
+    """The header's snapshot format: 0 (unset) reads as 1; ``InvalidArgument`` for one newer than known."""
+    version = header.format_version or 1
+    if version > SNAPSHOT_FORMAT_VERSION:
+        raise InvalidArgument(f"snapshot format {version} is newer than this side reads "
+                              f"(up to {SNAPSHOT_FORMAT_VERSION}): upgrade it", field="format_version")
+    return version
+
+
+def snapshot_from_header(header: pb.SnapshotHeader, archive: bytes, cluster_id: str = "",
+                         journal: list[JournalEntry] | None = None) -> AgentSnapshot:
+    """The snapshot a header describes, with its (already checked) ``archive``; ``journal`` is the
+    section that followed a format-2 header (format 1 carries it in the header itself)."""
+    version = snapshot_format(header)
+    entries = journal if version >= 2 else [journal_entry_from_pb(e) for e in header.journal]
     return _build(AgentSnapshot, "snapshot header", agent=agent_from_pb(header.agent, cluster_id),
-                  journal=[journal_entry_from_pb(e) for e in header.journal], archive=archive,
-                  sha256=header.sha256, taken_at=header.taken_at)
+                  journal=list(entries or []), archive=archive, sha256=header.sha256, taken_at=header.taken_at,
+                  format_version=SNAPSHOT_FORMAT_VERSION)
 
 
-def snapshot_header_to_pb(agent: Agent, journal: list[JournalEntry], archive_size: int, sha256: str,
+def snapshot_header_to_pb(agent: Agent, journal_entries: int, archive_size: int, sha256: str,
                           taken_at: float) -> pb.SnapshotHeader:
-    return pb.SnapshotHeader(agent=agent_to_pb(agent), journal=[journal_entry_to_pb(e) for e in journal],
-                             archive_size=archive_size, sha256=sha256, taken_at=taken_at)
+    """A format-2 header: ``journal_entries`` ``journal_entry`` chunks follow it, then the archive."""
+    return pb.SnapshotHeader(agent=agent_to_pb(agent), archive_size=archive_size, sha256=sha256,
+                             taken_at=taken_at, format_version=SNAPSHOT_FORMAT_VERSION,
+                             journal_entries=journal_entries)
 
 
 __all__ = [
     "agent_from_pb", "agent_status_from_pb", "agent_status_to_pb", "agent_to_pb", "capacity_from_pb",
     "capacity_to_pb", "event_from_pb", "event_kind_from_pb", "event_to_pb", "exec_chunk_from_pb",
     "exec_chunk_to_pb", "journal_entry_from_pb", "journal_entry_to_pb", "limits_from_pb", "limits_to_pb",
-    "restart_policy_from_pb", "snapshot_from_header", "snapshot_header_to_pb", "spec_from_pb", "spec_to_pb",
-    "stream_from_pb",
+    "restart_policy_from_pb", "snapshot_format", "snapshot_from_header", "snapshot_header_to_pb", "spec_from_pb",
+    "spec_to_pb", "stream_from_pb",
 ]

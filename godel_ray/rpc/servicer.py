@@ -5,11 +5,15 @@ back; errors become statuses through ``status_errors``. Validation belongs to th
 checks here are about the wire itself: the order, size and checksum of snapshot chunks, and the
 fields that travel beside a domain value (an idempotency key, an event cursor).
 
-Snapshots stream as ``SnapshotChunk``s: the header first (agent, journal, archive size, sha256),
-then the archive in pieces of ``LIMITS.snapshot_chunk_bytes``. An import is refused with
-INVALID_ARGUMENT, before the runtime sees anything, when the header is missing, not first, or
-repeated, when the announced or received size is over ``LIMITS.max_snapshot_bytes`` (checked while
-receiving), or when the received bytes do not match the announced size and checksum.
+Snapshots stream as ``SnapshotChunk``s (format 2): the header first (agent, format version,
+journal length, archive size, sha256), then the journal as its own section, one entry per message
+(a long journal never makes one message too large), then the archive in pieces of
+``LIMITS.snapshot_chunk_bytes``. A format-1 stream (journal inside the header) is still read. An
+import is refused with INVALID_ARGUMENT, before the runtime sees anything, when the header is
+missing, not first, or repeated, when the format is newer than this side knows, when the journal
+is out of place, over its limits or shorter than announced, when the announced or received size
+is over ``LIMITS.max_snapshot_bytes`` (checked while receiving), or when the received bytes do not
+match the announced size and checksum.
 
 Memory: an import holds at most one archive (``max_snapshot_bytes``): chunks go into one growing
 buffer that becomes the archive without a copy, hashed as they arrive (a list of chunks joined at
@@ -30,7 +34,7 @@ import grpc.aio
 from godel_ray.core.cluster_client import ClusterClient
 from godel_ray.core.validation import validate_idempotency_key
 from godel_ray.errors import InvalidArgument, ResourceExhausted, SnapshotRejected
-from godel_ray.models import AgentSnapshot, AgentStatus
+from godel_ray.models import AgentSnapshot, AgentStatus, JournalEntry
 from godel_ray.rpc import convert
 from godel_ray.rpc.errors import status_errors
 from godel_ray.rpc.gen import federation_pb2 as pb
@@ -42,9 +46,12 @@ Context: TypeAlias = grpc.aio.ServicerContext
 
 def iter_snapshot_chunks(snapshot: AgentSnapshot, chunk_bytes: int = LIMITS.snapshot_chunk_bytes
                          ) -> Iterator[pb.SnapshotChunk]:
-    """The wire form of a snapshot, made as it is sent: header first, then ``chunk_bytes`` pieces."""
+    """The wire form of a snapshot (format 2), made as it is sent: the header, then the journal one
+    entry per message, then the archive in ``chunk_bytes`` pieces."""
     yield pb.SnapshotChunk(header=convert.snapshot_header_to_pb(
-        snapshot.agent, snapshot.journal, snapshot.size_bytes, snapshot.sha256, snapshot.taken_at))
+        snapshot.agent, len(snapshot.journal), snapshot.size_bytes, snapshot.sha256, snapshot.taken_at))
+    for entry in snapshot.journal:
+        yield pb.SnapshotChunk(journal_entry=convert.journal_entry_to_pb(entry))
     view = memoryview(snapshot.archive)
     for start in range(0, len(view), chunk_bytes):
         yield pb.SnapshotChunk(data=bytes(view[start:start + chunk_bytes]))
@@ -60,9 +67,13 @@ async def assemble_snapshot(chunks: AsyncIterator[pb.SnapshotChunk], limits: Lim
                             cluster_id: str = "") -> AgentSnapshot:
     """Reassemble a chunk stream into an ``AgentSnapshot``; ``InvalidArgument`` on any wire fault.
 
-    Holds at most the announced archive size (itself at most ``limits.max_snapshot_bytes``).
+    Holds at most the announced archive size (itself at most ``limits.max_snapshot_bytes``) and a
+    journal of at most ``limits.max_snapshot_journal_entries`` entries and ``max_snapshot_journal_bytes``
+    bytes of commands. Reads format 1 (journal in the header) and format 2 (journal section).
     """
     header: pb.SnapshotHeader | None = None
+    journal: list[JournalEntry] = []
+    journal_bytes = 0
     buffer = io.BytesIO()
     hasher = hashlib.sha256()
     received = 0
@@ -76,9 +87,31 @@ async def assemble_snapshot(chunks: AsyncIterator[pb.SnapshotChunk], limits: Lim
                 raise InvalidArgument(
                     f"snapshot archive of {header.archive_size} bytes is over the limit of "
                     f"{limits.max_snapshot_bytes}", field="archive_size")
+            if convert.snapshot_format(header) < 2 and header.journal_entries:
+                raise InvalidArgument("a format-1 snapshot header announces journal entries",
+                                      field="journal_entries")
+            if not 0 <= header.journal_entries <= limits.max_snapshot_journal_entries:
+                raise InvalidArgument(
+                    f"snapshot journal of {header.journal_entries} entries is over the limit of "
+                    f"{limits.max_snapshot_journal_entries}", field="journal_entries")
+        elif kind == "journal_entry":
+            if header is None:
+                raise InvalidArgument("snapshot stream starts with a journal entry: send the header first")
+            if len(journal) >= header.journal_entries or received:
+                raise InvalidArgument("snapshot journal entry out of place: the header announced "
+                                      f"{header.journal_entries}, and entries go before the archive",
+                                      field="journal_entries")
+            journal_bytes += len(chunk.journal_entry.command)
+            if journal_bytes > limits.max_snapshot_journal_bytes:
+                raise InvalidArgument(f"snapshot journal is over the limit of {limits.max_snapshot_journal_bytes}"
+                                      " bytes", field="journal_entries")
+            journal.append(convert.journal_entry_from_pb(chunk.journal_entry))
         elif kind == "data":
             if header is None:
                 raise InvalidArgument("snapshot stream starts with data: send the header first")
+            if len(journal) != header.journal_entries:
+                raise InvalidArgument(f"snapshot archive data before the journal ended ({len(journal)} of "
+                                      f"{header.journal_entries} entries)", field="journal_entries")
             received += len(chunk.data)
             if received > header.archive_size:
                 raise InvalidArgument(
@@ -92,6 +125,9 @@ async def assemble_snapshot(chunks: AsyncIterator[pb.SnapshotChunk], limits: Lim
         raise InvalidArgument("snapshot stream has no header")
     if not header.HasField("agent") or not header.agent.id:
         raise InvalidArgument("snapshot header has no agent", field="agent")
+    if len(journal) != header.journal_entries:
+        raise InvalidArgument(f"snapshot journal is truncated: got {len(journal)} of {header.journal_entries} "
+                              "entries", field="journal_entries")
     if received != header.archive_size:
         raise InvalidArgument(
             f"snapshot archive is truncated: got {received} of {header.archive_size} bytes",
@@ -103,7 +139,7 @@ async def assemble_snapshot(chunks: AsyncIterator[pb.SnapshotChunk], limits: Lim
             f"data hashes to {digest[:16]}...", field="sha256")
     archive = buffer.getvalue()  # the buffer's own bytes object: no second copy
     del buffer
-    return convert.snapshot_from_header(header, archive, cluster_id)
+    return convert.snapshot_from_header(header, archive, cluster_id, journal)
 
 
 class ClusterFederationServicer(pb_grpc.ClusterFederationServicer):

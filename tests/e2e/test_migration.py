@@ -17,6 +17,7 @@ from godel_ray.control import factory
 from godel_ray.errors import AgentNotFound, ClusterNotFound, InvalidArgument
 from godel_ray.models import Agent, AgentStatus, ExecChunk, ExecResult, MigrationPhase, SpawnConfig
 from godel_ray.raykit.gateway import ClusterGateway
+from godel_ray.settings import LIMITS
 from tests.e2e.migration_helpers import (
     control_plane,
     finished,
@@ -170,6 +171,28 @@ def test_kill_during_a_migration_wins_and_no_copy_survives(plane: Plane) -> None
     assert [a.id for a in proxy.list()].count(agent.id) == 1
 
 
+def test_a_journal_of_130_commands_of_64_kib_migrates_site_to_site(plane: Plane) -> None:
+    """8.5 MB of journal: over the gRPC message limit as one header, so it travels as its own section."""
+    proxy = plane.proxy
+    agent = proxy.spawn(SpawnConfig(model="m", labels={"team": "journal"}, cluster="west"))
+    filler = "x" * (LIMITS.max_command_bytes - 64)
+    commands = [f": {i} {filler}" for i in range(130)]
+    for command in commands:
+        assert proxy.exec(agent.id, command).exit_code == 0
+    assert sum(len(c) for c in commands) > LIMITS.max_message_bytes
+    moved = proxy.migrate(agent.id, "east")  # exported over gRPC by west, imported over gRPC by east
+    assert moved.phase is MigrationPhase.COMPLETED, moved.error
+    assert proxy.status(agent.id).cluster_id == "east"
+    assert [a.epoch for a in live_copies(plane.sites["east"], agent.id)] == [moved.epoch_to]
+    assert live_copies(plane.sites["west"], agent.id) == []
+    # home to local: the journal is then read from the agent itself (a site's is mirrored from events)
+    home = proxy.migrate(agent.id, "local")
+    assert home.phase is MigrationPhase.COMPLETED, home.error
+    assert [e.command for e in proxy.journal(agent.id)] == commands
+    assert live_copies(plane.sites["east"], agent.id) == []
+    proxy.kill(agent.id)
+
+
 def test_target_dies_during_import_rolls_back_exactly_once(plane: Plane) -> None:
     proxy, doomed = plane.proxy, plane.sites["east"]  # the last test: east dies here
     agent = proxy.spawn(SpawnConfig(model="big", labels={"fault": "import"}, cluster="local"))
@@ -186,3 +209,4 @@ def test_target_dies_during_import_rolls_back_exactly_once(plane: Plane) -> None
     assert proxy.exec(agent.id, "cat notes.txt && wc -c < big.bin").stdout == "safe\n48000000\n"
     assert [a.id for a in proxy.list()].count(agent.id) == 1
     assert all(a.id != agent.id for a in site_agents(plane.sites["west"]))  # east died with its Ray cluster
+

@@ -607,8 +607,8 @@ def test_snapshot_chunking_round_trip_header_first() -> None:
                              journal=[JournalEntry(seq=1, command="ls", exit_code=0, started_at=1.0)],
                              archive=archive, sha256=hashlib.sha256(archive).hexdigest(), taken_at=5.0)
     chunks = snapshot_chunks(snapshot)
-    assert [c.WhichOneof("payload") for c in chunks] == ["header", "data", "data", "data"]
-    assert [len(c.data) for c in chunks[1:]] == [LIMITS.snapshot_chunk_bytes] * 2 + [123]
+    assert [c.WhichOneof("payload") for c in chunks] == ["header", "journal_entry", "data", "data", "data"]
+    assert [len(c.data) for c in chunks[2:]] == [LIMITS.snapshot_chunk_bytes] * 2 + [123]
 
     async def replay() -> AsyncIterator[pb.SnapshotChunk]:
         for chunk in chunks:

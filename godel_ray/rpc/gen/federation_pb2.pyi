@@ -382,26 +382,32 @@ class JournalEntry(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., command: _Optional[str] = ..., exit_code: _Optional[int] = ..., finished: _Optional[bool] = ..., started_at: _Optional[float] = ..., duration_s: _Optional[float] = ..., timed_out: _Optional[bool] = ...) -> None: ...
 
 class SnapshotHeader(_message.Message):
-    __slots__ = ("agent", "journal", "archive_size", "sha256", "taken_at")
+    __slots__ = ("agent", "journal", "archive_size", "sha256", "taken_at", "format_version", "journal_entries")
     AGENT_FIELD_NUMBER: _ClassVar[int]
     JOURNAL_FIELD_NUMBER: _ClassVar[int]
     ARCHIVE_SIZE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     TAKEN_AT_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     agent: Agent
     journal: _containers.RepeatedCompositeFieldContainer[JournalEntry]
     archive_size: int
     sha256: str
     taken_at: float
-    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ..., journal: _Optional[_Iterable[_Union[JournalEntry, _Mapping]]] = ..., archive_size: _Optional[int] = ..., sha256: _Optional[str] = ..., taken_at: _Optional[float] = ...) -> None: ...
+    format_version: int
+    journal_entries: int
+    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ..., journal: _Optional[_Iterable[_Union[JournalEntry, _Mapping]]] = ..., archive_size: _Optional[int] = ..., sha256: _Optional[str] = ..., taken_at: _Optional[float] = ..., format_version: _Optional[int] = ..., journal_entries: _Optional[int] = ...) -> None: ...
 
 class SnapshotChunk(_message.Message):
-    __slots__ = ("header", "data")
+    __slots__ = ("header", "data", "journal_entry")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_ENTRY_FIELD_NUMBER: _ClassVar[int]
     header: SnapshotHeader
     data: bytes
-    def __init__(self, header: _Optional[_Union[SnapshotHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    journal_entry: JournalEntry
+    def __init__(self, header: _Optional[_Union[SnapshotHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., journal_entry: _Optional[_Union[JournalEntry, _Mapping]] = ...) -> None: ...
 
 class ImportAgentResponse(_message.Message):
     __slots__ = ("agent",)
