@@ -283,9 +283,12 @@ def raylet_pid(sid: int) -> int | None:
     return None
 
 
-def stop_session(sid: int, grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM every process of the session, wait up to ``grace_s``, then SIGKILL the rest."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def stop_session(sid: int, grace_s: float = STOP_GRACE_S, *, hard: bool = False) -> None:
+    """SIGTERM every process of the session, wait up to ``grace_s``, then SIGKILL the rest.
+
+    ``hard``: SIGKILL at once, with no SIGTERM first (a crash, as the chaos tests and the demo need:
+    a SIGTERMed site shuts down cleanly and reports its agents' ends)."""
+    for sig in ((signal.SIGKILL,) if hard else (signal.SIGTERM, signal.SIGKILL)):
         pids = session_pids(sid)
         if not pids:
             return
