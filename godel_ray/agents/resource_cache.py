@@ -1,9 +1,12 @@
 """``ResourceCache``: the Ray cluster's resources as last read, so a heartbeat never waits on Ray.
 
-A heartbeat must be answered at once, whatever the site is doing: a slow answer reads as a sick
+A heartbeat must be answered promptly, whatever the site is doing: a slow answer reads as a sick
 site to the control plane's failure detector. Reading Ray's resources means GCS round trips that
-take long exactly when the site is busy (a burst of spawns), so heartbeats answer from this cache
-and refresh it in the background ("stale while revalidate"). Nothing reads Ray while nobody asks.
+take long exactly when the site is busy (a burst of spawns), so heartbeats answer from this cache,
+which refreshes in the background: a read of a value older than ``MAX_AGE_S`` (or announced stale
+by ``invalidate``) starts a refresh and waits for it ``FRESH_WAIT_S`` at most, then answers with
+what it has. An idle site answers with fresh figures; a busy one answers in time, with the last
+ones. Nothing reads Ray while nobody asks.
 """
 
 from __future__ import annotations
@@ -19,17 +22,18 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MAX_AGE_S = 1.0  # older than this, a read starts a background refresh (and still answers at once)
-FRESH_WAIT_S = 0.25  # after a change the owner announced, a read waits this long at most for a fresh value
+MAX_AGE_S = 0.5  # older than this, a read starts a background refresh
+FRESH_WAIT_S = 0.25  # ... and waits this long at most for it (Ray's own reads take ms when it is idle)
 
 
 class ResourceCache(Generic[T]):
     """The latest value of ``read()``, refreshed in the background.
 
     Invariants: ``get()`` awaits ``read()`` itself only for the very first value; afterwards it
-    answers from the cache, waiting at most ``fresh_wait_s`` (never on Ray directly) for a refresh
-    that covers a change announced with ``invalidate()``. At most one refresh runs at a time; a
-    failed refresh keeps the last value (logged) and the next ``get()`` tries again.
+    answers from the cache, waiting at most ``fresh_wait_s`` (never on Ray directly) for the refresh
+    it starts when the value is older than ``max_age_s`` or a change was announced with
+    ``invalidate()``. At most one refresh runs at a time; a failed refresh keeps the last value
+    (logged) and the next ``get()`` tries again.
     """
 
     def __init__(self, read: Callable[[], Awaitable[T]], *, max_age_s: float = MAX_AGE_S,
@@ -51,12 +55,11 @@ class ResourceCache(Generic[T]):
             value = await self._read()
             self._store(value, covers)
             return value
-        stale = self._clock() - self._read_at > self._max_age_s
-        if stale or self._covered < self._changes:
+        if self._clock() - self._read_at > self._max_age_s or self._covered < self._changes:
             self._refresh_in_background()
-        if self._covered < self._changes and self._refreshed is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._refreshed.wait()), self._fresh_wait_s)
+            if self._refreshed is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._refreshed.wait()), self._fresh_wait_s)
         value = self._value
         assert value is not None  # set by the first read and never cleared
         return value

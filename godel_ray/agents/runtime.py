@@ -110,7 +110,7 @@ class AgentRuntime:
             warm_pool_size = default_warm_pool_size(name)
         self.pool = WarmPool(name, workdir_root, pool_sizes(warm_pool_size, warm_pool_gpu), limits=limits,
                              ready_timeout_s=ready_timeout_s)
-        # heartbeats answer from here, never waiting on Ray's GCS (see agents.resource_cache)
+        # heartbeats answer from here, never waiting long on Ray's GCS (see agents.resource_cache)
         self._capacity_resources: ResourceCache[tuple[dict[str, float], dict[str, float], list[NodeResources]]] = (
             ResourceCache(
                 self._totals))
@@ -338,9 +338,9 @@ class AgentRuntime:
     async def heartbeat(self) -> SiteCapacity:
         """Capacity, also per node; resources held by idle warm-pool members count as free (a spawn claims or
         evicts them), and idle members never reduce ``available_agents``. Answered from cached Ray
-        resources (refreshed in the background; at most ``resource_cache.FRESH_WAIT_S`` late after
-        an agent started or ended here): a heartbeat never waits on Ray's GCS once the first read
-        is done. Agent counts are this runtime's own, always current."""
+        resources (``agents.resource_cache``: a refresh runs in the background and is waited for
+        ``FRESH_WAIT_S`` at most), so a heartbeat never waits on Ray's GCS longer than that once the
+        first read is done. Agent counts are this runtime's own, always current."""
         self.pool.start()
         total, free, nodes = await self._capacity_resources.get()
         pool_cpus, pool_gpus = self.pool.held()

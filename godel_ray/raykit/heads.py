@@ -283,12 +283,14 @@ def raylet_pid(sid: int) -> int | None:
     return None
 
 
-def stop_session(sid: int, grace_s: float = STOP_GRACE_S, *, hard: bool = False) -> None:
+def stop_session(sid: int, grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM every process of the session, wait up to ``grace_s``, then SIGKILL the rest.
 
-    ``hard``: SIGKILL at once, with no SIGTERM first (a crash, as the chaos tests and the demo need:
-    a SIGTERMed site shuts down cleanly and reports its agents' ends)."""
-    for sig in ((signal.SIGKILL,) if hard else (signal.SIGTERM, signal.SIGKILL)):
+    ``grace_s <= 0`` is a hard kill: SIGKILL only. A SIGTERM with no time to act on it would still
+    start a graceful shutdown (a site answering its streams, ending its agents) in the moment before
+    the SIGKILL lands: not what a caller asking for no grace means (a kill -9 fault, say).
+    """
+    for sig in (signal.SIGKILL,) if grace_s <= 0 else (signal.SIGTERM, signal.SIGKILL):
         pids = session_pids(sid)
         if not pids:
             return

@@ -60,7 +60,8 @@ CLASS_BY_CODE: dict[grpc.StatusCode, type[E.GodelError]] = {
 _TLS_MARKERS = ("ssl", "tls", "handshake", "tsi_", "certificate")
 # Reasons a connection never reached TLS at all: not a handshake refusal.
 _TRANSPORT_MARKERS = ("connection refused", "dns", "name resolution", "deadline", "timeout", "timed out",
-                      "settings frame", "no route", "network is unreachable", "host is unreachable")
+                      "settings frame", "no route", "network is unreachable", "host is unreachable",
+                      "tcp-connect")  # gRPC's "tcp handshaker", renamed so it is not read as TLS's handshake
 # What an UNAVAILABLE says about the site's process (``ClusterUnavailable.fields["cause"]``, read by
 # ``core.detector.probe_failure``). Wording as grpcio 1.85 reports it, e.g. "Failed to connect to remote
 # host: Connection refused", "Stream removed (recvmsg:Connection reset by peer (104))", "Stream removed
@@ -144,14 +145,17 @@ def _trailing(exc: grpc.RpcError) -> dict[str, str]:
 def is_tls_refusal(details: str, tls_channel: bool = False) -> bool:
     """Whether an UNAVAILABLE ``details`` means TLS refused us.
 
-    A server that requires a client certificate (mTLS) just closes the socket when there is none:
-    on a TLS channel, a connect that reached the server but failed is a handshake refusal.
+    Only a TLS channel can be refused by TLS: on a plaintext one, "handshake" in the details is the
+    TCP connect's ("tcp handshaker shutdown": gRPC gave up a connection attempt), never TLS's. A
+    server that requires a client certificate (mTLS) just closes the socket when there is none: on
+    a TLS channel, a connect that reached the server but failed is a handshake refusal.
     """
-    lower = details.lower()
+    if not tls_channel:
+        return False
+    lower = details.lower().replace("tcp handshaker", "tcp-connect")
     if any(marker in lower for marker in _TLS_MARKERS):
         return True
-    return (tls_channel and "failed to connect" in lower
-            and not any(marker in lower for marker in _TRANSPORT_MARKERS))
+    return "failed to connect" in lower and not any(marker in lower for marker in _TRANSPORT_MARKERS)
 
 
 def transport_cause(details: str) -> str:

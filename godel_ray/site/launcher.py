@@ -60,11 +60,11 @@ class SiteProcess:
 
     def kill(self) -> None:
         """Hard kill: SIGKILL the server's session, its worker nodes' and its Ray head's."""
-        heads.stop_session(self.proc.pid, hard=True)
+        heads.stop_session(self.proc.pid, grace_s=0.0)
         for sid in self.worker_sids:
-            heads.stop_session(sid, hard=True)
+            heads.stop_session(sid, grace_s=0.0)
         if self.head_sid:
-            heads.stop_session(self.head_sid, hard=True)
+            heads.stop_session(self.head_sid, grace_s=0.0)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -23,7 +23,7 @@ import pytest
 from godel_ray.core.detector import ChannelState, ProbeFailure, probe_failure
 from godel_ray.errors import ClusterUnavailable, GodelError
 from godel_ray.rpc.client import GrpcClusterClient
-from godel_ray.rpc.errors import transport_cause
+from godel_ray.rpc.errors import is_tls_refusal, transport_cause
 
 T = TypeVar("T")
 DEADLINE_S = 60.0
@@ -153,3 +153,17 @@ async def _answered(client: GrpcClusterClient) -> bool:
 ])
 def test_transport_cause(details: str, cause: str) -> None:
     assert transport_cause(details) == cause
+
+
+@pytest.mark.parametrize(("details", "tls_channel", "refused_by_tls"), [
+    ("failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.2:1: tcp handshaker shutdown", False, False),
+    ("failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.2:1: tcp handshaker shutdown", True, False),
+    (("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Ssl handshake failed: "
+     "SSL_ERROR_SSL: CERTIFICATE_VERIFY_FAILED"), True, True),
+    ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Ssl handshake failed", False, False),
+    ("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: Socket closed", True, True),
+])
+def test_only_a_tls_channel_is_refused_by_tls(details: str, tls_channel: bool, refused_by_tls: bool) -> None:
+    """A partition's aborted TCP connect ("tcp handshaker shutdown") is not a TLS refusal: read as one, it
+    made a silent site look alive (the site's TLS layer answering) to the failure detector."""
+    assert is_tls_refusal(details, tls_channel) is refused_by_tls

@@ -35,22 +35,36 @@ class Clock:
         return self.now
 
 
-def test_only_the_first_read_is_awaited_then_stale_values_answer_at_once() -> None:
+def test_only_the_first_read_is_awaited_then_stale_values_answer_within_the_bound() -> None:
     async def go() -> None:
         reads, clock = SlowReads(), Clock()
-        cache = ResourceCache(reads.read, max_age_s=1.0, clock=clock)
+        cache = ResourceCache(reads.read, max_age_s=1.0, fresh_wait_s=0.01, clock=clock)
         reads.gate.set()
         assert await cache.get() == 1
         reads.gate.clear()  # from now on every read hangs until released
+        assert await cache.get() == 1 and reads.calls == 1  # fresh: no read at all
         clock.now = 5.0  # stale
-        assert await asyncio.wait_for(cache.get(), 1.0) == 1  # answered from the cache ...
+        assert await asyncio.wait_for(cache.get(), 5.0) == 1  # the refresh hangs: answered from the cache ...
         assert reads.calls == 2  # ... while one refresh started in the background
-        assert await asyncio.wait_for(cache.get(), 1.0) == 1
+        assert await asyncio.wait_for(cache.get(), 5.0) == 1
         assert reads.calls == 2  # never two refreshes at once
         reads.gate.set()
         await asyncio.sleep(0)  # let the refresh task finish (a yield, not a timed wait)
         await asyncio.sleep(0)
         assert await cache.get() == 2
+        await cache.close()
+
+    asyncio.run(go())
+
+
+def test_a_stale_read_gets_the_fresh_value_when_the_refresh_is_quick() -> None:
+    async def go() -> None:
+        reads, clock = SlowReads(), Clock()
+        cache = ResourceCache(reads.read, max_age_s=1.0, fresh_wait_s=30.0, clock=clock)
+        reads.gate.set()
+        assert await cache.get() == 1
+        clock.now = 5.0
+        assert await asyncio.wait_for(cache.get(), 5.0) == 2
         await cache.close()
 
     asyncio.run(go())
