@@ -73,7 +73,6 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 60.0  # an actor not ready by then is killed: its resources are busy or gone
 TERMINATE_TIMEOUT_S = 15.0
-EVENT_WAIT_S = 30.0
 LOCAL_WARM_POOL_ENV = "GODEL_LOCAL_WARM_POOL"  # warm pool size of the ``local`` runtime when not given
 
 
@@ -354,13 +353,8 @@ class AgentRuntime:
         return await self.heartbeat()
 
     async def events(self, since_seq: int = 0) -> AsyncIterator[FederationEvent]:
-        # A cursor past our last event comes from an earlier life of this site (its log restarts at 1
-        # with the process): replay everything rather than skip events until the numbers catch up.
-        seq = since_seq if since_seq <= self._log.last_seq else 0
-        while True:
-            for event in await self._log.wait_since(seq, EVENT_WAIT_S):
-                seq = event.seq
-                yield event
+        async for event in self._log.follow(since_seq):
+            yield event
 
     async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot:
         entry, _ = self._table.live(agent_id, epoch)

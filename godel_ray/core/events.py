@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import AsyncIterator
 
 from godel_ray.models import FederationEvent
 from godel_ray.settings import LIMITS
 
 DEFAULT_CAPACITY = LIMITS.event_log_capacity
 DEFAULT_MAX_BYTES = LIMITS.event_log_max_bytes
+FOLLOW_WAIT_S = 30.0  # one wait of a follower; then it simply waits again (keeps waits bounded)
 EVENT_OVERHEAD_BYTES = 256  # what one stored event costs beyond its strings (model, deque slot)
 
 
@@ -86,6 +88,18 @@ class EventLog:
         first = self._events[0][0].seq
         start = max(0, seq - first + 1)  # kept seqs are contiguous
         return [self._events[i][0] for i in range(start, len(self._events))]
+
+    async def follow(self, since_seq: int = 0) -> AsyncIterator[FederationEvent]:
+        """Every event after ``since_seq``, then each new one as it comes, forever.
+
+        A cursor past the last event comes from an earlier life of the log's owner (a site's log
+        restarts at 1 with its process): replay everything rather than skip events until the
+        numbers catch up."""
+        seq = since_seq if since_seq <= self.last_seq else 0
+        while True:
+            for event in await self.wait_since(seq, FOLLOW_WAIT_S):
+                seq = event.seq
+                yield event
 
     async def wait_since(self, seq: int, timeout_s: float | None = None) -> list[FederationEvent]:
         """Events newer than ``seq``; waits up to ``timeout_s`` for one (``[]`` when none came)."""

@@ -66,7 +66,6 @@ from godel_ray.models import (
     now_s,
 )
 
-EVENT_WAIT_S = 30.0
 HEARTBEAT_HISTORY = 10_000
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -251,11 +250,8 @@ class HollowRuntime:
         return await self.heartbeat()
 
     async def events(self, since_seq: int = 0) -> AsyncIterator[FederationEvent]:
-        seq = since_seq if since_seq <= self._log.last_seq else 0
-        while True:
-            for event in await self._log.wait_since(seq, EVENT_WAIT_S):
-                seq = event.seq
-                yield event
+        async for event in self._log.follow(since_seq):
+            yield event
 
     async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot:
         record = self._live(agent_id, epoch)
