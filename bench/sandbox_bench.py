@@ -69,7 +69,7 @@ def bench_sandbox(fed: Any, opt: Any) -> list[Row]:
                 note=f"run_streaming in this process: bubblewrap, {how}, limits, no cgroup")]
     if cgroups.available():
         rows.append(Row("exec `true` in the sandbox + a cgroup", "ms", boxed, "plain bash -c true", plain,
-                        note="the default where a cgroup can be made: memory and processes bounded per command"))
+                        note="the default where a cgroup can be made: the agent's cgroup bounds memory and processes"))
         rows.append(Row("sandbox cost per exec (default)", "ms", [b - a for a, b in zip(plain, boxed, strict=True)],
                         note="sandbox + cgroup minus plain, pairwise, same run"))
     else:

@@ -7,6 +7,7 @@ prints what happened; everything started here is stopped at the end unless ``kee
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -33,6 +34,8 @@ from godel_ray.models import (
 )
 
 RESTORE_TIMEOUT_S = 90.0
+# The drain step moves an agent the migration step moved a moment before: no cooldown between moves.
+DEMO_MIGRATION_COOLDOWN_S = "0"
 POLL_S = 0.25
 # Short health settings so the failover step fits in a demo: offline after ~3 s, restored ~3 s later.
 DEMO_HEALTH = HealthSettings(heartbeat_interval_s=1.0, heartbeat_timeout_s=1.0, degraded_after=2,
@@ -150,12 +153,15 @@ def run_demo(keep: bool = False, state_dir: str | None = None, console: Console 
     """Run the story; return the process exit code."""
     from godel_ray.client.proxy import connect
     from godel_ray.control import controlplane
+    from godel_ray.control.migrator import COOLDOWN_ENV
 
     run = DemoRun(state_dir=Path(state_dir or tempfile.mkdtemp(prefix="godel-demo-")), keep=keep,
                   console=console or Console(), owns_state_dir=state_dir is None)
     ok = False
     try:
         with _step(run, "1. control plane and two sites, each its own Ray cluster"):
+            # The control plane's actors read it from the environment that `up` hands its Ray head.
+            os.environ.setdefault(COOLDOWN_ENV, DEMO_MIGRATION_COOLDOWN_S)
             info = controlplane.up(run.state_dir, num_cpus=4)
             run.console.print(f"control plane: Ray at {info.address}, state in {run.state_dir}")
             _start_sites(run)
@@ -167,7 +173,8 @@ def run_demo(keep: bool = False, state_dir: str | None = None, console: Console 
             proxy.registry.update(LOCAL_CLUSTER_ID, max_agents=4, load_threshold=0.5)
             first = _spawn(run, proxy, SpawnConfig(model="claude-sonnet-4", labels={"task": "docs"}),
                            "local load 0/4")
-            _spawn(run, proxy, SpawnConfig(model="claude-sonnet-4", labels={"task": "lint"}), "local load 1/4")
+            second = _spawn(run, proxy, SpawnConfig(model="claude-sonnet-4", labels={"task": "lint"}),
+                            "local load 1/4")
 
         with _step(run, "3. local is at its threshold: the next agent spills over"):
             spilled = _spawn(run, proxy, SpawnConfig(model="claude-sonnet-4", labels={"task": "tests"}),
@@ -190,7 +197,27 @@ def run_demo(keep: bool = False, state_dir: str | None = None, console: Console 
             run.console.print(f"{moved.id} now on [cyan]{moved.cluster_id}[/cyan] (epoch {moved.epoch})")
             _stream(run, proxy, first.id, "cat NOTES.md")
 
-        with _step(run, "7. a site dies: its checkpointed agent is restored elsewhere"):
+        with _step(run, "7. every command runs in a sandbox: the control plane's secrets are out of reach"):
+            _stream(run, proxy, second.id, f"cat {run.state_dir}/ray_token 2>&1 | sed 's/^/    /'; "
+                                           "echo \"RAY_AUTH_TOKEN=${RAY_AUTH_TOKEN:-unset}\"; "
+                                           "echo \"processes visible: $(ls /proc | grep -c '^[0-9]')\"; "
+                                           "echo work > mine.txt && echo \"own workdir writable: $(cat mine.txt)\"")
+
+        with _step(run, "8. drain: every agent leaves cpu-cheap live, the cluster goes into maintenance"):
+            report = proxy.registry.drain("cpu-cheap", wait=True)
+            for mig in report.migrations:
+                run.console.print(f"  {mig.agent_id}: {mig.source} -> {mig.target} ({mig.phase.value})")
+            for agent_id, why in report.unmovable.items():
+                run.console.print(f"  {agent_id} stays: {why}")
+            for mig in report.migrations:
+                drained = proxy.status(mig.agent_id)
+                run.console.print(f"{drained.id} drained to [cyan]{drained.cluster_id}[/cyan] "
+                                  f"(epoch {drained.epoch}, home {drained.home_cluster_id})")
+            _stream(run, proxy, first.id, "cat NOTES.md")
+            proxy.registry.maintenance("cpu-cheap", False)
+            run.console.print("cpu-cheap back in service (maintenance off)")
+
+        with _step(run, "9. a site dies: its checkpointed agent is restored elsewhere"):
             durable = _spawn(run, proxy, SpawnConfig(
                 model="claude-sonnet-4", cluster="cpu-cheap", restart_policy=RestartPolicy.CHECKPOINT,
                 checkpoint_interval_s=1.0, labels={"task": "long-run"}), "checkpointed, pinned to cpu-cheap")
@@ -203,8 +230,6 @@ def run_demo(keep: bool = False, state_dir: str | None = None, console: Console 
             run.console.print(f"{restored.id} restored on [cyan]{restored.cluster_id}[/cyan] "
                               f"(epoch {restored.epoch}): {restored.status_reason}")
             _stream(run, proxy, durable.id, "cat progress.txt")
-            lost = proxy.status(first.id)
-            run.console.print(f"{lost.id} (no checkpoint policy): {lost.status.value}: {lost.status_reason}")
         ok = True
     finally:
         if keep and ok:

@@ -47,6 +47,9 @@ def test_demo_tells_the_story_and_cleans_up(tmp_path: Path) -> None:
     assert "CUDA_VISIBLE_DEVICES=0" in out                       # ... seeing the GPU Ray gave it
     assert "epoch 1\nepoch 2\nepoch 3" in out                    # streamed output
     assert "now on cpu-cheap (epoch 2)" in out and "\nnotes\n" in out   # migration kept the files
+    assert "No such file or directory" in out and "RAY_AUTH_TOKEN=unset" in out  # the sandbox hides secrets
+    assert "processes visible: " in out and "own workdir writable: work" in out
+    assert "drained to " in out and "home cpu-cheap" in out       # drain moved the agent off, live
     assert "restored on" in out and "state before the crash" in out    # failover from a checkpoint
     assert "demo finished" in out
 
