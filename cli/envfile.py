@@ -5,20 +5,20 @@ first non-blank character is ``#`` are skipped; leading blanks before the name a
 value is everything after the first ``=``, taken literally (no quotes removed, no ``$VAR``
 expanded; a trailing ``\\r`` is dropped). Names and sizes are validated exactly as for ``--env``.
 
-Permissions: as for a token file, an env file (a regular file) that group or others can access is
-refused, with the ``chmod 600`` that fixes it: it holds secrets, and whoever can write it chooses
-the agent's environment. Refused rather than warned about, because a warning scrolls past while the
-secret stays readable. Pipes (``--env-file <(pass show x)``) are read as they are.
+Permissions: as for a token file (one rule, ``godel_ray.privatefile``), an env file (a regular
+file) that group or others can access is refused, with the ``chmod 600`` that fixes it: it holds
+secrets, and whoever can write it chooses the agent's environment. Pipes (``--env-file <(pass
+show x)``) are read as they are.
 Errors name the file and line, never the value.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from godel_ray.errors import GodelError, InvalidArgument
+from godel_ray.privatefile import read_private
 
 MAX_ENV_FILE_BYTES = 1 << 20  # far above what the env limits admit; bounds the read
 
@@ -46,18 +46,7 @@ def read_env_file(path: str | os.PathLike[str]) -> list[str]:
 
 
 def _read_private(file: Path) -> str:
-    try:
-        with file.open("rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            if stat.S_ISREG(mode) and mode & 0o077:
-                raise InvalidArgument(
-                    f"env file {file} is accessible by group or others (mode {stat.S_IMODE(mode):o}): it holds "
-                    f"secrets; run: chmod 600 {file}", field="env")
-            data = handle.read(MAX_ENV_FILE_BYTES + 1)
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read env file {file}: {exc.strerror or exc}", field="env") from None
-    if len(data) > MAX_ENV_FILE_BYTES:
-        raise InvalidArgument(f"env file {file} is over {MAX_ENV_FILE_BYTES} bytes", field="env")
+    data = read_private(file, "env file", max_bytes=MAX_ENV_FILE_BYTES, regular_only=False, field="env")
     try:
         return data.decode()
     except UnicodeDecodeError:

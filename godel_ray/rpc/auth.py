@@ -6,14 +6,14 @@ UNAUTHENTICATED *before* the handler runs: a refused call has no side effect. Se
 needs the credential too: it describes the whole API to whoever asks.
 
 ``read_token_file`` and ``read_key_file`` (a TLS private key) refuse files that group or others can
-access: a token or a key is what lets a caller run commands on the site.
+access (``godel_ray.privatefile``, the rule the CLI's ``--env-file`` shares): a token or a key is
+what lets a caller run commands on the site.
 """
 
 from __future__ import annotations
 
 import hmac
 import os
-import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import grpc
 import grpc.aio
 
 from godel_ray.errors import InvalidArgument
+from godel_ray.privatefile import read_private
 
 AUTH_METADATA_KEY = "authorization"
 BEARER_PREFIX = "Bearer "
@@ -30,22 +31,11 @@ PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
 def _read_secret_file(path: str | os.PathLike[str], what: str) -> bytes:
-    """The bytes of ``path``; ``InvalidArgument`` if unreadable, not a regular file, empty, or
-    accessible by group/others."""
-    p = Path(path).expanduser()
-    try:
-        mode = p.stat().st_mode
-        if not stat.S_ISREG(mode):
-            raise InvalidArgument(f"{what} {p} is not a regular file")
-        if mode & 0o077:
-            raise InvalidArgument(
-                f"{what} {p} is accessible by group or others (mode {stat.S_IMODE(mode):o}); "
-                f"run: chmod 600 {p}")
-        data = p.read_bytes()
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read {what} {p}: {exc.strerror or exc}") from exc
+    """The bytes of ``path`` (``privatefile.read_private``: a regular file only group-less, other-less);
+    ``InvalidArgument`` also when it is empty."""
+    data = read_private(path, what)
     if not data.strip():
-        raise InvalidArgument(f"{what} {p} is empty")
+        raise InvalidArgument(f"{what} {Path(path).expanduser()} is empty")
     return data
 
 
