@@ -15,30 +15,11 @@ from collections.abc import Callable
 from godel_ray.control.eventlog import Emit
 from godel_ray.control.ledger import CapacityLedger
 from godel_ray.control.store import Store
-from godel_ray.errors import AgentNotFound, InvalidArgument
+from godel_ray.core.views import agent_matches, status_filter
+from godel_ray.errors import AgentNotFound
 from godel_ray.models import Agent, AgentStatus, EventKind, EventType, PlacementDecision
 
 log = logging.getLogger(__name__)
-
-
-def status_filter(status: AgentStatus | str | None) -> AgentStatus | None:
-    """``status`` as an ``AgentStatus`` (``InvalidArgument`` naming the valid ones)."""
-    if status is None or isinstance(status, AgentStatus):
-        return status
-    try:
-        return AgentStatus(status)
-    except ValueError:
-        raise InvalidArgument(f"unknown agent status {status!r}: one of "
-                              f"{', '.join(s.value for s in AgentStatus)}") from None
-
-
-def agent_matches(agent: Agent, *, cluster_id: str | None = None, status: AgentStatus | None = None,
-                  labels: dict[str, str] | None = None, model: str | None = None) -> bool:
-    """The filter of ``agent list``: every given field must match, and every given label."""
-    return ((cluster_id is None or agent.cluster_id == cluster_id)
-            and (status is None or agent.status == status)
-            and (model is None or agent.config.model == model)
-            and all(agent.config.labels.get(k) == v for k, v in (labels or {}).items()))
 
 
 def _same_row(a: Agent, b: Agent) -> bool:
@@ -171,4 +152,4 @@ class AgentTable:
         return failed
 
 
-__all__ = ["AgentTable", "agent_matches", "status_filter"]
+__all__ = ["AgentTable"]

@@ -1,7 +1,8 @@
-"""Cluster views, computed once: ``ClusterInfo``, ``ClusterStats`` and the region map.
+"""Views, computed once: ``ClusterInfo``, ``ClusterStats``, the region map, and the filter of ``agent list``.
 
-The balancer answers ``list_clusters``/``stats``/``regions`` with these, and the CLI's light path
-(``StateReader``, no Ray) shows the very same values computed from the state store. Pure.
+The balancer answers ``list_clusters``/``stats``/``regions``/``list_agents`` with these, and the
+CLI's light path (``StateReader``, no Ray) shows the very same values computed from the state store
+(whose ``agents`` query applies the same ``agent_matches``). Pure.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from godel_ray.models import Agent, Cluster, ClusterHealthState, ClusterInfo, ClusterStats
+from godel_ray.errors import InvalidArgument
+from godel_ray.models import Agent, AgentStatus, Cluster, ClusterHealthState, ClusterInfo, ClusterStats
 
 
 def health_of(health: Mapping[str, ClusterHealthState], cluster_id: str) -> ClusterHealthState:
@@ -55,4 +57,25 @@ def regions(clusters: Iterable[Cluster]) -> dict[str, list[str]]:
     return {region: sorted(ids) for region, ids in sorted(out.items())}
 
 
-__all__ = ["cluster_infos", "cluster_stats", "health_of", "load", "regions"]
+def status_filter(status: AgentStatus | str | None) -> AgentStatus | None:
+    """``status`` as an ``AgentStatus`` (``InvalidArgument`` naming the valid ones)."""
+    if status is None or isinstance(status, AgentStatus):
+        return status
+    try:
+        return AgentStatus(status)
+    except ValueError:
+        raise InvalidArgument(f"unknown agent status {status!r}: one of "
+                              f"{', '.join(s.value for s in AgentStatus)}") from None
+
+
+def agent_matches(agent: Agent, *, cluster_id: str | None = None, status: AgentStatus | None = None,
+                  labels: dict[str, str] | None = None, model: str | None = None) -> bool:
+    """The filter of ``agent list`` (the balancer's table and the store's query): every given field
+    must match, and every given label."""
+    return ((cluster_id is None or agent.cluster_id == cluster_id)
+            and (status is None or agent.status == status)
+            and (model is None or agent.config.model == model)
+            and all(agent.config.labels.get(k) == v for k, v in (labels or {}).items()))
+
+
+__all__ = ["agent_matches", "cluster_infos", "cluster_stats", "health_of", "load", "regions", "status_filter"]

@@ -138,6 +138,8 @@ def test_agents_filters_counts_and_spawn_order(store: Store) -> None:
     assert [a.id for a in store.agents(labels={"team": "x"})] == ["a1", "a3"]
     assert [a.id for a in store.agents(model="big")] == ["a2"]
     assert [a.id for a in store.agents(cluster_id="remote", labels={"team": "x"})] == ["a3"]
+    with pytest.raises(InvalidArgument, match="unknown agent status 'sleeping'"):  # the balancer's words
+        store.agents(status="sleeping")
     assert store.active_counts() == {"local": 1, "remote": 1}
     assert store.counts_by_status("remote") == {"running": 1, "terminated": 1}
     assert store.agent("missing") is None

@@ -34,6 +34,7 @@ from godel_ray.control.store.protocol import (
     RetentionResult,
 )
 from godel_ray.control.store.schema import Dialect, current_version
+from godel_ray.core.views import agent_matches, status_filter
 from godel_ray.errors import AgentNotFound, FailedPrecondition, InvalidArgument, LeaseLost
 from godel_ray.models import (
     Agent,
@@ -232,17 +233,17 @@ class SqlStore:
 
     def agents(self, *, cluster_id: str | None = None, status: AgentStatus | str | None = None,
                labels: dict[str, str] | None = None, model: str | None = None) -> list[Agent]:
+        wanted = status_filter(status)
         sql, args = "SELECT id, json FROM agents WHERE 1=1", list[object]()
-        if cluster_id is not None:
+        if cluster_id is not None:  # narrowed by the indexed columns first; ``agent_matches`` decides
             sql += " AND cluster_id = ?"
             args.append(cluster_id)
-        if status is not None:
+        if wanted is not None:
             sql += " AND status = ?"
-            args.append(AgentStatus(status).value)
+            args.append(wanted.value)
         rows = self._rows(f"{sql} ORDER BY {self.dialect.order_column}", args)
         return [a for a in self._decode_all(Agent, "agents", rows)
-                if (model is None or a.config.model == model)
-                and all(a.config.labels.get(k) == v for k, v in (labels or {}).items())]
+                if agent_matches(a, cluster_id=cluster_id, status=wanted, labels=labels, model=model)]
 
     def active_counts(self) -> dict[str, int]:
         marks = ",".join("?" * len(_FINAL_STATUSES))
