@@ -2,39 +2,29 @@
 
 These are the public data types of godel-ray (the seed's names: ``Cluster``, ``SpawnConfig``,
 ``Agent``, ``ExecResult`` ...). Proto conversion lives in ``godel_ray.rpc.convert``; validation of
-user input (ids, sizes, env names) lives in ``godel_ray.core.validation``.
+user input (ids, sizes, env names) lives in ``godel_ray.core.validation``. The migration records
+(``Migration``, ``MigrationPhase``, ``PhaseStamp``, ``DrainReport``) live in
+``godel_ray.migration_models`` and are exported from here too; their common base in
+``godel_ray.model_base``.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from enum import Enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from godel_ray.migration_models import DrainReport, Migration, MigrationPhase, PhaseStamp, new_migration_id
+from godel_ray.model_base import DomainModel as _Model
+from godel_ray.model_base import now_s
 
 LOCAL_CLUSTER_ID = "local"  # the control plane's own cluster: always registered, hosts agents with no gRPC
 
 
-def now_s() -> float:
-    return time.time()
-
-
 def new_agent_id() -> str:
     return "ag-" + uuid.uuid4().hex[:12]
-
-
-def new_migration_id() -> str:
-    return "mig-" + uuid.uuid4().hex[:12]
-
-
-class _Model(BaseModel):
-    """Every domain model: unknown fields and non-finite numbers (``inf``, ``nan``, ``1e309``) are
-    refused when a model is built, naming the field; JSON and SQLite cannot hold them anyway (they
-    would be stored as null, and every later read of the row would fail)."""
-
-    model_config = ConfigDict(extra="forbid", use_enum_values=False, allow_inf_nan=False)
 
 
 class AgentStatus(str, Enum):
@@ -390,62 +380,6 @@ class FederationEvent(_Model):
     data: dict[str, str] = Field(default_factory=dict)
 
 
-class MigrationPhase(str, Enum):
-    VALIDATING = "validating"
-    PREPARING = "preparing"  # protocol v2: the target holds resources and a staging dir
-    PRECOPYING = "precopying"  # protocol v2: the workdir streams while the source runs
-    FREEZING = "freezing"
-    DELTA = "delta"  # protocol v2: what changed since the pre-copy manifest, frozen
-    ACTIVATING = "activating"  # protocol v2: the target renames staging and runs at epoch_to
-    EXPORTING = "exporting"
-    TRANSFERRING = "transferring"
-    IMPORTING = "importing"
-    VERIFYING = "verifying"
-    COMMITTING = "committing"
-    CLEANING_UP = "cleaning_up"
-    COMPLETED = "completed"
-    ROLLING_BACK = "rolling_back"
-    ROLLED_BACK = "rolled_back"
-    FAILED = "failed"
-
-
-class PhaseStamp(_Model):
-    phase: MigrationPhase
-    at: float
-
-
-class Migration(_Model):
-    id: str = Field(default_factory=new_migration_id)
-    agent_id: str
-    source: str
-    target: str
-    phase: MigrationPhase = MigrationPhase.VALIDATING
-    phases: list[PhaseStamp] = Field(default_factory=list)
-    epoch_from: int = 0
-    epoch_to: int = 0
-    bytes_moved: int = 0
-    downtime_s: float | None = None
-    error: str = ""
-    started_at: float = Field(default_factory=now_s)
-    finished_at: float | None = None
-    reason: str = "manual"  # manual | drain | failover
-
-
-class DrainReport(_Model):
-    """What ``cluster drain`` did: the moves it started (or finished, with ``--wait``), the agents
-    it could not move with the reason for each, and whether the cluster is now in maintenance."""
-
-    cluster_id: str
-    migrations: list[Migration] = Field(default_factory=list)
-    unmovable: dict[str, str] = Field(default_factory=dict)  # agent id -> why it stays
-    maintenance: bool = True
-
-    @property
-    def complete(self) -> bool:
-        """Every agent left (or is leaving) and none had to stay."""
-        return not self.unmovable and all(m.phase is not MigrationPhase.ROLLED_BACK for m in self.migrations)
-
-
 class CandidateScore(_Model):
     cluster_id: str
     score: float
@@ -477,6 +411,7 @@ __all__ = [
     "ClusterInfo",
     "ClusterStats",
     "ClusterStatus",
+    "DrainReport",
     "EventKind",
     "EventType",
     "ExecChunk",

@@ -1,0 +1,77 @@
+"""Migration records: ``Migration`` (one move of one agent, phase by phase), its ``MigrationPhase``s
+and ``PhaseStamp``s, and ``DrainReport`` (what ``cluster drain`` did). Public through
+``godel_ray.models`` like every other domain model.
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import Enum
+
+from pydantic import Field
+
+from godel_ray.model_base import DomainModel as _Model
+from godel_ray.model_base import now_s
+
+
+def new_migration_id() -> str:
+    return "mig-" + uuid.uuid4().hex[:12]
+
+
+class MigrationPhase(str, Enum):
+    VALIDATING = "validating"
+    PREPARING = "preparing"  # protocol v2: the target holds resources and a staging dir
+    PRECOPYING = "precopying"  # protocol v2: the workdir streams while the source runs
+    FREEZING = "freezing"
+    DELTA = "delta"  # protocol v2: what changed since the pre-copy manifest, frozen
+    ACTIVATING = "activating"  # protocol v2: the target renames staging and runs at epoch_to
+    EXPORTING = "exporting"
+    TRANSFERRING = "transferring"
+    IMPORTING = "importing"
+    VERIFYING = "verifying"
+    COMMITTING = "committing"
+    CLEANING_UP = "cleaning_up"
+    COMPLETED = "completed"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+
+
+class PhaseStamp(_Model):
+    phase: MigrationPhase
+    at: float
+
+
+class Migration(_Model):
+    id: str = Field(default_factory=new_migration_id)
+    agent_id: str
+    source: str
+    target: str
+    phase: MigrationPhase = MigrationPhase.VALIDATING
+    phases: list[PhaseStamp] = Field(default_factory=list)
+    epoch_from: int = 0
+    epoch_to: int = 0
+    bytes_moved: int = 0
+    downtime_s: float | None = None
+    error: str = ""
+    started_at: float = Field(default_factory=now_s)
+    finished_at: float | None = None
+    reason: str = "manual"  # manual | drain | failover
+
+
+class DrainReport(_Model):
+    """What ``cluster drain`` did: the moves it started (or finished, with ``--wait``), the agents
+    it could not move with the reason for each, and whether the cluster is now in maintenance."""
+
+    cluster_id: str
+    migrations: list[Migration] = Field(default_factory=list)
+    unmovable: dict[str, str] = Field(default_factory=dict)  # agent id -> why it stays
+    maintenance: bool = True
+
+    @property
+    def complete(self) -> bool:
+        """Every agent left (or is leaving) and none had to stay."""
+        return not self.unmovable and all(m.phase is not MigrationPhase.ROLLED_BACK for m in self.migrations)
+
+
+__all__ = ["DrainReport", "Migration", "MigrationPhase", "PhaseStamp", "new_migration_id"]
