@@ -12,7 +12,9 @@ Invariants:
 - once the status is final it never changes, and every new or waiting command is refused:
   ``AgentMoved`` when the agent was killed because it migrated, else ``AgentNotRunning``;
 - the lifetime (``config.timeout_s``, counted from ``started_at``, which survives a move) ends the
-  agent with status COMPLETED: the running command is killed and new ones are refused.
+  agent with status COMPLETED: the running command is killed and new ones are refused;
+- a command that hit a sandbox limit leaves the agent running, with ``status_reason`` naming the
+  command and the limit; every such note and the final status count as a change (``wait_change``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 from godel_ray.agents import sandbox as sbx
 from godel_ray.agents import snapshot as snap
-from godel_ray.agents.process import ProcessControl, kill_process_group, run_streaming
+from godel_ray.agents.process import ProcessControl, kill_process_group, release_agent_cgroup, run_streaming
 from godel_ray.agents.workdir import remove_tree
 from godel_ray.core.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.core.gpu import GPU_TYPE_RESOURCE_UNITS, gpu_type_resource
@@ -68,7 +70,8 @@ class AgentActor:
         self._lock = asyncio.Lock()  # asyncio.Lock wakes waiters in FIFO order
         self._unfrozen = asyncio.Event()
         self._unfrozen.set()
-        self._done = asyncio.Event()
+        self._changes = 0  # notes and the end so far: ``wait_change`` answers when this passes what was seen
+        self._changed = asyncio.Event()  # set (and replaced) at each change
         self._running: ProcessControl | None = None
         self._pgids: set[int] = set()  # every command's process group, for cleanup on terminate
         self._lifetime_task: asyncio.Task[None] | None = None
@@ -137,7 +140,12 @@ class AgentActor:
         if self._lifetime_task is not None and self._lifetime_task is not asyncio.current_task():
             self._lifetime_task.cancel()
         self._unfrozen.set()
-        self._done.set()
+        self._change()
+
+    def _change(self) -> None:
+        self._changes += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     def _refusal(self) -> FailedPrecondition:
         if self._moved:
@@ -213,6 +221,9 @@ class AgentActor:
                 else:  # cancelled (the caller left) or failed: record how the process ended
                     entry.exit_code = control.exit_code
                     entry.duration_s = now_s() - entry.started_at
+                if control.limit_reason and not self._agent.status.is_final:
+                    self._agent.status_reason = f"command {seq} hit a limit: {control.limit_reason}"
+                    self._change()
         finally:
             self._lock.release()
         assert result is not None
@@ -241,7 +252,8 @@ class AgentActor:
             raise self._refusal()
 
     async def terminate(self, reason: str = "") -> Agent:
-        """End the agent: kill its commands, remove its workdir. Idempotent; keeps a final status."""
+        """End the agent: kill its commands, remove its cgroup and its workdir. Idempotent; keeps a final
+        status."""
         if reason == KILL_REASON_MIGRATED:
             self._moved = True
         if not self._agent.status.is_final:
@@ -254,6 +266,7 @@ class AgentActor:
             log.warning("agent %s: running command did not stop in time", self._agent.id)
         for pgid in self._pgids:  # background children the commands left behind
             kill_process_group(pgid, SIGKILL)
+        await asyncio.to_thread(release_agent_cgroup, self._agent.id)  # once those processes are gone
         await asyncio.to_thread(remove_tree, self._workdir)  # read-only dirs too: a re-import needs the path
         return self.info()
 
@@ -280,10 +293,12 @@ class AgentActor:
     def workdir(self) -> str:
         return self._workdir
 
-    async def wait_done(self) -> Agent:
-        """Return once the agent reaches a final status (lifetime expiry, terminate)."""
-        await self._done.wait()
-        return self.info()
+    async def wait_change(self, seen: int = 0) -> tuple[int, Agent]:
+        """Once more than ``seen`` changes happened (a limit note, the final status): (changes so far,
+        the agent). The runtime follows an agent with it."""
+        while self._changes <= seen:
+            await self._changed.wait()
+        return self._changes, self.info()
 
 
 def actor_options(agent: Agent, accelerator_type: str | None = None) -> dict[str, Any]:

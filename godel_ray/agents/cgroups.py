@@ -14,7 +14,8 @@ to a child). ``AgentCgroup.create`` returns ``None`` where neither works (no wri
 read-only cgroupfs, v2 without delegation): the commands then run with rlimits only.
 
 Invariants: a cgroup is created under this process's own cgroup, in ``godel-sandbox/``, named
-``<agent id>-<pid of the agent's process>``; ``sweep`` removes those whose process is gone (an
+``<agent id>-<pid of the agent's process>``; the agent's end removes it (``AgentActor.terminate``,
+through ``process.release_agent_cgroup``), and ``sweep`` removes those whose process is gone (an
 agent's process is killed when the agent ends), so none outlives its agent for long.
 """
 

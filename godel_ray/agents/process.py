@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import signal
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -157,10 +156,11 @@ def _agent_cgroup(sandbox: sbx.Sandbox) -> AgentCgroup | None:
 
 
 def release_agent_cgroup(agent_id: str) -> None:
-    """Remove ``agent_id``'s cgroup (when the agent ends; else a later ``sweep`` does, once its process is gone)."""
+    """Remove ``agent_id``'s cgroup once its last processes have exited (the agent ended; blocks up to
+    about a second per directory: call it in a thread). One left busy is removed by a later ``sweep``."""
     cgroup = _AGENT_CGROUPS.pop(agent_id, None)
-    if cgroup is not None and not cgroup.try_remove():
-        threading.Thread(target=cgroup.remove, name="godel-cgroup-remove", daemon=True).start()
+    if cgroup is not None:
+        cgroup.remove()
 
 
 async def _limit_reasons(sandbox: sbx.Sandbox, cgroup: AgentCgroup | None, before: tuple[int, int],

@@ -208,16 +208,22 @@ class AgentRuntime:
         return entry.agent
 
     async def _watch(self, entry: AgentEntry, actor: AgentGateway) -> None:
-        """Notice an agent ending by itself (lifetime) or dying; release its actor."""
-        try:
-            done = await actor.wait_done()
-        except GodelError as exc:  # any failure of the actor ends the watch
-            current = entry.actor is actor and not entry.agent.status.is_final
-            if current and isinstance(exc, (rayapi.ActorDied, rayapi.ActorUnreachable)):
-                exc = await self._node_loss(entry.agent, exc)  # the reason names a lost node
-            if entry.actor is actor and not entry.agent.status.is_final:
-                self._table.failure(entry, exc)
-            return
+        """Follow the agent: a limit a command hit (its ``status_reason``, with an ``agent.status``
+        event), its end by itself (lifetime) or its death; release its actor once it ended."""
+        seen = 0
+        while True:
+            try:
+                seen, done = await actor.wait_change(seen)
+            except GodelError as exc:  # any failure of the actor ends the watch
+                current = entry.actor is actor and not entry.agent.status.is_final
+                if current and isinstance(exc, (rayapi.ActorDied, rayapi.ActorUnreachable)):
+                    exc = await self._node_loss(entry.agent, exc)  # the reason names a lost node
+                if entry.actor is actor and not entry.agent.status.is_final:
+                    self._table.failure(entry, exc)
+                return
+            if entry.actor is not actor or done.status.is_final:
+                break
+            self._table.set_agent(entry, done)
         if entry.actor is not actor or entry.agent.status.is_final:
             return  # killed through the runtime: kill() did the bookkeeping
         self._table.set_agent(entry, done)

@@ -7,6 +7,8 @@ task watching it. The table owns the lookups with fencing, the recording of stat
 
 Invariants:
 - an agent's status only moves forward to a final status: a late answer never moves it back;
+- a change of status or of ``status_reason`` is one ``agent.status`` event (a limit a command hit
+  changes only the reason);
 - a lookup with ``epoch != 0`` that is not the agent's epoch raises ``StaleEpoch``;
 - an actor that died marks its agent FAILED (with the reason) and leaves the entry without an
   actor, unless the agent was migrated away (then callers get ``AgentMoved``).
@@ -114,13 +116,13 @@ class AgentTable:
     # --- status --------------------------------------------------------------------------------
 
     def set_agent(self, entry: AgentEntry, agent: Agent) -> None:
-        """Record a fresh view of the agent; emit ``agent.status`` when the status changed."""
-        before = entry.agent.status
+        """Record a fresh view of the agent; emit ``agent.status`` when its status or reason changed."""
+        before, reason_before = entry.agent.status, entry.agent.status_reason
         if before.is_final and not agent.status.is_final:
             return  # a late answer from before the end: final statuses never move back
         agent = agent.model_copy(update={"cluster_id": self.name})
         entry.agent = agent
-        if agent.status != before:
+        if agent.status != before or agent.status_reason != reason_before:
             record(self._log, self.name, EventType.AGENT_STATUS, agent.id, status=agent.status.value,
                    reason=agent.status_reason, epoch=agent.epoch)
 

@@ -9,8 +9,9 @@
   killing it is the safe rule. Swept at start and every ``ORPHAN_SWEEP_INTERVAL_S``.
 - Ingestion, every control-loop tick: each cluster's health (to the cluster set and its ledger)
   and its buffered events (into the merged log). An agent's end reported by its cluster (lifetime,
-  crash, kill) is followed into the table, but only for the copy the table points at: same
-  cluster and, where the event carries one, same epoch.
+  crash, kill) is followed into the table, and so is the reason a running agent was given (a limit
+  its command hit), but only for the copy the table points at: same cluster and, where the event
+  carries one, same epoch.
 """
 
 from __future__ import annotations
@@ -179,21 +180,28 @@ class Reconciler:
         self._cursors.advance(cluster_id, site_seq=site_seq)
 
     def apply_event(self, cluster_id: str, event: FederationEvent) -> None:
-        """Follow an agent's end (lifetime, crash, kill) reported by its cluster into the table."""
-        final = final_status(event)
-        if final is None or not event.agent_id:
+        """Follow an agent's end (lifetime, crash, kill) reported by its cluster into the table, and
+        the reason a running agent's cluster gave it (a limit its last command hit)."""
+        if event.type != EventType.AGENT_STATUS or not event.agent_id:
             return
         agent = self._table.get(event.agent_id)
         if agent is None or agent.cluster_id != cluster_id or agent.status.is_final:
             return  # unknown, or an event from a copy that moved away
-        if event.data.get("reason") == KILL_REASON_MIGRATED:
+        reason = event.data.get("reason", "")
+        if reason == KILL_REASON_MIGRATED:
             return  # the end of a copy that moved away (it may have moved back here since)
         epoch = event.data.get("epoch", "")
         if epoch.isdigit() and int(epoch) != agent.epoch:
             return  # another copy of the agent (older, or a restore's before its commit)
-        self._table.put(agent.model_copy(update={
-            "status": final, "status_reason": event.data.get("reason", agent.status_reason),
-            "finished_at": event.ts}))
+        final = final_status(event)
+        if final is not None:
+            self._table.put(agent.model_copy(update={
+                "status": final, "status_reason": event.data.get("reason", agent.status_reason),
+                "finished_at": event.ts}))
+        elif (reason and reason != agent.status_reason and agent.status is AgentStatus.RUNNING
+              and event.data.get("status") == AgentStatus.RUNNING.value):
+            # only a reason that says something: a start's empty one keeps a failover's loss note
+            self._table.replace(agent, agent.model_copy(update={"status_reason": reason}))
 
 
 __all__ = ["ORPHAN_REASON", "ORPHAN_SWEEP_INTERVAL_S", "Reconciler", "final_status"]

@@ -241,8 +241,8 @@ class AgentGateway:
     def workdir(self) -> Call[str]:
         return Call(self.what, lambda: self.handle.workdir.remote())
 
-    def wait_done(self) -> Call[Agent]:
-        return Call(self.what, lambda: self.handle.wait_done.remote())
+    def wait_change(self, seen: int = 0) -> Call[tuple[int, Agent]]:
+        return Call(self.what, lambda: self.handle.wait_change.remote(seen))
 
     def kill(self) -> None:
         """End the actor for good (no restart); an actor already gone is fine."""

@@ -22,7 +22,7 @@ from godel_ray.agents import sandbox as sbx
 from godel_ray.agents.cgroups import available as cgroups_available
 from godel_ray.agents.runtime import AgentRuntime
 from godel_ray.core.cluster_client import collect
-from godel_ray.models import AgentLimits, ExecResult, Isolation, SpawnConfig
+from godel_ray.models import AgentLimits, AgentStatus, ExecResult, FederationEvent, Isolation, SpawnConfig
 from godel_ray.raykit import heads, rayapi
 from godel_ray.settings import LIMITS, SandboxPolicy
 
@@ -235,13 +235,54 @@ def test_a_memory_hog_is_contained(world: World) -> None:
     world.kill(agent.id)
 
 
+def _reason_event(world: World, agent_id: str, since_seq: int, contains: str) -> FederationEvent:
+    """The runtime's next ``agent.status`` event for ``agent_id`` whose reason holds ``contains`` (the
+    watcher that emits it runs while this waits; bounded)."""
+    async def first() -> FederationEvent:
+        async for event in world.runtime.events(since_seq):
+            if event.agent_id == agent_id and event.type == "agent.status" and contains in event.data.get("reason", ""):
+                return event
+        raise AssertionError("the event stream ended")
+    return world.run(asyncio.wait_for(first(), 60.0))
+
+
 def test_cpu_time_and_file_size_limits_end_the_command_with_the_reason(world: World) -> None:
     agent = world.spawn(limits=AgentLimits(cpu_time_s=1, workdir_mb=2))
+    since = world.runtime.last_event_seq
     spin = world.exec(agent.id, "python -c 'while True: pass'", timeout_s=60.0)
     assert spin.exit_code == 152 and "godel: CPU time limit of 1 s reached" in spin.stderr
+    # the agent keeps running, and says why its command ended: in its status and in an event (which
+    # the balancer writes into the row that `swarmctl agent list/status` show)
+    event = _reason_event(world, agent.id, since, "CPU time limit of 1 s reached")
+    assert event.data["status"] == "running" and event.data["reason"].startswith("command 1 hit a limit: ")
+    status = world.run(world.runtime.status(agent.id))
+    assert status.status is AgentStatus.RUNNING and status.status_reason == event.data["reason"]
     big = world.exec(agent.id, "head -c 5M /dev/zero > big.bin")
     assert big.exit_code == 153 and "godel: file size limit of 2 MiB reached" in big.stderr
+    assert _reason_event(world, agent.id, since, "file size limit").data["reason"].startswith("command 2 hit")
     world.kill(agent.id)
+
+
+def _cgroup_dirs(world: World, agent_id: str) -> list[Path]:
+    """The agent's cgroup directories, as the host sees them (read from inside a command: bwrap keeps the
+    host's cgroup namespace, so /proc/self/cgroup names the full paths)."""
+    lines = world.exec(agent_id, "cat /proc/self/cgroup").stdout.splitlines()
+    paths = {line.split(":", 2)[2] for line in lines if line.count(":") >= 2 and "godel-sandbox" in line}
+    roots = [Path("/sys/fs/cgroup"), *(p for p in Path("/sys/fs/cgroup").iterdir() if p.is_dir())]
+    return [root / path.lstrip("/") for path in paths for root in roots if (root / path.lstrip("/")).is_dir()]
+
+
+def test_the_agents_cgroup_is_removed_when_it_ends(world: World) -> None:
+    if not cgroups_available():
+        pytest.skip("this process cannot make cgroups here (no write access or no delegation): "
+                    "commands run with rlimits only, so there is no cgroup to remove")
+    agent = world.spawn(limits=AgentLimits(processes=32))
+    world.exec(agent.id, "sleep 60 >/dev/null 2>&1 &")  # a process left behind: the end must reap it before the rmdir
+    dirs = _cgroup_dirs(world, agent.id)
+    if not dirs:
+        pytest.skip("the agent's cgroup is not visible under /sys/fs/cgroup from this process")
+    world.kill(agent.id)
+    assert [d for d in dirs if d.exists()] == []
 
 
 def test_a_workdir_over_its_limit_is_reported(world: World) -> None:

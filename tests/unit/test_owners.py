@@ -138,6 +138,27 @@ def test_ingestion_applies_only_the_event_of_the_copy_the_table_points_at(tmp_pa
     assert (c.table.require("ag-1").status, c.table.require("ag-1").status_reason) == (AgentStatus.FAILED, "crashed")
 
 
+def test_ingestion_records_the_limit_a_running_agents_command_hit(tmp_path: Path) -> None:
+    c = Control(tmp_path)
+    reconciler = _reconciler(c, tmp_path)
+    c.put_agent(Agent(id="ag-1", config=SpawnConfig(), cluster_id="src", status=AgentStatus.RUNNING, epoch=3,
+                      status_reason="restored from a checkpoint"))
+
+    def running(cluster_id: str, epoch: str, reason: str) -> None:
+        reconciler.apply_event(cluster_id, FederationEvent(kind=EventKind.AGENT, type=EventType.AGENT_STATUS,
+                                                           agent_id="ag-1", data={"status": "running",
+                                                                                  "reason": reason, "epoch": epoch}))
+
+    running("src", "3", "")  # a start says nothing: the note stays
+    running("dst", "3", "command 1 hit a limit: another cluster's copy")
+    running("src", "2", "command 1 hit a limit: an older copy")
+    assert c.table.require("ag-1").status_reason == "restored from a checkpoint"
+    running("src", "3", "command 2 hit a limit: memory limit of 64 MiB reached")
+    row = c.table.require("ag-1")
+    assert (row.status, row.status_reason) == (AgentStatus.RUNNING, "command 2 hit a limit: memory limit of 64 MiB reached")
+    assert c.store.agent("ag-1") == row  # written through: `swarmctl agent list/status` read the store
+
+
 def test_status_never_overwrites_a_migrating_row(tmp_path: Path) -> None:
     c = Control(tmp_path)
     row = c.put_agent(Agent(id="ag-1", config=SpawnConfig(), cluster_id="src", status=AgentStatus.MIGRATING))
