@@ -15,10 +15,13 @@ so the loop never blocks. Per tick:
    wins); what was lost (the commands after the checkpoint) goes into ``status_reason`` and an
    ``agent.restored`` event; the dead cluster's ClusterActor is told (``fence``) so that the stale
    copy there serves nothing, even before it is removed. The others are marked FAILED with the reason;
-3. stale copies: when a cluster comes back (ACTIVE after being OFFLINE), and every
-   ``SWEEP_INTERVAL_S`` for every active cluster, its live copies the table does not recognise
-   (placed elsewhere, older epoch, ended) are killed with reason ``migrated``: their waiting
-   commands fail with ``AgentMoved`` and the proxy retries them at the agent's real location.
+3. stale copies and lost agents: when a cluster comes back (ACTIVE after being DEGRADED or
+   OFFLINE), and every ``SWEEP_INTERVAL_S`` for every active cluster, its live copies the table
+   does not recognise (placed elsewhere, older epoch, ended) are killed with reason ``migrated``:
+   their waiting commands fail with ``AgentMoved`` and the proxy retries them at the agent's real
+   location. The agents it no longer hosts at all (it restarted within its grace period) are
+   restored from their latest checkpoint (``core.failover.lost_agents``; placed by the normal
+   rules, that cluster included), or marked FAILED with why when there is none to restore.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from godel_ray.core.failover import (
     failover_plan,
     grace_s,
     loss_note,
+    lost_agents,
     offline_for,
     stale_copies,
 )
@@ -92,7 +96,7 @@ class Failover:
         self._agent_tasks: dict[str, asyncio.Task[None]] = {}
         self._restoring: set[str] = set()  # agents whose restored copy may exist before its commit
         self._sweeps: dict[str, asyncio.Task[None]] = {}
-        self._was_offline: set[str] = set()
+        self._was_away: set[str] = set()  # clusters seen DEGRADED or OFFLINE since their last sweep
         self._last_sweep_at: dict[str, float] = {}
 
     # --- the tick -----------------------------------------------------------------------------
@@ -135,14 +139,14 @@ class Failover:
             elif isinstance(action, MarkFailed):
                 self._mark_failed(action)
         for cid, h in health.items():
-            if h.status is ClusterStatus.OFFLINE:
-                self._was_offline.add(cid)
+            if h.status in (ClusterStatus.OFFLINE, ClusterStatus.DEGRADED):
+                self._was_away.add(cid)  # a restart within the grace period may show only as degraded
             elif h.status is ClusterStatus.ACTIVE:
-                returned = cid in self._was_offline
+                returned = cid in self._was_away
                 periodic = now - self._last_sweep_at.get(cid, now) >= self._sweep_interval_s
                 self._last_sweep_at.setdefault(cid, now)
                 if (returned or periodic) and cid not in self._sweeps:
-                    self._was_offline.discard(cid)
+                    self._was_away.discard(cid)
                     self._last_sweep_at[cid] = now
                     self._start_sweep(cid)
 
@@ -205,19 +209,22 @@ class Failover:
         record = self._checkpoints.record(action.agent_id)
         if agent is None or agent.status.is_final or agent.cluster_id != action.dead_cluster or record is None:
             return
-        views = [v for v in self._clusters.views() if v.cluster.id != action.dead_cluster]
-        pinned_to_dead = agent.config.cluster == action.dead_cluster
+        views = [v for v in self._clusters.views() if action.returned or v.cluster.id != action.dead_cluster]
+        pinned_to_dead = agent.config.cluster == action.dead_cluster and not action.returned
         config = agent.config.model_copy(update={"cluster": None}) if pinned_to_dead else agent.config
         decision = place(config, views, local_id=self._local_id)
         if decision.chosen is None:
-            self._mark_failed(MarkFailed(agent.id, action.dead_cluster, (
-                f"cluster {action.dead_cluster} offline for {action.offline_s:.1f}s and no other cluster can "
-                f"take the agent: {no_placement_message(decision, config)}")))
+            why = (f"cluster {action.dead_cluster} restarted without the agent and no cluster can take it"
+                   if action.returned else
+                   f"cluster {action.dead_cluster} offline for {action.offline_s:.1f}s and no other cluster can "
+                   "take the agent")
+            self._mark_failed(MarkFailed(agent.id, action.dead_cluster,
+                                         f"{why}: {no_placement_message(decision, config)}"))
             return
         target = decision.chosen
         started = self._clock()
         lost = self._lost_commands(agent.id, action.dead_cluster, record.taken_at)
-        note = loss_note(record.taken_at, lost, action.dead_cluster)
+        note = loss_note(record.taken_at, lost, action.dead_cluster, returned=action.returned)
         try:
             restored = await self._checkpoints.restore(agent, target, reason=note)
         except (GodelError, OSError, ValueError) as exc:
@@ -259,11 +266,12 @@ class Failover:
     # --- stale copies -------------------------------------------------------------------------
 
     async def _sweep(self, cluster_id: str) -> None:
+        before = self._table.live(cluster_id)  # read before asking: see ``core.failover.lost_agents``
         try:
             present = await self._clusters.gateway(cluster_id).list_agents().result(SWEEP_TIMEOUT_S)
         except GodelError as exc:
             log.info("cluster %s: stale-copy sweep postponed: %s", cluster_id, exc)
-            self._was_offline.add(cluster_id)  # try again at the next tick it is active
+            self._was_away.add(cluster_id)  # try again at the next tick it is active
             return
         table = {a.id: a for a in self._table.all()}
         for stale in stale_copies(cluster_id, present, table, busy=frozenset(self._copies_in_flight())):
@@ -271,6 +279,17 @@ class Failover:
                 self._emit(EventKind.AGENT, EventType.AGENT_STALE_REMOVED, cluster_id, stale.agent_id,
                            epoch=str(stale.epoch), reason=stale.reason)
                 log.warning("agent %s: removed from %s: %s", stale.agent_id, cluster_id, stale.reason)
+        table = {a.id: a for a in self._table.all()}
+        has_checkpoint = frozenset(a.id for a in before if self._checkpoints.record(a.id) is not None)
+        for action in lost_agents(cluster_id, before, present, table, has_checkpoint,
+                                  busy=frozenset(self._copies_in_flight())):
+            checkpointing = self._agent_tasks.get(action.agent_id)
+            if checkpointing is not None:  # of the lost copy: it fails at once; then the restore may start
+                await asyncio.wait({checkpointing}, timeout=SWEEP_TIMEOUT_S)
+            if isinstance(action, MarkFailed):
+                self._mark_failed(action)
+            elif isinstance(action, Restore) and action.agent_id not in self._agent_tasks:
+                self._start(action.agent_id, self._restore(action), restoring=True)
 
     async def _kill_quietly(self, cluster_id: str, agent_id: str, epoch: int, why: str) -> bool:
         try:

@@ -1,5 +1,6 @@
 """Checkpoints and failover decisions: which agents to checkpoint now, what to do about a dead
-cluster's agents, and which copies on a returning cluster are stale.
+cluster's agents, which copies on a returning cluster are stale, and which agents a returning
+cluster lost (it restarted within its grace period).
 
 Pure: no ray, no grpc, no clock (``now`` is passed in). ``godel_ray.control.failover.Failover`` is
 the shell: the balancer's control loop calls it every tick, it gathers the inputs from the state
@@ -72,11 +73,13 @@ def due_checkpoints(agents: Iterable[Agent], last_checkpoint_at: Mapping[str, fl
 
 @dataclass(frozen=True)
 class Restore:
-    """Place ``agent_id`` again (anywhere but ``dead_cluster``) from its latest checkpoint."""
+    """Place ``agent_id`` again from its latest checkpoint: anywhere but ``dead_cluster``; or, when
+    the cluster ``returned`` without the agent (it restarted), by the normal rules, itself included."""
 
     agent_id: str
     dead_cluster: str
     offline_s: float
+    returned: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,13 +163,45 @@ def stale_copies(cluster_id: str, present: Iterable[Agent], table: Mapping[str, 
     return out
 
 
-def loss_note(taken_at: float, lost_commands: int, dead_cluster: str) -> str:
+def lost_agents(cluster_id: str, before: Iterable[Agent], present: Iterable[Agent], table: Mapping[str, Agent],
+                has_checkpoint: frozenset[str], *, busy: frozenset[str] = frozenset()) -> list[FailoverAction]:
+    """What to do about the agents ``cluster_id`` no longer hosts although it answers (it restarted).
+
+    ``before``: the table's live rows on ``cluster_id``, read BEFORE the cluster was asked for
+    ``present`` (its ``ListAgents``): a row written after the question (a spawn or a move that
+    landed meanwhile) is never judged on an answer older than it. A row that changed since
+    (``table`` is the table now) or is ``busy`` (a migration or a restore may hold a copy before its
+    commit) is left for a later sweep. An agent missing from ``present`` (in any status) is lost:
+    with ``restart_policy=checkpoint`` and a checkpoint it is restored (``Restore(returned=True)``),
+    else it is marked failed with why.
+    """
+    there = {a.id for a in present}
+    actions: list[FailoverAction] = []
+    for row in before:
+        now = table.get(row.id)
+        if (row.id in there or row.id in busy or row.cluster_id != cluster_id or row.status.is_final
+                or now is None or (now.cluster_id, now.epoch, now.status) != (row.cluster_id, row.epoch, row.status)):
+            continue
+        lost = f"cluster {cluster_id} answers again but no longer hosts the agent (it restarted)"
+        if row.config.restart_policy is RestartPolicy.CHECKPOINT and row.id in has_checkpoint:
+            actions.append(Restore(row.id, cluster_id, 0.0, returned=True))
+        elif row.config.restart_policy is RestartPolicy.CHECKPOINT:
+            actions.append(MarkFailed(row.id, cluster_id, f"{lost}, before the agent's first checkpoint: "
+                                                          "nothing to restore from"))
+        else:
+            actions.append(MarkFailed(row.id, cluster_id, f"{lost}; restart_policy is "
+                                                          f"{row.config.restart_policy.value}, so it was not restored"))
+    return actions
+
+
+def loss_note(taken_at: float, lost_commands: int, dead_cluster: str, *, returned: bool = False) -> str:
     """The ``status_reason`` of a restored agent: what the checkpoint could not bring back."""
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(taken_at))
     lost = (f"{lost_commands} command(s) run after it were lost" if lost_commands
             else "no command was recorded after it, so nothing was lost")
-    return f"restored from the checkpoint taken at {when} after cluster {dead_cluster} went offline; {lost}"
+    how = "restarted without it" if returned else "went offline"
+    return f"restored from the checkpoint taken at {when} after cluster {dead_cluster} {how}; {lost}"
 
 
 __all__ = ["FailoverAction", "KillStale", "MarkFailed", "Restore", "due_checkpoints", "failover_plan",
-           "grace_s", "loss_note", "offline_for", "stale_copies"]
+           "grace_s", "loss_note", "lost_agents", "offline_for", "stale_copies"]

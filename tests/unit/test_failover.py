@@ -12,6 +12,7 @@ from godel_ray.core.failover import (
     due_checkpoints,
     failover_plan,
     loss_note,
+    lost_agents,
     offline_for,
     stale_copies,
 )
@@ -92,3 +93,30 @@ def test_loss_note_names_the_checkpoint_and_the_loss() -> None:
     assert loss_note(12.5, 3, "west") == ("restored from the checkpoint taken at 1970-01-01T00:00:12Z after "
                                          "cluster west went offline; 3 command(s) run after it were lost")
     assert loss_note(12.5, 0, "west").endswith("no command was recorded after it, so nothing was lost")
+
+
+def test_lost_agents_restores_checkpointed_ones_and_fails_the_rest_with_why() -> None:
+    before = [_agent("ckpt"), _agent("fresh"), _agent("plain", policy=RestartPolicy.NEVER), _agent("kept")]
+    table = {a.id: a for a in before}
+    actions = lost_agents("a", before, [_agent("kept")], table, frozenset({"ckpt"}))
+    assert actions[0] == Restore("ckpt", "a", 0.0, returned=True)
+    assert [(type(x), x.agent_id) for x in actions[1:]] == [(MarkFailed, "fresh"), (MarkFailed, "plain")]
+    fresh, plain = actions[1:]
+    assert isinstance(fresh, MarkFailed) and isinstance(plain, MarkFailed)
+    assert "no longer hosts the agent (it restarted)" in fresh.reason and "first checkpoint" in fresh.reason
+    assert "restart_policy is never" in plain.reason
+
+
+def test_lost_agents_judges_only_rows_older_than_the_answer_and_leaves_moves_alone() -> None:
+    row = _agent("x")
+    assert lost_agents("a", [row], [], {"x": row}, frozenset({"x"}), busy=frozenset({"x"})) == []  # a move or restore
+    moved = row.model_copy(update={"cluster_id": "b", "epoch": 2})
+    assert lost_agents("a", [row], [], {"x": moved}, frozenset({"x"})) == []  # changed since the question
+    assert lost_agents("a", [row], [], {}, frozenset({"x"})) == []
+    ended_there = row.model_copy(update={"status": AgentStatus.COMPLETED})
+    assert lost_agents("a", [row], [ended_there], {"x": row}, frozenset()) == []  # its end is reported by its event
+    assert lost_agents("a", [], [], {"x": row}, frozenset({"x"})) == []  # written after the question: not judged
+
+
+def test_loss_note_says_how_the_cluster_lost_the_agent() -> None:
+    assert "after cluster west restarted without it; " in loss_note(12.5, 1, "west", returned=True)
