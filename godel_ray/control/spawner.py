@@ -102,7 +102,9 @@ class Spawner:
             except GodelError:
                 await self._cleanup_half_spawn(chosen, agent_id)
                 raise
-            agent = spawned.model_copy(update={"cluster_id": chosen})
+            # the row keeps the config asked for: its placement hints (the pin, caps, regions) do not
+            # cross the wire, and failover, drain and restores place the agent again by them
+            agent = spawned.model_copy(update={"cluster_id": chosen, "config": config})
             self._table.put_spawn(agent, decision, key)  # the commit point; the ledger's hold settles
         except BaseException:
             ledger.release(chosen, agent_id, self._clock())

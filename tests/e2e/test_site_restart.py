@@ -74,7 +74,8 @@ def test_a_site_restarted_within_its_grace_restores_the_checkpointed_agents_it_l
     try:
         # nobody asks about either agent (a status call would mark them failed itself): the plane notices
         restored = wait_for(lambda: (a := plane.row(saved.id)).epoch > saved.epoch and a, "the restore")
-        assert restored.status is AgentStatus.RUNNING and restored.cluster_id == "phoenix"
+        assert restored.status is AgentStatus.RUNNING and restored.cluster_id == "phoenix", (
+            restored.status_reason, restored.config.cluster, [e for e in proxy.events() if e.agent_id == saved.id])
         assert restored.epoch == saved.epoch + 1 and restored.config.labels == {"keep": "1"}
         assert "restarted without it" in restored.status_reason
         failed = wait_for(lambda: (a := plane.row(plain.id)).status.is_final and a, "the plain agent's end")

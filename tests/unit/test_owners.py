@@ -253,6 +253,60 @@ def test_failover_restores_a_checkpointed_agent_of_a_dead_cluster_elsewhere(tmp_
     assert (c.ledger.holds("src"), c.ledger.holds(restored.cluster_id)) == (0, 1)
 
 
+def test_a_spawned_rows_config_keeps_the_placement_hints_the_site_never_sees(tmp_path: Path) -> None:
+    c = Control(tmp_path)
+    c.report("src", capacity(4.0, 4.0))
+    asked = SpawnConfig(cluster="src", max_cost_per_hour=9.0)
+
+    async def spawn() -> Agent:
+        spawner = _spawner(c)
+        real = c.fakes["src"].handle
+
+        async def over_the_wire(method: str, *args: object, **kwargs: object) -> object:
+            if method == "spawn":  # what a site echoes: no placement hints (rpc.convert)
+                args = (asked.model_copy(update={"cluster": None, "max_cost_per_hour": None}), *args[1:])
+            return await real(method, *args, **kwargs)
+
+        c.fakes["src"].handle = over_the_wire  # type: ignore[method-assign]
+        return await spawner.spawn(asked)
+
+    agent = asyncio.run(spawn())
+    assert agent.config == asked and c.store.agent(agent.id) is not None
+    assert c.store.require_agent(agent.id).config.cluster == "src"
+
+
+def test_a_cluster_back_without_its_agents_restores_the_checkpointed_one_there_and_fails_the_other(
+        tmp_path: Path) -> None:
+    c = Control(tmp_path)
+    c.report("src", capacity(4.0, 4.0))
+    row = c.put_agent(Agent(id="ag-1", config=SpawnConfig(restart_policy=RestartPolicy.CHECKPOINT, cluster="src"),
+                            cluster_id="src", status=AgentStatus.RUNNING, epoch=1))
+    plain = c.put_agent(Agent(id="ag-2", config=SpawnConfig(), cluster_id="src", status=AgentStatus.RUNNING))
+    checkpoints = _checkpoints(c, tmp_path)
+    asyncio.run(checkpoints.take(row, freeze=False))
+    failover = Failover(c.clusters, c.table, checkpoints, c.store, c.emitter, busy=set, clock=c.clock)
+
+    async def restart_and_tick() -> None:
+        c.now += 1
+        c.clusters.set_health("src", ClusterHealthState(cluster_id="src", status=ClusterStatus.DEGRADED,
+                                                        capacity=capacity(4.0, 4.0), last_heartbeat_at=c.now))
+        await failover.tick()  # seen away (only degraded: well within its grace)
+        c.fakes["src"].agents.clear()  # it restarted: its agents are gone
+        c.now += 1
+        c.report("src", capacity(4.0, 4.0))
+        await failover.tick()  # back: swept
+        while failover.busy() or failover._sweeps:
+            await asyncio.sleep(0)
+
+    asyncio.run(restart_and_tick())
+    restored = c.table.require("ag-1")
+    assert (restored.cluster_id, restored.epoch, restored.status) == ("src", 2, AgentStatus.RUNNING)  # pinned there
+    assert "restarted without it" in restored.status_reason and c.fakes["src"].agents["ag-1"].epoch == 2
+    failed = c.table.require(plain.id)
+    assert failed.status is AgentStatus.FAILED and "no longer hosts the agent" in failed.status_reason
+    assert [(m.source, m.target, m.reason) for m in c.store.migrations("ag-1")] == [("src", "src", "failover")]
+
+
 def test_local_workdirs_live_beside_the_state_dir_never_inside_it(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(WORK_DIR_ENV, raising=False)
