@@ -3,8 +3,10 @@
 A pool is keyed by the exact resources its members hold, ``PoolKey(cpus, gpus, gpu_type)``: the
 default pool holds ``warm_pool_size`` members with the default agent resources, and each opt-in GPU
 pool (``warm_pool_gpu={"nvidia-a100": 1}``) holds members with one GPU of that type. A spawn whose
-resources match a key exactly claims an idle member, which ``adopt``s the agent's identity; the
-pool then refills in the background. GPU types match by ``core.gpu``'s rule, as placement does: a
+resources match a key exactly claims an idle member, which ``adopt``s the agent's identity: the
+claim answers at once. The pool then refills in the background, but only once the cluster is
+quiet: no agent start in flight (``starting``) for ``QUIET_S``, so a burst of spawns never
+competes with the new members' worker processes for the CPUs. GPU types match by ``core.gpu``'s rule, as placement does: a
 spawn asking for ``a100`` may claim a member holding an ``nvidia-a100-80g``.
 
 Invariants:
@@ -13,8 +15,9 @@ Invariants:
 - idle members hold real Ray resources: ``held()`` reports them so the runtime's capacity counts
   them as claimable, and ``evict`` frees them when a spawn of other resources needs the room
   (refill then pauses for ``EVICT_PAUSE_S`` so it does not take the room back);
-- refill starts a member only when Ray has free resources for it; a member not ready within
-  ``ready_timeout_s`` is killed; idle members never count against ``max_agents``.
+- refill starts a member only when Ray has free resources for it and no agent start has been in
+  flight for ``QUIET_S``; a member not ready within ``ready_timeout_s`` is killed; idle members
+  never count against ``max_agents``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from godel_ray.agents.actor import create_agent_actor
@@ -43,6 +47,7 @@ log = logging.getLogger(__name__)
 
 REFILL_RETRY_S = 5.0  # a pool short of members looks for free resources again this often
 EVICT_PAUSE_S = 30.0  # after an eviction, refill waits this long (the spawn that needed room goes first)
+QUIET_S = 0.5  # refill waits until no agent start has been in flight for this long
 READY_TIMEOUT_S = 60.0
 DEFAULT_CPUS = SpawnConfig().cpus
 
@@ -94,6 +99,8 @@ class WarmPool:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._paused_until = 0.0
+        self._starts = 0  # agent starts in flight (``starting``)
+        self._last_start_end = float("-inf")
         self._closed = False
         self.claimed = 0  # spawns served from the pool, for stats
 
@@ -145,8 +152,7 @@ class WarmPool:
                 continue
             member = members.pop()  # synchronous: no other coroutine can take the same member
             self.claimed += 1
-            self.wake()
-            return member.actor, member.accelerator_type
+            return member.actor, member.accelerator_type  # refilled once the cluster is quiet (``starting``)
         return None
 
     async def evict(self, cpus: float, gpus: int = 0) -> int:
@@ -186,6 +192,25 @@ class WarmPool:
         if self._wake is not None:
             self._wake.set()
 
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """Brackets one agent start (claimed or cold): refill waits until none has been in flight
+        for ``QUIET_S``, then starts the members the claims took."""
+        self._starts += 1
+        try:
+            yield
+        finally:
+            self._starts -= 1
+            self._last_start_end = time.monotonic()
+            self.wake()
+
+    def _quiet_in(self) -> float:
+        """Seconds until the cluster counts as quiet (0: now; ``REFILL_RETRY_S`` while starts run:
+        the end of the last one wakes the refill)."""
+        if self._starts:
+            return REFILL_RETRY_S
+        return max(0.0, self._last_start_end + QUIET_S - time.monotonic())
+
     async def wait_full(self, timeout_s: float) -> int:
         """Wait (bounded) until every pool is full; return the idle count then."""
         self.start()
@@ -198,6 +223,10 @@ class WarmPool:
         assert self._wake is not None
         while not self._closed:
             self._wake.clear()
+            if (quiet_in := self._quiet_in()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), quiet_in)
+                continue
             try:
                 await self._refill_once()
             except asyncio.CancelledError:

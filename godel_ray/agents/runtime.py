@@ -11,6 +11,9 @@ Invariants:
 - an agent's status only moves forward to a final status; a killed agent stays listed (final)
   so its status can still be read, and its id can be reused by an import with a newer epoch;
 - an operation with ``epoch != 0`` that is not the agent's epoch raises ``StaleEpoch``;
+- at most about as many cold starts (a new actor: a new worker process) run at once as the cluster
+  has CPUs; the rest wait in arrival order, each refused with ``ResourceExhausted`` once
+  ``admission_timeout_s`` passes (``agents.admission``); a warm-pool claim is not gated;
 - the event log records ``agent.spawned``, ``agent.status``, ``command.started``,
   ``command.finished``, ``agent.exported``, ``agent.imported`` and ``agent.killed``.
 
@@ -29,6 +32,7 @@ from collections.abc import AsyncIterator
 
 from godel_ray.agents import snapshot as snap
 from godel_ray.agents.actor import create_agent_actor
+from godel_ray.agents.admission import StartGate
 from godel_ray.agents.capacity import NodeResources, placement_problem, site_capacity, wants
 from godel_ray.agents.pool import WarmPool, pool_sizes
 from godel_ray.agents.resource_cache import ResourceCache
@@ -72,6 +76,7 @@ from godel_ray.settings import LIMITS, Limits
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 60.0  # an actor not ready by then is killed: its resources are busy or gone
+ADMISSION_TIMEOUT_S = 120.0  # how long a cold start waits for a start slot (``agents.admission``)
 TERMINATE_TIMEOUT_S = 15.0
 LOCAL_WARM_POOL_ENV = "GODEL_LOCAL_WARM_POOL"  # warm pool size of the ``local`` runtime when not given
 
@@ -92,7 +97,8 @@ class AgentRuntime:
     def __init__(self, name: str, workdir_root: str, *, region: str = "", cost_per_hour: float = 0.0,
                  max_agents: int = 100, limits: Limits = LIMITS,
                  ready_timeout_s: float = READY_TIMEOUT_S, warm_pool_size: int | None = None,
-                 warm_pool_gpu: dict[str, int] | None = None) -> None:
+                 warm_pool_gpu: dict[str, int] | None = None,
+                 admission_timeout_s: float = ADMISSION_TIMEOUT_S) -> None:
         self.name = name
         self.workdir_root = workdir_root
         self.region = region
@@ -105,6 +111,8 @@ class AgentRuntime:
         self._log = EventLog()
         self._table = AgentTable(name, self._log)
         self._closed = False
+        self._starts = StartGate(name)  # admission control of cold agent starts (``agents.admission``)
+        self._admission_timeout_s = admission_timeout_s
         if warm_pool_size is None:
             warm_pool_size = default_warm_pool_size(name)
         self.pool = WarmPool(name, workdir_root, pool_sizes(warm_pool_size, warm_pool_gpu), limits=limits,
@@ -139,7 +147,13 @@ class AgentRuntime:
 
     async def _create(self, agent: Agent, archive: bytes | None = None, sha256: str = "",
                       journal: list[JournalEntry] | None = None) -> Agent:
-        """Create and start the actor for ``agent``; on any failure nothing is left behind."""
+        """Create and start the actor for ``agent``; on any failure nothing is left behind. The warm
+        pool refills only once starts have stopped for a moment (``WarmPool.starting``)."""
+        with self.pool.starting():
+            return await self._start_agent(agent, archive, sha256, journal)
+
+    async def _start_agent(self, agent: Agent, archive: bytes | None, sha256: str,
+                           journal: list[JournalEntry] | None) -> Agent:
         if self._closed:
             raise AgentNotRunning(f"the agent runtime of cluster {self.name} is closed")
         previous = self._table.get(agent.id)
@@ -172,7 +186,7 @@ class AgentRuntime:
                 raise
             else:
                 return self._started(entry, started)
-        nodes, _, free = await self._resources()
+        nodes, total, free = await self._resources()
         problem, accel = placement_problem(agent.config, nodes)
         if problem is not None:
             raise ResourceExhausted(f"cannot place agent {agent.id} on cluster {self.name}: {problem}",
@@ -184,15 +198,17 @@ class AgentRuntime:
         entry = AgentEntry(agent=agent, journal=list(journal or []))
         self._table.put(entry)  # reserves a max_agents slot while the actor starts
         try:
-            entry.actor = create_agent_actor(agent, self.workdir_root, archive, journal, sha256=sha256,
-                                             accelerator_type=accel, limits=self._limits)
-            try:
-                started = await self._table.ask(entry, AgentGateway.start, self._ready_timeout_s)
-            except DeadlineExceeded:
-                raise ResourceExhausted(
-                    f"agent {agent.id} was not placed within {self._ready_timeout_s:g} s on cluster "
-                    f"{self.name}: the resources it needs ({wants(agent.config, accel)}) exist but are busy",
-                    cluster_id=self.name, agent_id=agent.id) from None
+            # at most about as many cold starts at once as the cluster has cores; the rest wait in order
+            async with self._starts.admitted(int(total.get("CPU", 1.0)), self._admission_timeout_s):
+                entry.actor = create_agent_actor(agent, self.workdir_root, archive, journal, sha256=sha256,
+                                                 accelerator_type=accel, limits=self._limits)
+                try:
+                    started = await self._table.ask(entry, AgentGateway.start, self._ready_timeout_s)
+                except DeadlineExceeded:
+                    raise ResourceExhausted(
+                        f"agent {agent.id} was not placed within {self._ready_timeout_s:g} s on cluster "
+                        f"{self.name}: the resources it needs ({wants(agent.config, accel)}) exist but are busy",
+                        cluster_id=self.name, agent_id=agent.id) from None
         except BaseException:
             if entry.actor is not None:
                 entry.actor.kill()
