@@ -46,6 +46,7 @@ from godel_ray.core.validation import (
     validate_exec_timeout,
     validate_spawn_config,
 )
+from godel_ray.core.views import agent_matches
 from godel_ray.errors import (
     AgentNotRunning,
     AlreadyExists,
@@ -346,14 +347,7 @@ class AgentRuntime:
 
     async def list_agents(self, status: AgentStatus | None = None,
                           labels: dict[str, str] | None = None) -> list[Agent]:
-        out = []
-        for entry in self._table:
-            agent = entry.agent
-            if status is not None and agent.status != status:
-                continue
-            if labels and any(agent.config.labels.get(k) != v for k, v in labels.items()):
-                continue
-            out.append(agent)
+        out = [e.agent for e in self._table if agent_matches(e.agent, status=status, labels=labels)]
         return sorted(out, key=lambda a: (a.created_at, a.id))
 
     async def heartbeat(self) -> SiteCapacity:

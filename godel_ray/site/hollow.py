@@ -41,6 +41,7 @@ from godel_ray.core.validation import (
     validate_exec_timeout,
     validate_spawn_config,
 )
+from godel_ray.core.views import agent_matches
 from godel_ray.errors import (
     AgentMoved,
     AgentNotFound,
@@ -233,9 +234,7 @@ class HollowRuntime:
 
     async def list_agents(self, status: AgentStatus | None = None,
                           labels: dict[str, str] | None = None) -> list[Agent]:
-        out = [r.agent for r in self._records.values()
-               if (status is None or r.agent.status == status)
-               and not (labels and any(r.agent.config.labels.get(k) != v for k, v in labels.items()))]
+        out = [r.agent for r in self._records.values() if agent_matches(r.agent, status=status, labels=labels)]
         return sorted(out, key=lambda a: (a.created_at, a.id))
 
     async def heartbeat(self) -> SiteCapacity:
