@@ -192,12 +192,38 @@ class ExecChunk(_Model):
 
 
 class JournalEntry(_Model):
+    """One command the agent ran. ``interrupted``: it was stopped (SIGTERM, a grace, SIGKILL) to move
+    the agent, ``interrupt_reason`` says so; ``exit_code`` is how it ended (143 for SIGTERM)."""
+
     seq: int
     command: str
     exit_code: int | None = None
     started_at: float
     duration_s: float = 0.0
     timed_out: bool = False
+    interrupted: bool = False
+    interrupt_reason: str = ""
+
+
+class BusyPolicy(str, Enum):
+    """What a move does with an agent whose command is running when it must freeze."""
+
+    WAIT = "wait"  # freeze at the first idle moment (new commands are served meanwhile), up to a deadline
+    INTERRUPT = "interrupt"  # stop the running command (SIGTERM, a grace, SIGKILL), then freeze
+
+
+DEFAULT_BUSY_TIMEOUT_S = 600.0  # how long a move waits for a busy agent to become idle
+DEFAULT_INTERRUPT_GRACE_S = 10.0  # between SIGTERM and SIGKILL of an interrupted command
+
+
+class FreezeOptions(_Model):
+    """How a freeze treats a running command (``AgentActor.freeze``). ``target``: the cluster the agent
+    moves to, named in the error an interrupted command's caller gets."""
+
+    busy: BusyPolicy = BusyPolicy.WAIT
+    busy_timeout_s: float = Field(default=DEFAULT_BUSY_TIMEOUT_S, gt=0)
+    grace_s: float = Field(default=DEFAULT_INTERRUPT_GRACE_S, ge=0)
+    target: str = ""
 
 
 SNAPSHOT_FORMAT_VERSION = 2
@@ -217,6 +243,7 @@ class AgentSnapshot(_Model):
     archive: bytes = b""
     sha256: str = ""
     taken_at: float = Field(default_factory=now_s)
+    frozen_at: float | None = None  # when the source froze (idle, no command waiting); None: not frozen
 
     @property
     def size_bytes(self) -> int:
@@ -429,6 +456,10 @@ class Migration(_Model):
     started_at: float = Field(default_factory=now_s)
     finished_at: float | None = None
     reason: str = "manual"  # manual | drain | failover
+    busy: BusyPolicy = BusyPolicy.WAIT  # what the freeze did with a running command
+    busy_timeout_s: float = Field(default=DEFAULT_BUSY_TIMEOUT_S, gt=0)
+    frozen_at: float | None = None  # when the source actually froze (its clock); FREEZING's stamp is the request
+    interrupted_seq: int | None = None  # the journal entry of the command the move interrupted
 
 
 class DrainReport(_Model):
@@ -439,6 +470,8 @@ class DrainReport(_Model):
     migrations: list[Migration] = Field(default_factory=list)
     unmovable: dict[str, str] = Field(default_factory=dict)  # agent id -> why it stays
     maintenance: bool = True
+    busy: BusyPolicy = BusyPolicy.WAIT
+    waiting_for_idle: dict[str, float] = Field(default_factory=dict)  # agent id -> seconds waited so far
 
     @property
     def complete(self) -> bool:
@@ -465,11 +498,14 @@ class PlacementDecision(_Model):
 
 
 __all__ = [
+    "DEFAULT_BUSY_TIMEOUT_S",
+    "DEFAULT_INTERRUPT_GRACE_S",
     "LOCAL_CLUSTER_ID",
     "Agent",
     "AgentLimits",
     "AgentSnapshot",
     "AgentStatus",
+    "BusyPolicy",
     "CandidateScore",
     "Cluster",
     "ClusterCapabilities",
@@ -482,6 +518,7 @@ __all__ = [
     "ExecChunk",
     "ExecResult",
     "FederationEvent",
+    "FreezeOptions",
     "HealthSettings",
     "Isolation",
     "JournalEntry",

@@ -8,7 +8,11 @@ working directory and runs shell commands there one at a time, streaming their o
 
 Invariants:
 - at most one command runs at a time; commands start in the order they reached the lock (FIFO);
-- while frozen no command starts; a running command finishes first (``freeze`` waits for it);
+- while frozen no command starts. ``freeze`` (busy policy WAIT) freezes at the first idle moment: no
+  command running and none waiting. Until then commands keep arriving and are served in order (the
+  queue never waits on a move); past ``busy_timeout_s`` it raises ``AgentBusy`` and nothing is
+  frozen. With INTERRUPT it holds new commands at once and stops the running one (SIGTERM, a grace,
+  SIGKILL): its journal entry is marked interrupted and its caller gets ``CommandInterrupted``;
 - once the status is final it never changes, and every new or waiting command is refused:
   ``AgentMoved`` when the agent was killed because it migrated, else ``AgentNotRunning``;
 - the lifetime (``config.timeout_s``, counted from ``started_at``, which survives a move) ends the
@@ -18,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -30,13 +35,15 @@ from godel_ray.agents.workdir import remove_tree
 from godel_ray.core.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.core.gpu import GPU_TYPE_RESOURCE_UNITS, gpu_type_resource
 from godel_ray.core.validation import validate_command, validate_exec_timeout
-from godel_ray.errors import AgentMoved, AgentNotRunning, FailedPrecondition
+from godel_ray.errors import AgentBusy, AgentMoved, AgentNotRunning, CommandInterrupted, FailedPrecondition
 from godel_ray.models import (
     Agent,
     AgentSnapshot,
     AgentStatus,
+    BusyPolicy,
     ExecChunk,
     ExecResult,
+    FreezeOptions,
     Isolation,
     JournalEntry,
     now_s,
@@ -70,6 +77,11 @@ class AgentActor:
         self._unfrozen.set()
         self._done = asyncio.Event()
         self._running: ProcessControl | None = None
+        self._running_seq = 0  # the journal seq of the running command (0: none)
+        self._waiting = 0  # commands in ``_acquire``: not yet holding the lock
+        self._activity = asyncio.Event()  # set whenever a command leaves the lock or the queue
+        self._frozen_at: float | None = None
+        self._moving_to = ""  # the target of the move that froze this agent (named in CommandInterrupted)
         self._pgids: set[int] = set()  # every command's process group, for cleanup on terminate
         self._lifetime_task: asyncio.Task[None] | None = None
         self._moved = False
@@ -138,6 +150,7 @@ class AgentActor:
             self._lifetime_task.cancel()
         self._unfrozen.set()
         self._done.set()
+        self._activity.set()
 
     def _refusal(self) -> FailedPrecondition:
         if self._moved:
@@ -172,14 +185,28 @@ class AgentActor:
 
     async def _acquire(self) -> None:
         """Take the command lock once the agent is running and not frozen (FIFO among waiters)."""
-        while True:
-            self._check_running()
-            await self._unfrozen.wait()
-            self._check_running()
-            await self._lock.acquire()
-            if self._unfrozen.is_set() and not self._agent.status.is_final:
-                return
-            self._lock.release()  # frozen or ended while we waited: go round again
+        self._waiting += 1
+        try:
+            while True:
+                self._check_running()
+                await self._unfrozen.wait()
+                self._check_running()
+                await self._lock.acquire()
+                if self._unfrozen.is_set() and not self._agent.status.is_final:
+                    return
+                self._lock.release()  # frozen or ended while we waited: go round again
+        finally:
+            self._waiting -= 1
+            self._activity.set()
+
+    def _release(self) -> None:
+        self._running_seq = 0
+        self._lock.release()
+        self._activity.set()
+
+    def _idle(self) -> bool:
+        """No command runs and none waits (one woken for the lock still counts as waiting)."""
+        return not self._lock.locked() and self._waiting == 0
 
     async def exec(self, command: str, timeout_s: float | None = None) -> AsyncIterator[ExecChunk]:
         """Run ``command`` with ``bash -c`` in the workdir; yield output chunks, then the result."""
@@ -192,7 +219,7 @@ class AgentActor:
             entry = JournalEntry(seq=seq, command=command, started_at=now_s())
             self._journal.append(entry)
             control = ProcessControl()
-            self._running = control
+            self._running, self._running_seq = control, seq
             try:
                 async for chunk in run_streaming(command, cwd=self._workdir, env=self._command_env(),
                                                  timeout_s=timeout, control=control,
@@ -213,26 +240,81 @@ class AgentActor:
                 else:  # cancelled (the caller left) or failed: record how the process ended
                     entry.exit_code = control.exit_code
                     entry.duration_s = now_s() - entry.started_at
+                if control.interrupted:
+                    entry.interrupted, entry.interrupt_reason = True, control.kill_reason
         finally:
-            self._lock.release()
+            self._release()
         assert result is not None
+        if entry.interrupted:
+            raise self._interrupted_error(entry)
         yield ExecChunk(result=result)
+
+    def _interrupted_error(self, entry: JournalEntry) -> CommandInterrupted:
+        target = self._moving_to or "another cluster"
+        return CommandInterrupted(
+            f"command #{entry.seq} on agent {self._agent.id} was interrupted (exit code {entry.exit_code}) to "
+            f"move the agent to {target}: it did not finish. The agent lives on {target} once the move "
+            "commits; run the command again there if it is still needed (the proxy finds the agent)",
+            agent_id=self._agent.id, cluster_id=self._moving_to, seq=entry.seq, exit_code=entry.exit_code)
 
     # --- freeze / resume / terminate ---------------------------------------------------------
 
-    async def freeze(self) -> Agent:
-        """Stop starting commands; return once the running one (if any) has finished."""
+    async def freeze(self, options: FreezeOptions | None = None) -> Agent:
+        """Freeze the agent for a move; return once it is frozen (no command runs, new ones wait).
+
+        WAIT (the default): at the first idle moment, when no command runs and none waits; until
+        then the agent keeps serving commands in order. ``AgentBusy`` past ``busy_timeout_s``, with
+        nothing frozen. INTERRUPT: new commands wait from now on, the running one is stopped
+        (SIGTERM, ``grace_s``, SIGKILL). Idempotent: freezing a frozen agent returns at once.
+        """
+        options = options or FreezeOptions()
         self._check_running()
+        if not self._unfrozen.is_set():
+            return self.info()
+        self._moving_to = options.target
+        if options.busy is BusyPolicy.INTERRUPT:
+            self._hold_commands()
+            running = self._running
+            if running is not None:
+                where = options.target or "another cluster"
+                running.interrupt(f"interrupted to move agent {self._agent.id} to {where}", options.grace_s)
+            async with self._lock:  # the interrupted command has been reaped
+                pass
+        else:
+            await self._until_idle(options.busy_timeout_s)
+            self._hold_commands()  # no await since the idle check: nothing slipped in
+        self._frozen_at = now_s()
+        return self.info()
+
+    def _hold_commands(self) -> None:
         self._unfrozen.clear()
         self._agent.status = AgentStatus.MIGRATING
-        async with self._lock:
-            pass
-        return self.info()
+
+    async def _until_idle(self, timeout_s: float) -> None:
+        """Return at the first moment the agent is idle; ``AgentBusy`` after ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            self._check_running()
+            if self._idle():
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                seq = f"command #{self._running_seq}" if self._running_seq else "a command"
+                raise AgentBusy(
+                    f"agent {self._agent.id} stayed busy for {timeout_s:g} s ({seq} running, {self._waiting} "
+                    "waiting): the move is given up and nothing was frozen; retry when it is idle, with a "
+                    "longer --busy-timeout, or interrupt the command (--interrupt / --busy interrupt)",
+                    agent_id=self._agent.id, busy_timeout_s=timeout_s, seq=self._running_seq)
+            self._activity.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._activity.wait(), remaining)
 
     async def resume(self) -> Agent:
         """Undo ``freeze``: waiting commands start again, in order."""
         self._check_running_or_frozen()
         self._agent.status = AgentStatus.RUNNING
+        self._frozen_at, self._moving_to = None, ""
         self._unfrozen.set()
         return self.info()
 
@@ -262,12 +344,20 @@ class AgentActor:
     async def export(self) -> AgentSnapshot:
         """Snapshot the agent: waits for the running command (takes the command lock)."""
         self._check_running_or_frozen()
-        async with self._lock:
+        async with self._leaving_lock(), self._lock:
             self._check_running_or_frozen()
             archive, digest = await asyncio.to_thread(snap.pack_workdir, self._workdir,
                                                       self._limits.max_snapshot_bytes)
             return AgentSnapshot(agent=self.info(), journal=list(self._journal), archive=archive,
-                                 sha256=digest)
+                                 sha256=digest, frozen_at=None if self._unfrozen.is_set() else self._frozen_at)
+
+    @contextlib.asynccontextmanager
+    async def _leaving_lock(self) -> AsyncIterator[None]:
+        """Around ``async with self._lock``: a freeze waiting for idle hears when the lock is left."""
+        try:
+            yield
+        finally:
+            self._activity.set()
 
     def info(self) -> Agent:
         agent = self._agent.model_copy(deep=True)

@@ -57,6 +57,8 @@ class ProcessControl:
     kill_reason: str = ""
     limit_reason: str = ""  # the limits a sandboxed command hit ("" when none)
     exit_code: int | None = None  # set once the command has exited, even when nobody read the result
+    interrupted: bool = False  # stopped by ``interrupt`` (to move the agent), not by a kill or a timeout
+    grace_s: float = KILL_GRACE_S  # between SIGTERM and SIGKILL of the process group
     _kill_requested: asyncio.Event = field(default_factory=asyncio.Event)
 
     def kill(self, reason: str) -> None:
@@ -64,11 +66,19 @@ class ProcessControl:
             self.kill_reason = reason
             self._kill_requested.set()
 
+    def interrupt(self, reason: str, grace_s: float) -> None:
+        """Stop the command so its agent can move: SIGTERM, ``grace_s``, then SIGKILL. No-op once a
+        kill was asked for (that kill's reason stands)."""
+        if not self._kill_requested.is_set():
+            self.interrupted = True
+            self.grace_s = grace_s
+            self.kill(reason)
 
-async def _terminate_group(proc: asyncio.subprocess.Process, pgid: int) -> None:
+
+async def _terminate_group(proc: asyncio.subprocess.Process, pgid: int, grace_s: float = KILL_GRACE_S) -> None:
     kill_process_group(pgid, signal.SIGTERM)
     try:
-        await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
+        await asyncio.wait_for(proc.wait(), grace_s)
     except TimeoutError:
         pass
     # SIGKILL the group even when the leader exited: its children may have ignored SIGTERM.
@@ -225,7 +235,7 @@ async def run_streaming(command: str, *, cwd: str, env: dict[str, str], timeout_
             killer.cancel()
         timed_out = not done
         if waiter not in done:
-            await _terminate_group(proc, pgid)
+            await _terminate_group(proc, pgid, control.grace_s)
         await waiter
         assert proc.returncode is not None
         control.exit_code = TIMEOUT_EXIT_CODE if timed_out else _exit_code(proc.returncode)

@@ -45,6 +45,7 @@ from godel_ray.core.validation import (
 from godel_ray.errors import (
     AgentNotRunning,
     AlreadyExists,
+    CommandInterrupted,
     DeadlineExceeded,
     GodelError,
     ResourceExhausted,
@@ -59,6 +60,7 @@ from godel_ray.models import (
     EventType,
     ExecChunk,
     FederationEvent,
+    FreezeOptions,
     JournalEntry,
     SiteCapacity,
     SpawnConfig,
@@ -308,6 +310,11 @@ class AgentRuntime:
         except (rayapi.ActorUnreachable, rayapi.ActorDied) as exc:
             finished = True
             raise self._table.failure(entry, exc) from None
+        except CommandInterrupted as exc:
+            finished = True
+            self._emit(EventType.COMMAND_FINISHED, agent_id, EventKind.COMMAND, exit_code=exc.fields.get("exit_code"),
+                       interrupted=True, reason=exc.message[:300])
+            raise
         except GodelError:
             finished = True
             raise
@@ -356,10 +363,11 @@ class AgentRuntime:
         async for event in self._log.follow(since_seq):
             yield event
 
-    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot:
+    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False,
+                     freeze_options: FreezeOptions | None = None) -> AgentSnapshot:
         entry, _ = self._table.live(agent_id, epoch)
-        if freeze:
-            self._table.set_agent(entry, await self._table.ask(entry, AgentGateway.freeze))
+        if freeze:  # AgentBusy when it never became idle: nothing frozen, nothing to undo
+            self._table.set_agent(entry, await self._table.ask(entry, lambda a: a.freeze(freeze_options)))
         try:
             snapshot = await self._table.ask(entry, AgentGateway.export)
         except BaseException:

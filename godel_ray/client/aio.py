@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from godel_ray.client import policy
 from godel_ray.client.session import Session, status_value
 from godel_ray.errors import GodelError
+from godel_ray.inputs import busy_policy, busy_timeout
 from godel_ray.models import (
     Agent,
     AgentStatus,
+    BusyPolicy,
     Cluster,
     ClusterHealthState,
     ClusterInfo,
@@ -98,10 +100,12 @@ class AsyncClusterRegistry(_AsyncBalanced):
     async def regions(self) -> dict[str, builtins.list[str]]:
         return await self._read(lambda b: b.regions())
 
-    async def drain(self, cluster_id: str, *, wait: bool = False) -> DrainReport:
+    async def drain(self, cluster_id: str, *, wait: bool = False, busy: BusyPolicy | str = BusyPolicy.WAIT,
+              busy_timeout_s: float | None = None) -> DrainReport:
         """Every live agent moved off ``cluster_id`` live, the cluster left in maintenance; see
         ``ClusterRegistry.drain``."""
-        return await self._write(lambda b: b.drain(cluster_id, wait))
+        policy, timeout_s = busy_policy(busy), busy_timeout(busy_timeout_s)
+        return await self._write(lambda b: b.drain(cluster_id, wait, policy, timeout_s))
 
 
 class AsyncTransparentClusterProxy(_AsyncBalanced):
@@ -176,8 +180,14 @@ class AsyncTransparentClusterProxy(_AsyncBalanced):
     async def journal(self, agent_id: str) -> builtins.list[JournalEntry]:
         return await self._read(lambda b: b.journal(agent_id))
 
-    async def migrate(self, agent_id: str, target: str, *, wait: bool = True) -> Migration:
-        migration = await self._write(lambda b: b.migrate(agent_id, target, wait))
+    async def migrate(self, agent_id: str, target: str, *, wait: bool = True, interrupt: bool = False,
+                busy_timeout_s: float | None = None) -> Migration:
+        """Move the agent to ``target``. A running command: by default the move freezes the agent at
+        its first idle moment (it keeps serving commands until then; rolled back, nothing frozen,
+        after ``busy_timeout_s``); ``interrupt`` stops the command instead (its caller gets
+        ``CommandInterrupted``, its journal entry says so)."""
+        policy, timeout_s = (BusyPolicy.INTERRUPT if interrupt else BusyPolicy.WAIT), busy_timeout(busy_timeout_s)
+        migration = await self._write(lambda b: b.migrate(agent_id, target, wait, policy, timeout_s))
         self._session.forget(agent_id)
         return migration
 

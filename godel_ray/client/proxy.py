@@ -23,9 +23,11 @@ from godel_ray.client import policy
 from godel_ray.client.aio import AsyncTransparentClusterProxy
 from godel_ray.client.session import Session, status_value
 from godel_ray.errors import ControlPlaneNotRunning, GodelError
+from godel_ray.inputs import busy_policy, busy_timeout
 from godel_ray.models import (
     Agent,
     AgentStatus,
+    BusyPolicy,
     Cluster,
     ClusterHealthState,
     ClusterInfo,
@@ -136,11 +138,13 @@ class ClusterRegistry(_Balanced):
     def regions(self) -> dict[str, builtins.list[str]]:
         return self._read(lambda b: b.regions())
 
-    def drain(self, cluster_id: str, *, wait: bool = False) -> DrainReport:
+    def drain(self, cluster_id: str, *, wait: bool = False, busy: BusyPolicy | str = BusyPolicy.WAIT,
+              busy_timeout_s: float | None = None) -> DrainReport:
         """Move every live agent off ``cluster_id`` live, each placed by the normal rules, and leave
         the cluster in maintenance. ``wait``: until every move ended. Agents that cannot be placed
         stay, listed in ``unmovable`` with the reason."""
-        return self._write(lambda b: b.drain(cluster_id, wait))
+        policy, timeout_s = busy_policy(busy), busy_timeout(busy_timeout_s)
+        return self._write(lambda b: b.drain(cluster_id, wait, policy, timeout_s))
 
 
 class TransparentClusterProxy(_Balanced):
@@ -217,8 +221,14 @@ class TransparentClusterProxy(_Balanced):
     def journal(self, agent_id: str) -> builtins.list[JournalEntry]:
         return self._read(lambda b: b.journal(agent_id))
 
-    def migrate(self, agent_id: str, target: str, *, wait: bool = True) -> Migration:
-        migration = self._write(lambda b: b.migrate(agent_id, target, wait))
+    def migrate(self, agent_id: str, target: str, *, wait: bool = True, interrupt: bool = False,
+                busy_timeout_s: float | None = None) -> Migration:
+        """Move the agent to ``target``. A running command: by default the move freezes the agent at
+        its first idle moment (it keeps serving commands until then; rolled back, nothing frozen,
+        after ``busy_timeout_s``); ``interrupt`` stops the command instead (its caller gets
+        ``CommandInterrupted``, its journal entry says so)."""
+        policy, timeout_s = (BusyPolicy.INTERRUPT if interrupt else BusyPolicy.WAIT), busy_timeout(busy_timeout_s)
+        migration = self._write(lambda b: b.migrate(agent_id, target, wait, policy, timeout_s))
         self._session.forget(agent_id)
         return migration
 

@@ -46,6 +46,7 @@ from godel_ray.models import (
     LOCAL_CLUSTER_ID,
     Agent,
     AgentStatus,
+    BusyPolicy,
     Cluster,
     ClusterHealthState,
     ClusterInfo,
@@ -260,11 +261,13 @@ class MultiClusterLoadBalancer:
         await self._ensure_ready()
         return await self.clusters.set_maintenance(cluster_id, on)
 
-    async def drain(self, cluster_id: str, wait: bool = False) -> DrainReport:
+    async def drain(self, cluster_id: str, wait: bool = False, busy: BusyPolicy = BusyPolicy.WAIT,
+                    busy_timeout_s: float | None = None) -> DrainReport:
         """Move every live agent off ``cluster_id`` live (``godel_ray.control.drainer``) and leave it in
-        maintenance; agents that cannot be placed stay and are listed with the reason."""
+        maintenance; agents that cannot be placed stay and are listed with the reason. ``busy``: what
+        each move's freeze does with a running command (see ``migrate``)."""
         await self._ensure_ready()
-        return await self.drainer.drain(cluster_id, wait=wait)
+        return await self.drainer.drain(cluster_id, wait=wait, busy=BusyPolicy(busy), busy_timeout_s=busy_timeout_s)
 
     async def regions(self) -> dict[str, list[str]]:
         await self._ensure_ready()
@@ -315,13 +318,17 @@ class MultiClusterLoadBalancer:
         await self._ensure_ready()
         return self.store.events(since_seq, limit)
 
-    async def migrate(self, agent_id: str, target: str, wait: bool = True) -> Migration:
+    async def migrate(self, agent_id: str, target: str, wait: bool = True, busy: BusyPolicy = BusyPolicy.WAIT,
+                      busy_timeout_s: float | None = None) -> Migration:
         """Move a live agent to ``target`` (``godel_ray.control.migrator``): exactly once, rolled back
         on any failure before the commit. ``wait=False`` returns the record as started; poll
         ``migrations``. Refusals (unknown agent or cluster, same cluster, no capacity, cooldown,
-        already migrating) raise before anything happens."""
+        already migrating) raise before anything happens. A running command: WAIT freezes at the
+        first idle moment (commands are served meanwhile; rolled back after ``busy_timeout_s``),
+        INTERRUPT stops it (its caller gets ``CommandInterrupted``)."""
         await self._ensure_ready()
-        return await self.migrator.migrate(agent_id, target, wait)
+        return await self.migrator.migrate(agent_id, target, wait, busy=BusyPolicy(busy),
+                                           busy_timeout_s=busy_timeout_s)
 
     async def migrations(self, agent_id: str | None = None) -> list[Migration]:
         await self._ensure_ready()

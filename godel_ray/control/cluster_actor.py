@@ -51,6 +51,7 @@ from godel_ray.models import (
     ExecChunk,
     ExecResult,
     FederationEvent,
+    FreezeOptions,
     JournalEntry,
     SiteCapacity,
     SpawnConfig,
@@ -338,9 +339,10 @@ class ClusterActor:
                           labels: dict[str, str] | None = None) -> list[Agent]:
         return [self._mine(a) for a in await self.client.list_agents(status, labels)]
 
-    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot:
+    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False,
+                     freeze_options: FreezeOptions | None = None) -> AgentSnapshot:
         self._check_fence(agent_id, epoch)
-        return await self.client.export(agent_id, epoch=epoch, freeze=freeze)
+        return await self.client.export(agent_id, epoch=epoch, freeze=freeze, freeze_options=freeze_options)
 
     async def import_(self, snapshot: AgentSnapshot) -> Agent:
         agent = self._mine(await self.client.import_(snapshot))

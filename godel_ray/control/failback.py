@@ -4,7 +4,9 @@ Decisions are ``core.failback.fail_back_moves``; this owner keeps what they need
 does not hold: since when each cluster has been ACTIVE without a break (in memory: after a
 balancer restart the hysteresis starts again, which only delays), and which fail-back moves it
 started. Each move goes through the ``MigrationExecutor`` with reason ``fail_back`` and is an
-``agent.fail_back`` event carrying its reason.
+``agent.fail_back`` event carrying its reason. A fail-back never interrupts a command: its freeze
+waits for the agent to be idle (``BusyPolicy.WAIT``, the executor's busy timeout), and a move that
+times out rolls back and is tried again at a later tick.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from godel_ray.control.eventlog import Emit
 from godel_ray.control.migrator import MigrationExecutor
 from godel_ray.core.failback import DEFAULT_RULES, FailBackRules, fail_back_moves
 from godel_ray.errors import GodelError
-from godel_ray.models import LOCAL_CLUSTER_ID, ClusterStatus, EventKind, EventType
+from godel_ray.models import LOCAL_CLUSTER_ID, BusyPolicy, ClusterStatus, EventKind, EventType
 
 log = logging.getLogger(__name__)
 FAIL_BACK_REASON = "fail_back"
@@ -67,7 +69,8 @@ class FailBack:
             agent = self._table.get(move.agent_id)
             source = agent.cluster_id if agent else ""
             try:
-                await self._migrator.migrate(move.agent_id, move.home, wait=False, reason=FAIL_BACK_REASON)
+                await self._migrator.migrate(move.agent_id, move.home, wait=False, reason=FAIL_BACK_REASON,
+                                             busy=BusyPolicy.WAIT)
             except GodelError as exc:
                 log.info("fail-back of %s to %s refused: %s", move.agent_id, move.home, exc)
                 continue

@@ -26,6 +26,7 @@ from godel_ray.models import (
     Agent,
     AgentSnapshot,
     AgentStatus,
+    BusyPolicy,
     Cluster,
     ClusterHealthState,
     ClusterInfo,
@@ -34,6 +35,7 @@ from godel_ray.models import (
     ExecChunk,
     ExecResult,
     FederationEvent,
+    FreezeOptions,
     JournalEntry,
     Migration,
     PlacementDecision,
@@ -166,8 +168,10 @@ class ClusterGateway:
                     ) -> Call[list[Agent]]:
         return Call(self.what, lambda: self.handle.list_agents.remote(status, labels))
 
-    def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> Call[AgentSnapshot]:
-        return Call(self.what, lambda: self.handle.export.remote(agent_id, epoch=epoch, freeze=freeze))
+    def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False,
+               freeze_options: FreezeOptions | None = None) -> Call[AgentSnapshot]:
+        return Call(self.what, lambda: self.handle.export.remote(agent_id, epoch=epoch, freeze=freeze,
+                                                                 freeze_options=freeze_options))
 
     def import_(self, snapshot: AgentSnapshot | Any) -> Call[Agent]:
         """``snapshot`` is the snapshot or an object ref to it (then Ray resolves it on the actor)."""
@@ -220,8 +224,8 @@ class AgentGateway:
         return Stream(self.what, lambda: self.handle.exec.options(num_returns="streaming").remote(
             command, timeout_s))
 
-    def freeze(self) -> Call[Agent]:
-        return Call(self.what, lambda: self.handle.freeze.remote())
+    def freeze(self, options: FreezeOptions | None = None) -> Call[Agent]:
+        return Call(self.what, lambda: self.handle.freeze.remote(options))
 
     def resume(self) -> Call[Agent]:
         return Call(self.what, lambda: self.handle.resume.remote())
@@ -293,8 +297,9 @@ class BalancerGateway:
     def regions(self) -> Call[dict[str, list[str]]]:
         return Call(self.what, lambda: self.handle.regions.remote())
 
-    def drain(self, cluster_id: str, wait: bool = False) -> Call[DrainReport]:
-        return Call(self.what, lambda: self.handle.drain.remote(cluster_id, wait))
+    def drain(self, cluster_id: str, wait: bool = False, busy: BusyPolicy = BusyPolicy.WAIT,
+              busy_timeout_s: float | None = None) -> Call[DrainReport]:
+        return Call(self.what, lambda: self.handle.drain.remote(cluster_id, wait, busy, busy_timeout_s))
 
     def plan(self, config: SpawnConfig) -> Call[PlacementDecision]:
         return Call(self.what, lambda: self.handle.plan.remote(config))
@@ -325,8 +330,9 @@ class BalancerGateway:
     def events_since(self, since_seq: int = 0, limit: int = 1000) -> Call[list[FederationEvent]]:
         return Call(self.what, lambda: self.handle.events_since.remote(since_seq, limit))
 
-    def migrate(self, agent_id: str, target: str, wait: bool = True) -> Call[Migration]:
-        return Call(self.what, lambda: self.handle.migrate.remote(agent_id, target, wait))
+    def migrate(self, agent_id: str, target: str, wait: bool = True, busy: BusyPolicy = BusyPolicy.WAIT,
+                busy_timeout_s: float | None = None) -> Call[Migration]:
+        return Call(self.what, lambda: self.handle.migrate.remote(agent_id, target, wait, busy, busy_timeout_s))
 
     def migrations(self, agent_id: str | None = None) -> Call[list[Migration]]:
         return Call(self.what, lambda: self.handle.migrations.remote(agent_id))

@@ -51,6 +51,7 @@ from godel_ray.models import (
     AgentStatus,
     ExecChunk,
     FederationEvent,
+    FreezeOptions,
     SiteCapacity,
     SpawnConfig,
 )
@@ -330,11 +331,14 @@ class GrpcClusterClient:
         log.warning("site %s: skipping event %d that cannot be read (%s); the stream goes on. Events of this "
                     "kind and type are skipped without a log from now on%s", self._name, message.seq, exc, more)
 
-    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot:
-        request = pb.ExportAgentRequest(agent_id=agent_id, epoch=epoch, freeze=freeze)
+    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False,
+                     freeze_options: FreezeOptions | None = None) -> AgentSnapshot:
+        request = convert.export_request_to_pb(agent_id, epoch, freeze, freeze_options)
         # The size is unknown until the header arrives: budget for the largest snapshot, plus the
-        # running command a freeze waits for.
-        deadline_s = (self.call_timeout_s + EXEC_DEADLINE_MARGIN_S
+        # wait for the agent to become idle (or the interrupted command's grace).
+        options = freeze_options or FreezeOptions()
+        busy_s = (options.busy_timeout_s + options.grace_s) if freeze else 0.0
+        deadline_s = (self.call_timeout_s + EXEC_DEADLINE_MARGIN_S + busy_s
                       + LIMITS.max_snapshot_bytes / SNAPSHOT_MIN_BYTES_PER_S)
         call = self._stub().ExportAgent(request, timeout=deadline_s, metadata=self._metadata)
         try:

@@ -49,7 +49,8 @@ def iter_snapshot_chunks(snapshot: AgentSnapshot, chunk_bytes: int = LIMITS.snap
     """The wire form of a snapshot (format 2), made as it is sent: the header, then the journal one
     entry per message, then the archive in ``chunk_bytes`` pieces."""
     yield pb.SnapshotChunk(header=convert.snapshot_header_to_pb(
-        snapshot.agent, len(snapshot.journal), snapshot.size_bytes, snapshot.sha256, snapshot.taken_at))
+        snapshot.agent, len(snapshot.journal), snapshot.size_bytes, snapshot.sha256, snapshot.taken_at,
+        snapshot.frozen_at))
     for entry in snapshot.journal:
         yield pb.SnapshotChunk(journal_entry=convert.journal_entry_to_pb(entry))
     view = memoryview(snapshot.archive)
@@ -208,7 +209,8 @@ class ClusterFederationServicer(pb_grpc.ClusterFederationServicer):
     @status_errors
     async def ExportAgent(self, request: pb.ExportAgentRequest, context: Context
                           ) -> AsyncIterator[pb.SnapshotChunk]:
-        snapshot = await self._runtime.export(request.agent_id, epoch=request.epoch, freeze=request.freeze)
+        snapshot = await self._runtime.export(request.agent_id, epoch=request.epoch, freeze=request.freeze,
+                                              freeze_options=convert.freeze_options_from_pb(request))
         for chunk in iter_snapshot_chunks(snapshot, self._limits.snapshot_chunk_bytes):
             yield chunk
 

@@ -58,6 +58,7 @@ from godel_ray.models import (
     ExecChunk,
     ExecResult,
     FederationEvent,
+    FreezeOptions,
     Isolation,
     OutputStream,
     SiteCapacity,
@@ -253,11 +254,14 @@ class HollowRuntime:
         async for event in self._log.follow(since_seq):
             yield event
 
-    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot:
+    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False,
+                     freeze_options: FreezeOptions | None = None) -> AgentSnapshot:
+        """No command ever runs here, so a freeze is idle at once whatever ``freeze_options`` say."""
         record = self._live(agent_id, epoch)
         record.frozen = record.frozen or freeze
         self._emit(EventType.AGENT_EXPORTED, agent_id, bytes=0, frozen=freeze)
-        return AgentSnapshot(agent=record.agent, archive=b"", sha256=EMPTY_SHA256)
+        return AgentSnapshot(agent=record.agent, archive=b"", sha256=EMPTY_SHA256,
+                             frozen_at=time.time() if record.frozen else None)
 
     async def import_(self, snapshot: AgentSnapshot) -> Agent:
         agent = snapshot.agent
