@@ -255,7 +255,8 @@ class AgentActor:
             f"command #{entry.seq} on agent {self._agent.id} was interrupted (exit code {entry.exit_code}) to "
             f"move the agent to {target}: it did not finish. The agent lives on {target} once the move "
             "commits; run the command again there if it is still needed (the proxy finds the agent)",
-            agent_id=self._agent.id, cluster_id=self._moving_to, seq=entry.seq, exit_code=entry.exit_code)
+            agent_id=self._agent.id, cluster_id=self._moving_to, seq=entry.seq, exit_code=entry.exit_code,
+            duration_s=round(entry.duration_s, 3), reason=entry.interrupt_reason)
 
     # --- freeze / resume / terminate ---------------------------------------------------------
 

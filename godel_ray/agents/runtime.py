@@ -312,8 +312,10 @@ class AgentRuntime:
             raise self._table.failure(entry, exc) from None
         except CommandInterrupted as exc:
             finished = True
-            self._emit(EventType.COMMAND_FINISHED, agent_id, EventKind.COMMAND, exit_code=exc.fields.get("exit_code"),
-                       interrupted=True, reason=exc.message[:300])
+            fields = exc.fields
+            self._emit(EventType.COMMAND_FINISHED, agent_id, EventKind.COMMAND, exit_code=fields.get("exit_code"),
+                       duration_s=f"{float(fields.get('duration_s') or 0.0):.3f}", timed_out=False, interrupted=True,
+                       interrupt_reason=str(fields.get("reason", ""))[:300])
             raise
         except GodelError:
             finished = True

@@ -150,3 +150,19 @@ def test_the_default_busy_timeout_comes_from_the_environment(monkeypatch: pytest
     for bad in ("soon", "-3", "0", "inf"):
         monkeypatch.setenv(BUSY_TIMEOUT_ENV, bad)
         assert busy_timeout_from_env() == 600.0
+
+
+def test_the_mirrored_journal_keeps_the_interrupted_mark() -> None:
+    from godel_ray.control.agent_ops import journal_from_events
+    from godel_ray.models import EventKind, FederationEvent
+
+    def event(type_: str, ts: float, **data: str) -> FederationEvent:
+        return FederationEvent(kind=EventKind.COMMAND, type=type_, cluster_id="east", agent_id="ag-1", ts=ts,
+                               data=data)
+
+    [entry] = journal_from_events([
+        event("command.started", T0, command="train"),
+        event("command.finished", T0 + 5, exit_code="143", duration_s="5.000", timed_out="False", interrupted="True",
+              interrupt_reason="interrupted to move agent ag-1 to west")])
+    assert (entry.command, entry.exit_code, entry.duration_s, entry.interrupted) == ("train", 143, 5.0, True)
+    assert entry.interrupt_reason == "interrupted to move agent ag-1 to west"
