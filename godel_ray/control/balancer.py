@@ -34,6 +34,7 @@ from godel_ray.control.clusters import DEFAULT_LOCAL_MAX_AGENTS, ClusterSet, pro
 from godel_ray.control.drainer import Drainer
 from godel_ray.control.eventlog import Emitter, EventCursors
 from godel_ray.control.failback import FailBack
+from godel_ray.control.failback import rules_from_env as failback_rules_from_env
 from godel_ray.control.failover import Failover
 from godel_ray.control.lease import LEASE_RETRY_S, LeaseKeeper, Role, describe, holder_name, lease_ttl_from_env
 from godel_ray.control.ledger import CapacityLedger
@@ -122,7 +123,8 @@ class MultiClusterLoadBalancer:
         self.migrator = MigrationExecutor(store, self.table, gateway, emitter, ledger=ledger, views=self.clusters.view,
                                           cooldown_s=cooldown_from_env(), local_id=LOCAL_ID)
         self.drainer = Drainer(self.clusters, self.table, self.migrator, emitter, local_id=LOCAL_ID)
-        self.failback = FailBack(self.clusters, self.table, self.migrator, emitter, local_id=LOCAL_ID)
+        self.failback = FailBack(self.clusters, self.table, self.migrator, emitter, rules=failback_rules_from_env(),
+                                 local_id=LOCAL_ID)
         self.failover = Failover(self.clusters, self.table, self.checkpoints, store, emitter,
                                  busy=lambda: set(self.migrator.in_progress), local_id=LOCAL_ID)
         self.reconciler = Reconciler(self.clusters, self.table, self.checkpoints, cursors, emitter,

@@ -11,7 +11,9 @@ times out rolls back and is tried again at a later tick.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -25,6 +27,27 @@ from godel_ray.models import LOCAL_CLUSTER_ID, BusyPolicy, ClusterStatus, EventK
 
 log = logging.getLogger(__name__)
 FAIL_BACK_REASON = "fail_back"
+HYSTERESIS_ENV = "GODEL_FAIL_BACK_HYSTERESIS_S"
+COOLDOWN_ENV = "GODEL_FAIL_BACK_COOLDOWN_S"
+
+
+def rules_from_env(default: FailBackRules = DEFAULT_RULES) -> FailBackRules:
+    """The fail-back rules, with ``$GODEL_FAIL_BACK_HYSTERESIS_S`` and ``$GODEL_FAIL_BACK_COOLDOWN_S``
+    (seconds, >= 0) over the defaults; a value that is not such a number is ignored with a warning."""
+    values = {"hysteresis_s": default.hysteresis_s, "cooldown_s": default.cooldown_s}
+    for field, env in (("hysteresis_s", HYSTERESIS_ENV), ("cooldown_s", COOLDOWN_ENV)):
+        raw = os.environ.get(env, "")
+        if not raw:
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value < float("inf"):
+            log.warning("%s=%r is not a number of seconds >= 0; using %g", env, raw, values[field])
+            continue
+        values[field] = value
+    return dataclasses.replace(default, hysteresis_s=values["hysteresis_s"], cooldown_s=values["cooldown_s"])
 
 
 class FailBack:
@@ -81,4 +104,4 @@ class FailBack:
         return done
 
 
-__all__ = ["FAIL_BACK_REASON", "FailBack"]
+__all__ = ["COOLDOWN_ENV", "FAIL_BACK_REASON", "HYSTERESIS_ENV", "FailBack", "rules_from_env"]

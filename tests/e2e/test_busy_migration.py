@@ -1,7 +1,8 @@
 """Moving a busy agent on real sites (issue 14): the freeze waits for the agent to be idle while it
 keeps serving commands; the busy timeout rolls back with nothing frozen; ``--interrupt`` stops the
 command, says so in the journal and to the command's caller, and the agent runs on the target;
-a drain of a cluster with one busy and one idle agent shows who waits for idle.
+a drain of a cluster with one busy and one idle agent shows who waits for idle; an agent drained
+away fails back home, once home is active, without interrupting its running command.
 
 Site ``west`` runs commands without the sandbox so that a command can wait on a file this test
 creates (no timing anywhere); ``east`` runs them in the sandbox, as sites do by default.
@@ -21,8 +22,11 @@ from typing import Any
 import pytest
 
 from godel_ray.client.proxy import TransparentClusterProxy
+from godel_ray.control.failback import COOLDOWN_ENV as FAIL_BACK_COOLDOWN_ENV
+from godel_ray.control.failback import HYSTERESIS_ENV
 from godel_ray.errors import CommandInterrupted, GodelError
-from godel_ray.models import AgentStatus, BusyPolicy, ExecResult, MigrationPhase, SpawnConfig
+from godel_ray.models import AgentStatus, BusyPolicy, ExecResult, JournalEntry, MigrationPhase, SpawnConfig
+from godel_ray.settings import SANDBOX_RO_PATHS_ENV
 from tests.e2e.migration_helpers import control_plane, finished, live_copies, register, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
@@ -41,12 +45,23 @@ def plane(tmp_path_factory: pytest.TempPathFactory, site_factory: Any) -> Iterat
     state_dir = tmp_path_factory.mktemp("godel-busy")
     flags = tmp_path_factory.mktemp("flags")
     flags.chmod(0o777)  # the site may run an agent's commands as another user
-    sites = {"west": site_factory("west", num_cpus=2, extra=["--isolation", "none"]),
-             "east": site_factory("east", num_cpus=2)}
-    with control_plane(state_dir) as proxy:
-        for site in sites.values():
-            register(proxy, site)
-        yield Plane(state_dir=state_dir, flags=flags, proxy=proxy, sites=sites)
+    # Sandboxed commands see the flags (read-only); fail-back after 1 s of home being active, no cooldown.
+    env = {SANDBOX_RO_PATHS_ENV: str(flags), HYSTERESIS_ENV: "1", FAIL_BACK_COOLDOWN_ENV: "0"}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)  # the sites and the control plane's Ray head inherit them
+    try:
+        sites = {"west": site_factory("west", num_cpus=2, extra=["--isolation", "none"]),
+                 "east": site_factory("east", num_cpus=2)}
+        with control_plane(state_dir) as proxy:
+            for site in sites.values():
+                register(proxy, site)
+            yield Plane(state_dir=state_dir, flags=flags, proxy=proxy, sites=sites)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def blocked(plane: Plane, name: str) -> str:
@@ -104,8 +119,12 @@ def test_a_busy_agent_keeps_serving_commands_and_freezes_when_idle(plane: Plane)
     # the freeze started only once the agent was idle: after the long command had ended
     requested_at = next(s.at for s in done.phases if s.phase is MigrationPhase.FREEZING)
     long_command = blocked(plane, "wait")
-    journal = wait_for(lambda: (j := proxy.journal(agent.id)) and {long_command, meanwhile} <= {e.command for e in j}
-                       and j, "the journal (mirrored from the sites' events) to hold both commands")
+
+    def both_in_journal() -> list[JournalEntry] | None:
+        entries = proxy.journal(agent.id)
+        return entries if {long_command, meanwhile} <= {e.command for e in entries} else None
+
+    journal = wait_for(both_in_journal, "the journal (mirrored from the sites' events) to hold both commands")
     long_entry = next(e for e in journal if e.command == long_command)
     long_ended_at = long_entry.started_at + long_entry.duration_s
     assert done.frozen_at is not None and requested_at < long_ended_at <= done.frozen_at
@@ -213,3 +232,50 @@ def test_drain_of_a_cluster_with_one_busy_and_one_idle_agent(plane: Plane) -> No
         assert live_copies(plane.sites["west"], agent.id) == []
     last = proxy.migrations(busy.id)[-1]
     assert last.phase is MigrationPhase.COMPLETED and last.frozen_at is not None
+
+
+
+def test_fail_back_home_waits_for_the_running_command(plane: Plane) -> None:
+    """After the drain above, ``west`` comes back: an agent drained away with ``fail_back: auto`` goes
+    home live once west is active, and the move waits for its running command (never interrupts it)."""
+    proxy = plane.proxy
+    proxy.registry.maintenance("west", False)
+    agent = proxy.spawn(SpawnConfig(model="m", cluster="west", fail_back="auto"))
+    report = proxy.registry.drain("west", wait=True)  # west in maintenance again, the agent elsewhere
+    assert [m.phase for m in report.migrations if m.agent_id == agent.id] == [MigrationPhase.COMPLETED]
+    away = proxy.status(agent.id)
+    assert away.cluster_id in ("east", "local") and away.home_cluster_id == "west"
+
+    release = plane.flags / "release-failback"
+    chunks: list[Any] = []
+    first_chunk = threading.Event()
+
+    def stream() -> None:
+        for chunk in proxy.exec_stream(agent.id, f"echo begun; while [ ! -e {release} ]; do sleep 0.05; done; "
+                                                 "echo long-done"):
+            chunks.append(chunk)
+            first_chunk.set()
+
+    streamer = threading.Thread(target=stream, daemon=True)
+    streamer.start()
+    assert first_chunk.wait(120), "the command never started"
+
+    proxy.registry.maintenance("west", False)  # home is back: fail-back after the (1 s) hysteresis
+    move = wait_for(lambda: next((m for m in proxy.migrations(agent.id) if m.reason == "fail_back"), None),
+                    "the fail-back move to start")
+    assert move.busy is BusyPolicy.WAIT and move.target == "west"
+    waiting = wait_for(lambda: next(m for m in proxy.migrations(agent.id) if m.id == move.id), "the move's record")
+    assert waiting.finished_at is None and waiting.frozen_at is None  # it waits for the command
+    assert streamer.is_alive() and all(c.result is None for c in chunks)
+    release.touch()
+
+    done = wait_for(lambda: finished(proxy, move.id), "the fail-back move to finish")
+    streamer.join(60)
+    assert done.phase is MigrationPhase.COMPLETED, done.error
+    assert chunks[-1].result is not None and chunks[-1].result.exit_code == 0
+    assert "".join(c.data for c in chunks if c.result is None) == "begun\nlong-done\n"
+    assert done.frozen_at is not None
+    home = proxy.status(agent.id)
+    assert (home.cluster_id, home.status, home.home_cluster_id) == ("west", AgentStatus.RUNNING, "")
+    assert proxy.exec(agent.id, "echo home").stdout == "home\n"
+    assert any(e.type == "agent.fail_back" and e.agent_id == agent.id for e in proxy.events())

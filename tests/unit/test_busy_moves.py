@@ -166,3 +166,19 @@ def test_the_mirrored_journal_keeps_the_interrupted_mark() -> None:
               interrupt_reason="interrupted to move agent ag-1 to west")])
     assert (entry.command, entry.exit_code, entry.duration_s, entry.interrupted) == ("train", 143, 5.0, True)
     assert entry.interrupt_reason == "interrupted to move agent ag-1 to west"
+
+
+def test_fail_back_rules_can_be_shortened_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from godel_ray.control.failback import COOLDOWN_ENV, HYSTERESIS_ENV, rules_from_env
+    from godel_ray.core.failback import DEFAULT_RULES
+
+    monkeypatch.delenv(HYSTERESIS_ENV, raising=False)
+    monkeypatch.delenv(COOLDOWN_ENV, raising=False)
+    assert rules_from_env() == DEFAULT_RULES
+    monkeypatch.setenv(HYSTERESIS_ENV, "1.5")
+    monkeypatch.setenv(COOLDOWN_ENV, "0")
+    rules = rules_from_env()
+    assert (rules.hysteresis_s, rules.cooldown_s, rules.max_in_flight) == (1.5, 0.0, DEFAULT_RULES.max_in_flight)
+    monkeypatch.setenv(HYSTERESIS_ENV, "-1")
+    monkeypatch.setenv(COOLDOWN_ENV, "soon")
+    assert rules_from_env() == DEFAULT_RULES
