@@ -236,13 +236,19 @@ def migrate(agent_id: Annotated[str, typer.Argument(metavar="AGENT_ID")],
                 "--interrupt", help="Stop a running command (SIGTERM, a grace, SIGKILL) instead of waiting for "
                                     "the agent to be idle; its caller gets an error naming the new cluster.")] = False,
             busy_timeout: BusyTimeoutOption = None,
+            live_process: Annotated[bool, typer.Option(
+                "--live-process", help="Move a running command along (CRIU; opt-in): refused with the reason "
+                                       "where `criu check` fails or CRIU is missing.")] = False,
             state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """Move a running agent to another cluster; its id and every handle stay valid.
 
     A busy agent keeps serving commands and is frozen at its first idle moment; past --busy-timeout
     the move rolls back (nothing frozen). --interrupt stops the running command instead."""
+    from godel_ray.inputs import move_policy
+
+    move_policy(interrupt=interrupt, live_process=live_process)  # refused before anything starts
     migration = _connect(state_dir).migrate(agent_id, target, wait=False, interrupt=interrupt,
-                                            busy_timeout_s=busy_timeout)
+                                            busy_timeout_s=busy_timeout, live_process=live_process)
     if wait:
         migration = _follow_migration(migration, state_dir, show=not json_out)
     if json_out:

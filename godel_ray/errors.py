@@ -19,6 +19,7 @@ mapped to this tree in exactly one place each: ``godel_ray.rpc.errors`` for gRPC
     │   ├── AgentNotRunning             agent completed, failed, or terminated
     │   ├── CommandInterrupted          the command was stopped to move the agent (``cluster_id``: where to)
     │   ├── AgentBusy                   a move waited ``busy_timeout_s`` for the agent to be idle: given up
+    │   ├── LiveProcessUnavailable      ``--live-process`` refused here (``reason``: criu missing or failing)
     │   ├── MigrationInProgress
     │   ├── CooldownActive              migration cooldown not elapsed (``retry_after_s``)
     │   ├── Standby                     this control plane waits; ``holder`` is the active one
@@ -118,6 +119,10 @@ class AgentBusy(FailedPrecondition):
     """A move gave up waiting for the agent to become idle (``busy_timeout_s``); nothing was frozen."""
 
 
+class LiveProcessUnavailable(FailedPrecondition):
+    """A move with its running command (CRIU) is refused on this host; ``reason`` says why. Nothing frozen."""
+
+
 class MigrationInProgress(FailedPrecondition):
     pass
 
@@ -157,7 +162,7 @@ class ControlPlaneNotRunning(GodelError):
 ALL_ERRORS: tuple[type[GodelError], ...] = (
     GodelError, InvalidArgument, SnapshotRejected, NotFound, AgentNotFound, ClusterNotFound,
     AlreadyExists, Unauthenticated, FailedPrecondition, StaleEpoch, AgentMoved, AgentNotRunning,
-    CommandInterrupted, AgentBusy, MigrationInProgress, CooldownActive, Standby, LeaseLost, ResourceExhausted,
+    CommandInterrupted, AgentBusy, LiveProcessUnavailable, MigrationInProgress, CooldownActive, Standby, LeaseLost, ResourceExhausted,
     NoPlacement, ClusterUnavailable, DeadlineExceeded, ControlPlaneNotRunning,
 )
 ERRORS_BY_NAME: dict[str, type[GodelError]] = {cls.__name__: cls for cls in ALL_ERRORS}
@@ -167,6 +172,6 @@ ERRORS_BY_NAME: dict[str, type[GodelError]] = {cls.__name__: cls for cls in ALL_
 __all__ = [
     "AgentBusy", "AgentMoved", "AgentNotFound", "AgentNotRunning", "AlreadyExists", "ClusterNotFound",
     "ClusterUnavailable", "CommandInterrupted", "ControlPlaneNotRunning", "CooldownActive", "DeadlineExceeded",
-    "FailedPrecondition", "GodelError", "InvalidArgument", "LeaseLost", "MigrationInProgress", "NoPlacement", "NotFound", "ResourceExhausted",
+    "FailedPrecondition", "GodelError", "InvalidArgument", "LeaseLost", "LiveProcessUnavailable", "MigrationInProgress", "NoPlacement", "NotFound", "ResourceExhausted",
     "SnapshotRejected", "StaleEpoch", "Standby", "Unauthenticated",
 ]

@@ -231,7 +231,15 @@ def busy_policy(value: BusyPolicy | str) -> BusyPolicy:
     try:
         return BusyPolicy(value.strip().lower() if isinstance(value, str) else value)
     except ValueError:
-        raise InvalidArgument(f"--busy must be 'wait' or 'interrupt', not {value!r}", field="busy") from None
+        raise InvalidArgument(f"--busy must be 'wait', 'interrupt' or 'live_process', not {value!r}",
+                              field="busy") from None
+
+
+def move_policy(*, interrupt: bool, live_process: bool) -> BusyPolicy:
+    """``cluster migrate [--interrupt | --live-process]``: at most one of the two."""
+    if interrupt and live_process:
+        raise InvalidArgument("--interrupt and --live-process exclude each other: pick one", field="busy")
+    return BusyPolicy.INTERRUPT if interrupt else BusyPolicy.LIVE_PROCESS if live_process else BusyPolicy.WAIT
 
 
 def busy_timeout(value: float | None) -> float | None:
@@ -252,6 +260,16 @@ def _path(value: str | None, base_dir: Path | None) -> str | None:
 
 
 __all__ = [
-    "ClusterFile", "ClusterRegistration", "build_spawn_config", "busy_policy", "busy_timeout", "describe_validation_error", "load_cluster_file",
-    "parse_csv", "parse_env", "parse_labels", "registration",
+    "ClusterFile",
+    "ClusterRegistration",
+    "build_spawn_config",
+    "busy_policy",
+    "busy_timeout",
+    "describe_validation_error",
+    "load_cluster_file",
+    "move_policy",
+    "parse_csv",
+    "parse_env",
+    "parse_labels",
+    "registration",
 ]

@@ -210,6 +210,8 @@ class BusyPolicy(str, Enum):
 
     WAIT = "wait"  # freeze at the first idle moment (new commands are served meanwhile), up to a deadline
     INTERRUPT = "interrupt"  # stop the running command (SIGTERM, a grace, SIGKILL), then freeze
+    LIVE_PROCESS = "live_process"  # checkpoint the running command with CRIU (opt-in; refused with the reason
+    #                                where ``criu check`` fails: see ``agents.criu``); an idle agent freezes at once
 
 
 DEFAULT_BUSY_TIMEOUT_S = 600.0  # how long a move waits for a busy agent to become idle

@@ -30,12 +30,20 @@ from typing import Any
 
 from godel_ray.agents import sandbox as sbx
 from godel_ray.agents import snapshot as snap
+from godel_ray.agents.criu import live_process_refusal
 from godel_ray.agents.process import ProcessControl, kill_process_group, run_streaming
 from godel_ray.agents.workdir import remove_tree
 from godel_ray.core.cluster_client import KILL_REASON_MIGRATED
 from godel_ray.core.gpu import GPU_TYPE_RESOURCE_UNITS, gpu_type_resource
 from godel_ray.core.validation import validate_command, validate_exec_timeout
-from godel_ray.errors import AgentBusy, AgentMoved, AgentNotRunning, CommandInterrupted, FailedPrecondition
+from godel_ray.errors import (
+    AgentBusy,
+    AgentMoved,
+    AgentNotRunning,
+    CommandInterrupted,
+    FailedPrecondition,
+    LiveProcessUnavailable,
+)
 from godel_ray.models import (
     Agent,
     AgentSnapshot,
@@ -263,7 +271,8 @@ class AgentActor:
     async def freeze(self, options: FreezeOptions | None = None) -> Agent:
         """Freeze the agent for a move; return once it is frozen (no command runs, new ones wait).
 
-        WAIT (the default): at the first idle moment, when no command runs and none waits; until
+        LIVE_PROCESS: at once when idle, else ``LiveProcessUnavailable`` with the reason (CRIU is
+        not used yet: ``agents.criu``), nothing frozen. WAIT (the default): at the first idle moment, when no command runs and none waits; until
         then the agent keeps serving commands in order. ``AgentBusy`` past ``busy_timeout_s``, with
         nothing frozen. INTERRUPT: new commands wait from now on, the running one is stopped
         (SIGTERM, ``grace_s``, SIGKILL). Idempotent: freezing a frozen agent returns at once.
@@ -272,6 +281,12 @@ class AgentActor:
         self._check_running()
         if not self._unfrozen.is_set():
             return self.info()
+        if options.busy is BusyPolicy.LIVE_PROCESS and not self._idle():
+            reason = await asyncio.to_thread(live_process_refusal)
+            raise LiveProcessUnavailable(
+                f"agent {self._agent.id} cannot move with its running command: {reason}. Nothing was frozen; "
+                "move it when idle (the default) or interrupt the command (--interrupt)",
+                agent_id=self._agent.id, reason=reason)
         self._moving_to = options.target
         if options.busy is BusyPolicy.INTERRUPT:
             self._hold_commands()

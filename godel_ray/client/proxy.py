@@ -23,7 +23,7 @@ from godel_ray.client import policy
 from godel_ray.client.aio import AsyncTransparentClusterProxy
 from godel_ray.client.session import Session, status_value
 from godel_ray.errors import ControlPlaneNotRunning, GodelError
-from godel_ray.inputs import busy_policy, busy_timeout
+from godel_ray.inputs import busy_policy, busy_timeout, move_policy
 from godel_ray.models import (
     Agent,
     AgentStatus,
@@ -222,12 +222,14 @@ class TransparentClusterProxy(_Balanced):
         return self._read(lambda b: b.journal(agent_id))
 
     def migrate(self, agent_id: str, target: str, *, wait: bool = True, interrupt: bool = False,
-                busy_timeout_s: float | None = None) -> Migration:
+                busy_timeout_s: float | None = None, live_process: bool = False) -> Migration:
         """Move the agent to ``target``. A running command: by default the move freezes the agent at
         its first idle moment (it keeps serving commands until then; rolled back, nothing frozen,
         after ``busy_timeout_s``); ``interrupt`` stops the command instead (its caller gets
-        ``CommandInterrupted``, its journal entry says so)."""
-        policy, timeout_s = (BusyPolicy.INTERRUPT if interrupt else BusyPolicy.WAIT), busy_timeout(busy_timeout_s)
+        ``CommandInterrupted``, its journal entry says so). ``live_process`` (opt-in, CRIU) would move
+        the running command along; it is refused with the reason (``LiveProcessUnavailable``) where it
+        cannot be done, which today is everywhere."""
+        policy, timeout_s = move_policy(interrupt=interrupt, live_process=live_process), busy_timeout(busy_timeout_s)
         migration = self._write(lambda b: b.migrate(agent_id, target, wait, policy, timeout_s))
         self._session.forget(agent_id)
         return migration

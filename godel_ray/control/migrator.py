@@ -307,7 +307,7 @@ class MigrationExecutor:
         if isinstance(action, Freeze):
             options = FreezeOptions(busy=m.busy, busy_timeout_s=m.busy_timeout_s, grace_s=self.interrupt_grace_s,
                                     target=m.target)
-            wait_s = m.busy_timeout_s if m.busy is BusyPolicy.WAIT else self.interrupt_grace_s
+            wait_s = self.interrupt_grace_s if m.busy is BusyPolicy.INTERRUPT else m.busy_timeout_s
             state.snapshot = await self._gateway(action.cluster_id).export(
                 action.agent_id, epoch=m.epoch_from, freeze=True, freeze_options=options
             ).result(EXPORT_TIMEOUT_S + wait_s)

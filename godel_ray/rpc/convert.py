@@ -86,6 +86,7 @@ _ISOLATION_FROM_PB: dict[int, Isolation] = {int(v): k for k, v in _ISOLATION_TO_
 _BUSY_TO_PB: dict[BusyPolicy, pb.BusyPolicy] = {
     BusyPolicy.WAIT: pb.BUSY_POLICY_WAIT,
     BusyPolicy.INTERRUPT: pb.BUSY_POLICY_INTERRUPT,
+    BusyPolicy.LIVE_PROCESS: pb.BUSY_POLICY_LIVE_PROCESS,
 }
 _BUSY_FROM_PB: dict[int, BusyPolicy] = {int(v): k for k, v in _BUSY_TO_PB.items()}
 

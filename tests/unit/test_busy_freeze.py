@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from godel_ray.agents.actor import AgentActor
+from godel_ray.agents.criu import live_process_refusal
 from godel_ray.core.cluster_client import collect
-from godel_ray.errors import AgentBusy, CommandInterrupted
+from godel_ray.errors import AgentBusy, CommandInterrupted, LiveProcessUnavailable
 from godel_ray.models import (
     Agent,
     AgentStatus,
@@ -142,8 +143,9 @@ async def test_interrupt_stops_the_command_marks_its_entry_and_tells_its_caller_
 @in_loop
 async def test_interrupt_kills_a_command_that_ignores_sigterm_after_the_grace(tmp_path: Path) -> None:
     actor = await started_actor(tmp_path)
-    long = asyncio.create_task(run(actor, f"trap '' TERM; {blocked_until(tmp_path / 'never')}"))
-    await until(lambda: bool(actor.journal()), "the long command to start")
+    ready = tmp_path / "trap-set"
+    long = asyncio.create_task(run(actor, f"trap '' TERM; touch {ready}; {blocked_until(tmp_path / 'never')}"))
+    await until(ready.exists, "the command to ignore SIGTERM")
     await actor.freeze(FreezeOptions(busy=BusyPolicy.INTERRUPT, grace_s=0.2, target="east"))
     with pytest.raises(CommandInterrupted) as info:
         await long
@@ -152,3 +154,41 @@ async def test_interrupt_kills_a_command_that_ignores_sigterm_after_the_grace(tm
     await actor.terminate("done")
 
 
+
+
+def fake_criu(bin_dir: Path, *, exit_code: int, message: str) -> None:
+    """A ``criu`` on PATH that answers ``check`` as these machines' kernels make the real one answer."""
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "criu"
+    script.write_text(f"#!/bin/sh\necho 'Error (criu/vdso.c:1): {message}' >&2\nexit {exit_code}\n")
+    script.chmod(0o755)
+
+
+def test_live_process_is_refused_with_the_reason_and_nothing_frozen(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    assert live_process_refusal() == "criu not installed"
+    fake_criu(tmp_path / "bin", exit_code=1, message="vdso: Unexpected rt vDSO area bounds")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert live_process_refusal() == "criu check failed: Error (criu/vdso.c:1): vdso: Unexpected rt vDSO area bounds"
+    fake_criu(tmp_path / "bin", exit_code=0, message="")
+    assert "not implemented" in live_process_refusal()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin") + ":/usr/bin:/bin")  # bash for the command, no criu
+
+    async def go() -> None:
+        actor = await started_actor(tmp_path)
+        flag = tmp_path / "go"
+        long = asyncio.create_task(run(actor, blocked_until(flag)))
+        await until(lambda: bool(actor.journal()), "the long command to start")
+        with pytest.raises(LiveProcessUnavailable, match="criu not installed") as info:
+            await actor.freeze(FreezeOptions(busy=BusyPolicy.LIVE_PROCESS, target="west"))
+        assert info.value.reason == "criu not installed" and "Nothing was frozen" in str(info.value)
+        assert actor.info().status is AgentStatus.RUNNING
+        flag.touch()
+        assert (await long).stdout == "released\n"
+        # idle: nothing runs that would need CRIU, so the freeze is the ordinary one
+        frozen = await actor.freeze(FreezeOptions(busy=BusyPolicy.LIVE_PROCESS, target="west"))
+        assert frozen.status is AgentStatus.MIGRATING
+        await actor.terminate("done")
+
+    asyncio.run(go())

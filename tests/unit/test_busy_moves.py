@@ -134,7 +134,7 @@ def test_freeze_options_journal_marks_and_frozen_at_cross_the_wire() -> None:
 
 def test_busy_input_is_checked() -> None:
     assert busy_policy("Interrupt") is BusyPolicy.INTERRUPT and busy_policy(BusyPolicy.WAIT) is BusyPolicy.WAIT
-    with pytest.raises(InvalidArgument, match="wait' or 'interrupt"):
+    with pytest.raises(InvalidArgument, match="wait., .interrupt. or .live_process"):
         busy_policy("later")
     assert busy_timeout(None) is None and busy_timeout(5.0) == 5.0
     for bad in (0.0, -1.0, float("inf"), float("nan")):
@@ -182,3 +182,15 @@ def test_fail_back_rules_can_be_shortened_from_the_environment(monkeypatch: pyte
     monkeypatch.setenv(HYSTERESIS_ENV, "-1")
     monkeypatch.setenv(COOLDOWN_ENV, "soon")
     assert rules_from_env() == DEFAULT_RULES
+
+
+def test_interrupt_and_live_process_exclude_each_other() -> None:
+    from godel_ray.inputs import move_policy
+
+    assert move_policy(interrupt=False, live_process=False) is BusyPolicy.WAIT
+    assert move_policy(interrupt=True, live_process=False) is BusyPolicy.INTERRUPT
+    assert move_policy(interrupt=False, live_process=True) is BusyPolicy.LIVE_PROCESS
+    with pytest.raises(InvalidArgument, match="exclude each other"):
+        move_policy(interrupt=True, live_process=True)
+    request = convert.export_request_to_pb("ag-1", 1, True, FreezeOptions(busy=BusyPolicy.LIVE_PROCESS))
+    assert convert.freeze_options_from_pb(request) == FreezeOptions(busy=BusyPolicy.LIVE_PROCESS)

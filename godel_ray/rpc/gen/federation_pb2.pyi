@@ -42,6 +42,7 @@ class BusyPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BUSY_POLICY_UNSPECIFIED: _ClassVar[BusyPolicy]
     BUSY_POLICY_WAIT: _ClassVar[BusyPolicy]
     BUSY_POLICY_INTERRUPT: _ClassVar[BusyPolicy]
+    BUSY_POLICY_LIVE_PROCESS: _ClassVar[BusyPolicy]
 
 class Isolation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -69,6 +70,7 @@ EVENT_KIND_MIGRATION: EventKind
 BUSY_POLICY_UNSPECIFIED: BusyPolicy
 BUSY_POLICY_WAIT: BusyPolicy
 BUSY_POLICY_INTERRUPT: BusyPolicy
+BUSY_POLICY_LIVE_PROCESS: BusyPolicy
 ISOLATION_UNSPECIFIED: Isolation
 ISOLATION_SANDBOX: Isolation
 ISOLATION_NONE: Isolation
