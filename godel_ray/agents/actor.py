@@ -287,8 +287,8 @@ class AgentActor:
                 f"agent {self._agent.id} cannot move with its running command: {reason}. Nothing was frozen; "
                 "move it when idle (the default) or interrupt the command (--interrupt)",
                 agent_id=self._agent.id, reason=reason)
-        self._moving_to = options.target
         if options.busy is BusyPolicy.INTERRUPT:
+            self._moving_to = options.target
             self._hold_commands()
             running = self._running
             if running is not None:
@@ -299,6 +299,7 @@ class AgentActor:
         else:
             await self._until_idle(options.busy_timeout_s)
             self._hold_commands()  # no await since the idle check: nothing slipped in
+            self._moving_to = options.target
         self._frozen_at = now_s()
         return self.info()
 

@@ -37,6 +37,12 @@ SPAWN_TIMEOUT_S = 180.0  # a new agent actor may need a fresh worker process
 CLEANUP_TIMEOUT_S = 10.0  # best-effort kill of a half-spawned agent
 
 
+# What only the control plane reads (placement, fail-back): a site neither keeps nor returns these
+# (``AgentSpec`` has no field for them), so the row takes them from the request, as for ``local``.
+CONTROL_PLANE_FIELDS = ("cluster", "idempotency_key", "priority", "preferred_region", "excluded_regions",
+                        "max_latency_ms", "max_cost_per_hour", "required_capabilities", "fail_back")
+
+
 class Spawner:
     """Spawns agents.
 
@@ -102,7 +108,8 @@ class Spawner:
             except GodelError:
                 await self._cleanup_half_spawn(chosen, agent_id)
                 raise
-            agent = spawned.model_copy(update={"cluster_id": chosen})
+            agent = spawned.model_copy(update={"cluster_id": chosen, "config": spawned.config.model_copy(
+                update={name: getattr(config, name) for name in CONTROL_PLANE_FIELDS})})
             self._table.put_spawn(agent, decision, key)  # the commit point; the ledger's hold settles
         except BaseException:
             ledger.release(chosen, agent_id, self._clock())
@@ -121,4 +128,4 @@ class Spawner:
             pass
 
 
-__all__ = ["SPAWN_TIMEOUT_S", "Spawner"]
+__all__ = ["CONTROL_PLANE_FIELDS", "SPAWN_TIMEOUT_S", "Spawner"]

@@ -194,3 +194,30 @@ def test_interrupt_and_live_process_exclude_each_other() -> None:
         move_policy(interrupt=True, live_process=True)
     request = convert.export_request_to_pb("ag-1", 1, True, FreezeOptions(busy=BusyPolicy.LIVE_PROCESS))
     assert convert.freeze_options_from_pb(request) == FreezeOptions(busy=BusyPolicy.LIVE_PROCESS)
+
+
+def test_a_site_agents_row_keeps_its_control_plane_fields(tmp_path: Path) -> None:
+    """A site's answer carries only what ``AgentSpec`` holds; ``fail_back`` and the placement fields
+    the user asked for must stay in the row, or fail-back and a later move's placement ignore them."""
+    from godel_ray.control.spawner import CONTROL_PLANE_FIELDS, Spawner
+    from godel_ray.rpc.convert import spec_from_pb, spec_to_pb
+
+    c = Control(tmp_path)
+    c.report("src", SiteCapacity(max_agents=10, available_agents=10, total_cpus=8, free_cpus=8))
+    site = c.fakes["src"]
+    answer = site.handle
+
+    async def over_the_wire(method: str, *args: object, **kwargs: object) -> object:
+        result = await answer(method, *args, **kwargs)
+        if method == "spawn":
+            agent, created = result  # type: ignore[misc]
+            return agent.model_copy(update={"config": spec_from_pb(spec_to_pb(agent.config))}), created
+        return result
+
+    site.handle = over_the_wire  # type: ignore[method-assign]
+    config = SpawnConfig(cluster="src", fail_back="auto", excluded_regions=["mars"], priority="cost")
+    agent = asyncio.run(Spawner(c.clusters, c.table, c.emitter, clock=c.clock).spawn(config))
+    row = c.store.agent(agent.id)
+    assert row is not None and row.cluster_id == "src"
+    for name in CONTROL_PLANE_FIELDS:
+        assert getattr(row.config, name) == getattr(config, name), name
