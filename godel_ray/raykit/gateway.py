@@ -27,6 +27,7 @@ from godel_ray.models import (
     AgentSnapshot,
     AgentStatus,
     Cluster,
+    ClusterChanges,
     ClusterHealthState,
     ClusterInfo,
     ClusterStats,
@@ -139,8 +140,12 @@ class ClusterGateway:
     def set_maintenance(self, on: bool) -> Call[ClusterHealthState]:
         return Call(self.what, lambda: self.handle.set_maintenance.remote(on))
 
-    def drain_events(self, since_local_seq: int) -> Call[tuple[list[FederationEvent], int]]:
-        return Call(self.what, lambda: self.handle.drain_events.remote(since_local_seq))
+    def wait_changes(self, incarnation: str, since_local_seq: int, health_version: int, timeout_s: float
+                     ) -> Call[ClusterChanges]:
+        """A long poll: answered at the first event after ``since_local_seq`` or health change after
+        ``health_version``, else after ``timeout_s`` (``ClusterActor.wait_changes``)."""
+        return Call(self.what, lambda: self.handle.wait_changes.remote(incarnation, since_local_seq, health_version,
+                                                                      timeout_s))
 
     def spawn(self, config: SpawnConfig, *, agent_id: str | None = None, idempotency_key: str | None = None,
               epoch: int = 1) -> Call[tuple[Agent, bool]]:
