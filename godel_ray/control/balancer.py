@@ -218,10 +218,15 @@ class MultiClusterLoadBalancer:
         return "ok"
 
     async def role(self) -> dict[str, str]:
-        """This control plane's role and the lease as stored (answers in every role)."""
+        """This control plane's role and the lease as stored (answers in every role); while the lease
+        is held, ``active_holder`` and ``active_address`` (its Ray address: clients attach there)."""
         self._start()
         await self._tried_lease.wait()
-        return {"role": self.lease.role.value, "holder": self.lease.holder, "lease": describe(self.store.lease())}
+        lease = self.store.lease()
+        out = {"role": self.lease.role.value, "holder": self.lease.holder, "lease": describe(lease)}
+        if lease is not None and lease.active:
+            out.update(active_holder=lease.holder, active_address=lease.address)
+        return out
 
     async def prepare_shutdown(self) -> int:
         """Checkpoint every non-final local agent (frozen) so ``up`` can restore it, then hand the lease

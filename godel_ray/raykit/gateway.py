@@ -267,6 +267,10 @@ class BalancerGateway:
     def ping(self) -> Call[str]:
         return Call(self.what, lambda: self.handle.ping.remote())
 
+    def role(self) -> Call[dict[str, str]]:
+        """This control plane's role, and the active one's holder and Ray address (in every role)."""
+        return Call(self.what, lambda: self.handle.role.remote())
+
     def prepare_shutdown(self) -> Call[int]:
         return Call(self.what, lambda: self.handle.prepare_shutdown.remote())
 
