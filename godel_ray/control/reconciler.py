@@ -8,9 +8,11 @@
   acknowledged and nobody holds its id), or from a spawn whose clean-up could not reach the
   cluster. Adopting it would hand out an agent nobody asked for; killing it is the safe rule.
   Swept when a cluster is first seen (start-up reconciliation, registration), whenever it
-  (re)connects (back from offline, or a restarted ClusterActor), and after a failed clean-up
-  (``sweep_soon``); a sweep that failed is tried again at the cluster's next answer. Never on a
-  timer: at a hundred clusters a periodic sweep was a burst of calls every few seconds.
+  (re)connects (back from offline, or a restarted ClusterActor), when it reports ``agent.spawned``
+  for an agent this balancer neither knows nor is spawning (a spawn a previous balancer started
+  that landed after the start-up sweep), and after a failed clean-up (``sweep_soon``); a sweep
+  that failed is tried again at the cluster's next answer. Never on a timer: at a hundred clusters
+  a periodic sweep was a burst of calls every few seconds.
 - Ingestion: one watcher task per cluster keeps one ``wait_changes`` long poll outstanding on its
   ClusterActor, answered when the cluster's health changed or it buffered events (else after
   ``WATCH_TIMEOUT_S``): the health goes to the cluster set (and its ledger), the events into the
@@ -273,8 +275,12 @@ class Reconciler:
         if events:
             self._emitter.append(e.model_copy(update={"cluster_id": cluster_id}) for e in events)
             self._cursors.advance(cluster_id, buffer_seq=events[-1].seq)
+            spawning = self._spawning()
             for event in events:
                 self.apply_event(cluster_id, event)
+                if (event.type == EventType.AGENT_SPAWNED and event.agent_id and event.agent_id not in spawning
+                        and self._table.get(event.agent_id) is None):
+                    watch.sweeps_wanted += 1  # a spawn nobody here asked for: an orphan, unless it ended
         self._cursors.advance(cluster_id, site_seq=changes.site_seq)
         if changes.health.status is not ClusterStatus.OFFLINE:
             self._start_sweep(cluster_id, watch)

@@ -155,7 +155,7 @@ def _orphan(c: Control, agent_id: str) -> None:
                                             status=AgentStatus.RUNNING)
 
 
-def test_orphans_are_swept_when_a_cluster_is_first_seen_or_comes_back_never_on_a_timer(tmp_path: Path) -> None:
+def test_orphans_are_swept_when_a_cluster_is_first_seen_comes_back_or_spawns_unasked_never_on_a_timer(tmp_path: Path) -> None:
     c = Control(tmp_path, ("local", "src"))
     reconciler = _reconciler(c, tmp_path)
     fake = c.fakes["src"]
@@ -192,8 +192,21 @@ def test_orphans_are_swept_when_a_cluster_is_first_seen_or_comes_back_never_on_a
         reconciler.sweep_soon("src")  # a failed spawn's clean-up did not reach it
         await reconciler.idle()
         assert "orphan-4" not in fake.agents
+        _orphan(c, "orphan-5")  # a spawn a previous balancer started, landed after the start-up sweep
+        fake.events.append(FederationEvent(seq=1, kind=EventKind.AGENT, type=EventType.AGENT_SPAWNED,
+                                           agent_id="orphan-5"))
+        assert await reconciler.poll("src")
+        await reconciler.idle()
+        assert "orphan-5" not in fake.agents
+        lists = sum(m == "list_agents" for m, _ in fake.calls)
+        fake.events.append(FederationEvent(seq=2, kind=EventKind.AGENT, type=EventType.AGENT_SPAWNED,
+                                           agent_id="ag-known"))
+        c.put_agent(Agent(id="ag-known", config=SpawnConfig(), cluster_id="src", status=AgentStatus.RUNNING))
+        assert await reconciler.poll("src")  # a spawn of its own: no sweep
+        await reconciler.idle()
+        assert sum(m == "list_agents" for m, _ in fake.calls) == lists and "ag-known" in fake.agents
         removed = [e.agent_id for e in c.store.events(0, 100) if e.type == EventType.AGENT_ORPHAN_REMOVED]
-        assert removed == ["orphan-1", "orphan-2", "orphan-3", "orphan-4"]
+        assert removed == ["orphan-1", "orphan-2", "orphan-3", "orphan-4", "orphan-5"]
 
     asyncio.run(scenario())
 
