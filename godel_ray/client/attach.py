@@ -53,11 +53,11 @@ def attach(root: Path, address: str | None = None) -> BalancerGateway:
     if role is None or role.get("role") == "active":
         return balancer
     holder, target = role.get("active_holder", ""), role.get("active_address", "")
-    if not target or target == rayapi.gcs_address():
+    if not target or holder == role.get("holder"):
         return balancer  # no one else serves now (a takeover under way): this one's calls say so
     here = f"this control plane ({role.get('holder', '?')}) is a {role.get('role', 'standby')}"
     try:
-        rayapi.init_client(target, _head_env(holder, target))
+        rayapi.init_client(*_head(holder, target))
         balancer = BalancerGateway(factory.balancer_handle())
         there = _role(balancer)
     except Exception as exc:
@@ -79,19 +79,26 @@ def _role(balancer: BalancerGateway) -> dict[str, str] | None:
         return None
 
 
-def _head_env(holder: str, address: str) -> dict[str, str]:
-    """Ray's client settings for the head at ``address``: its own (token included) when ``holder``
-    is a control plane on this machine whose state dir says it runs there; else none beyond ours."""
+def _head(holder: str, address: str) -> tuple[str, dict[str, str]]:
+    """Where and how to attach to the head at ``address`` (as the lease names it: the node's IP):
+    as its own state dir says (address and token) when ``holder`` is a control plane on this machine
+    whose head listens on that port; else ``address`` with no settings beyond ours."""
     from godel_ray.control import controlplane
 
     host, _, state_dir = holder.partition(":")
     if host != socket.gethostname() or not state_dir:
-        return {}
+        return address, {}
     try:
         head = controlplane.read_head(state_dir)
     except OSError:
-        return {}
-    return head.env() if head is not None and head.address == address else {}
+        return address, {}
+    if head is None or _port(head.address) != _port(address):
+        return address, {}
+    return head.address, head.env()
+
+
+def _port(address: str) -> str:
+    return address.rpartition(":")[2]
 
 
 __all__ = ["ROLE_TIMEOUT_S", "attach"]
