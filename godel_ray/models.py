@@ -419,6 +419,24 @@ class FederationEvent(_Model):
     data: dict[str, str] = Field(default_factory=dict)
 
 
+class ClusterChanges(_Model):
+    """A ClusterActor's answer to ``wait_changes``: its health and the events buffered after the
+    caller's cursor.
+
+    ``incarnation`` names this life of the actor (a restarted actor's buffer numbers from 1 again);
+    ``health_version`` rises with every health change worth telling (anything but the suspicion
+    level alone); ``site_seq`` is the last site event seq covered (the balancer's resume cursor);
+    ``reconnects`` counts the cluster's returns from offline (each asks for an orphan sweep).
+    """
+
+    incarnation: str
+    health: ClusterHealthState
+    health_version: int
+    events: list[FederationEvent] = Field(default_factory=list)
+    site_seq: int = 0
+    reconnects: int = 0
+
+
 class MigrationPhase(str, Enum):
     VALIDATING = "validating"
     PREPARING = "preparing"  # protocol v2: the target holds resources and a staging dir
@@ -511,6 +529,7 @@ __all__ = [
     "CandidateScore",
     "Cluster",
     "ClusterCapabilities",
+    "ClusterChanges",
     "ClusterHealthState",
     "ClusterInfo",
     "ClusterStats",

@@ -22,7 +22,7 @@ from godel_ray import settings
 from godel_ray.client import policy
 from godel_ray.client.aio import AsyncTransparentClusterProxy
 from godel_ray.client.session import Session, status_value
-from godel_ray.errors import ControlPlaneNotRunning, GodelError
+from godel_ray.errors import GodelError
 from godel_ray.inputs import busy_policy, busy_timeout, move_policy
 from godel_ray.models import (
     Agent,
@@ -50,28 +50,16 @@ T = TypeVar("T")
 
 def connect(state_dir: str | os.PathLike[str] | None = None, *, address: str | None = None
             ) -> TransparentClusterProxy:
-    """Attach to the running control plane (see the module docstring of ``controlplane``).
+    """Attach to the active control plane (``client.attach``; see also ``controlplane``).
 
     Ray already initialised: use it. ``RAY_ADDRESS`` set (inside ``ray job submit``): attach to it.
     Else ``<state_dir>/control.json`` from ``swarmctl up``. No control plane: ``ControlPlaneNotRunning``.
+    A standby there (another control plane holds the lease): attached to the active one instead.
     """
-    from godel_ray.control import controlplane, factory
-    from godel_ray.raykit import rayapi
-    from godel_ray.raykit.gateway import BalancerGateway
+    from godel_ray.client.attach import attach
 
     root = settings.state_dir(state_dir)
-    if not rayapi.is_initialized():
-        if address is not None:
-            head = controlplane.read_head(root)
-            rayapi.init_client(address, head.env() if head is not None and head.address == address else {})
-        elif os.environ.get("RAY_ADDRESS"):
-            rayapi.init_client(os.environ["RAY_ADDRESS"], {})
-        else:
-            head = controlplane.read_head(root)
-            if head is None:
-                raise ControlPlaneNotRunning(f"no control plane at {root}: run `swarmctl up` first")
-            rayapi.init_client(head.address, head.env())
-    return TransparentClusterProxy(BalancerGateway(factory.balancer_handle()), root)
+    return TransparentClusterProxy(attach(root, address), root)
 
 
 class _Balanced:

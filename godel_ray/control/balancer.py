@@ -118,7 +118,8 @@ class MultiClusterLoadBalancer:
                                    local_max_agents=_local_max_agents())
         gateway = self.clusters.gateway
         self.checkpoints = Checkpoints(store, state_dir, self.table, ledger, gateway, emitter)
-        self.spawner = Spawner(self.clusters, self.table, emitter, local_id=LOCAL_ID)
+        self.spawner = Spawner(self.clusters, self.table, emitter, local_id=LOCAL_ID,
+                               unsettled=lambda cluster_id: self.reconciler.sweep_soon(cluster_id))
         self.agents = AgentOps(gateway, self.table, store, local_id=LOCAL_ID)
         self.migrator = MigrationExecutor(store, self.table, gateway, emitter, ledger=ledger, views=self.clusters.view,
                                           cooldown_s=cooldown_from_env(), local_id=LOCAL_ID)
@@ -194,17 +195,22 @@ class MultiClusterLoadBalancer:
             self._loop_task.cancel()
 
     async def _control_loop(self) -> None:
-        while self.lease.role is Role.ACTIVE:
-            started = time.monotonic()
-            try:
-                await self.reconciler.tick()
-                await self.failover.tick()
-                await self.failback.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("control loop iteration failed; carrying on")
-            await asyncio.sleep(max(0.0, CONTROL_LOOP_INTERVAL_S - (time.monotonic() - started)))
+        """Every ``CONTROL_LOOP_INTERVAL_S``: a watcher per cluster (the reconciler's long polls bring
+        health and events as they change), failover and fail-back decisions from memory."""
+        try:
+            while self.lease.role is Role.ACTIVE:
+                started = time.monotonic()
+                try:
+                    await self.reconciler.tick()
+                    await self.failover.tick()
+                    await self.failback.tick()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("control loop iteration failed; carrying on")
+                await asyncio.sleep(max(0.0, CONTROL_LOOP_INTERVAL_S - (time.monotonic() - started)))
+        finally:
+            self.reconciler.stop()
 
     async def ping(self) -> str:
         """``ok`` once active and ready; ``standby`` (or ``deposed``) while another control plane serves."""
@@ -215,10 +221,15 @@ class MultiClusterLoadBalancer:
         return "ok"
 
     async def role(self) -> dict[str, str]:
-        """This control plane's role and the lease as stored (answers in every role)."""
+        """This control plane's role and the lease as stored (answers in every role); while the lease
+        is held, ``active_holder`` and ``active_address`` (its Ray address: clients attach there)."""
         self._start()
         await self._tried_lease.wait()
-        return {"role": self.lease.role.value, "holder": self.lease.holder, "lease": describe(self.store.lease())}
+        lease = self.store.lease()
+        out = {"role": self.lease.role.value, "holder": self.lease.holder, "lease": describe(lease)}
+        if lease is not None and lease.active:
+            out.update(active_holder=lease.holder, active_address=lease.address)
+        return out
 
     async def prepare_shutdown(self) -> int:
         """Checkpoint every non-final local agent (frozen) so ``up`` can restore it, then hand the lease

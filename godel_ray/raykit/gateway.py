@@ -28,6 +28,7 @@ from godel_ray.models import (
     AgentStatus,
     BusyPolicy,
     Cluster,
+    ClusterChanges,
     ClusterHealthState,
     ClusterInfo,
     ClusterStats,
@@ -141,8 +142,12 @@ class ClusterGateway:
     def set_maintenance(self, on: bool) -> Call[ClusterHealthState]:
         return Call(self.what, lambda: self.handle.set_maintenance.remote(on))
 
-    def drain_events(self, since_local_seq: int) -> Call[tuple[list[FederationEvent], int]]:
-        return Call(self.what, lambda: self.handle.drain_events.remote(since_local_seq))
+    def wait_changes(self, incarnation: str, since_local_seq: int, health_version: int, timeout_s: float
+                     ) -> Call[ClusterChanges]:
+        """A long poll: answered at the first event after ``since_local_seq`` or health change after
+        ``health_version``, else after ``timeout_s`` (``ClusterActor.wait_changes``)."""
+        return Call(self.what, lambda: self.handle.wait_changes.remote(incarnation, since_local_seq, health_version,
+                                                                      timeout_s))
 
     def spawn(self, config: SpawnConfig, *, agent_id: str | None = None, idempotency_key: str | None = None,
               epoch: int = 1) -> Call[tuple[Agent, bool]]:
@@ -265,6 +270,10 @@ class BalancerGateway:
 
     def ping(self) -> Call[str]:
         return Call(self.what, lambda: self.handle.ping.remote())
+
+    def role(self) -> Call[dict[str, str]]:
+        """This control plane's role, and the active one's holder and Ray address (in every role)."""
+        return Call(self.what, lambda: self.handle.role.remote())
 
     def prepare_shutdown(self) -> Call[int]:
         return Call(self.what, lambda: self.handle.prepare_shutdown.remote())
