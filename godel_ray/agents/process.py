@@ -208,8 +208,8 @@ class _OutputBuffer:
 
     Invariants: ``put`` never blocks the caller beyond ``high_bytes`` of held output (a pump then
     waits in ``room``, the pipe fills, and the command blocks writing: a slow reader slows the
-    command rather than growing memory); the end marker (None) is always accepted; ``blocked`` says
-    whether a pump waited for the consumer since it was last cleared."""
+    command rather than growing memory); the end marker (None) is always accepted; ``reader_behind``
+    says whether a pump waits for the consumer, or did since ``blocked`` was last cleared."""
 
     def __init__(self, high_bytes: int) -> None:
         self.queue: asyncio.Queue[tuple[OutputStream, bytes] | None] = asyncio.Queue()
@@ -218,7 +218,13 @@ class _OutputBuffer:
         self._room = asyncio.Event()
         self._room.set()
         self._unbounded = False
+        self._waiting = 0  # pumps waiting for room now
         self.blocked = False
+
+    @property
+    def reader_behind(self) -> bool:
+        """Whether a pump waits for the consumer now, or did since ``blocked`` was last cleared."""
+        return self.blocked or self._waiting > 0
 
     async def put(self, kind: OutputStream, data: bytes) -> None:
         self.queue.put_nowait((kind, data))
@@ -226,7 +232,11 @@ class _OutputBuffer:
         while self._held >= self._high and not self._unbounded:
             self.blocked = True
             self._room.clear()
-            await self._room.wait()
+            self._waiting += 1
+            try:
+                await self._room.wait()
+            finally:
+                self._waiting -= 1
 
     def end(self) -> None:
         self.queue.put_nowait(None)
@@ -295,7 +305,7 @@ async def run_streaming(command: str, *, cwd: str, env: dict[str, str], timeout_
         while pending:
             buffer.blocked = False
             _, pending = await asyncio.wait(pending, timeout=PIPE_DRAIN_GRACE_S)
-            if pending and not buffer.blocked:
+            if pending and not buffer.reader_behind:
                 for task in pending:
                     task.cancel()
                 return
@@ -330,7 +340,8 @@ async def run_streaming(command: str, *, cwd: str, env: dict[str, str], timeout_
             item: tuple[OutputStream, bytes] | None
             if parts and buffer.queue.empty():
                 try:
-                    item = await asyncio.wait_for(buffer.queue.get(), max(0.0, flush_at - loop.time()))
+                    async with asyncio.timeout_at(flush_at):  # (wait_for may swallow a cancellation in 3.11)
+                        item = await buffer.queue.get()
                 except TimeoutError:
                     item = (kind, b"")  # FLUSH_S passed: send what there is
             else:
