@@ -38,6 +38,7 @@ from godel_ray.settings import LIMITS
 KILL_GRACE_S = 1.0  # between SIGTERM and SIGKILL of the process group
 PIPE_DRAIN_GRACE_S = 2.0  # after the command exits, how long background children may hold its pipes
 READ_BYTES = 64 * 1024
+HELD_CHUNKS = 4  # output read ahead of a slow reader, in chunks: the command runs on while a chunk is sent
 FLUSH_S = 0.02  # a chunk goes out this long after its first byte, full or not
 TIMEOUT_EXIT_CODE = 124  # what coreutils `timeout` uses
 SANDBOX_SETUP_TIMEOUT_S = 30.0  # bwrap reports its sandbox's pid well within this
@@ -277,7 +278,7 @@ async def run_streaming(command: str, *, cwd: str, env: dict[str, str], timeout_
     proc = await _spawn(command, cwd, env, sandbox, cgroup)
     pgid = proc.pid  # start_new_session: the child leads its own group
     control.pgid = pgid
-    buffer = _OutputBuffer(high_bytes=chunk_bytes)
+    buffer = _OutputBuffer(high_bytes=HELD_CHUNKS * chunk_bytes)
     budget = [max_output_bytes]
     truncated = [False]
 
