@@ -148,23 +148,31 @@ def bench_exec(fed: Federation, opt: Options) -> list[Row]:
 
 
 def bench_stream(fed: Federation, opt: Options) -> list[Row]:
+    """``streamed output``: MB/s of a command's output through ``exec_stream`` (proxy -> ClusterActor ->
+    [gRPC -> site ->] AgentActor), against the same command read through a plain local pipe."""
+    from godel_ray.settings import LIMITS
+
     n = 3 if opt.quick else 5
     floor, size = floors.pipe_throughput(STREAM_COMMAND, n)
     rows = []
     for cluster in ("local", SITES[0]):
         agent = fed.spawn(cluster)
-        rates = []
+        rates, chunks, largest = [], 0, 0
         try:
             for _ in range(n):
-                start, got = time.perf_counter(), 0
+                start, got, chunks = time.perf_counter(), 0, 0
                 for chunk in fed.proxy.exec_stream(agent.id, STREAM_COMMAND):
-                    got += len(chunk.data.encode()) if chunk.data else 0
+                    if chunk.data:
+                        piece = len(chunk.data.encode())
+                        got, chunks, largest = got + piece, chunks + 1, max(largest, piece)
                 rates.append(got / 1e6 / (time.perf_counter() - start))
         finally:
             fed.kill(agent.id)
         where = "local" if cluster == "local" else "remote"
-        rows.append(Row(f"stream output {size / 1e6:.1f} MB ({where})", "MB/s", rates, "local pipe", floor,
-                        higher_is_better=True))
+        rows.append(Row(f"streamed output {size / 1e6:.1f} MB ({where})", "MB/s", rates, "local pipe", floor,
+                        higher_is_better=True, target=Target("ratio_max", 2.0),
+                        note=f"goal: >= 0.5x the pipe; {chunks} chunks, largest {largest / 1024:.0f} KiB "
+                             f"(bound {LIMITS.exec_chunk_bytes // 1024} KiB)"))
     return rows
 
 

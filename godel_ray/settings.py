@@ -105,6 +105,10 @@ class Limits(BaseModel):
     max_labels: int = 64
     max_label_bytes: int = 256
     max_output_bytes: int = 16 * 1024 * 1024  # per command; more is dropped and `truncated` set
+    # One streamed output chunk (``ExecChunk.data`` as UTF-8, one gRPC message's payload) is at most
+    # this; far under ``max_message_bytes``. Big, because each chunk costs a Ray streaming item (a few
+    # ms on a busy 2-core machine: 256 KiB chunks streamed at a third of the rate of 1 MiB ones).
+    exec_chunk_bytes: int = Field(default=1024 * 1024, ge=4096)
     max_command_timeout_s: float = 24 * 3600.0
     default_command_timeout_s: float = 3600.0
     max_snapshot_bytes: int = 1024 * 1024 * 1024

@@ -232,6 +232,7 @@ class AgentActor:
                 async for chunk in run_streaming(command, cwd=self._workdir, env=self._command_env(),
                                                  timeout_s=timeout, control=control,
                                                  max_output_bytes=self._limits.max_output_bytes,
+                                                 chunk_bytes=self._limits.exec_chunk_bytes,
                                                  sandbox=self._sandbox()):
                     if control.pgid is not None:
                         self._pgids.add(control.pgid)

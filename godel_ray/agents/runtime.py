@@ -12,7 +12,9 @@ Invariants:
   so its status can still be read, and its id can be reused by an import with a newer epoch;
 - an operation with ``epoch != 0`` that is not the agent's epoch raises ``StaleEpoch``;
 - the event log records ``agent.spawned``, ``agent.status``, ``command.started``,
-  ``command.finished``, ``agent.exported``, ``agent.imported`` and ``agent.killed``.
+  ``command.finished``, ``agent.exported``, ``agent.imported`` and ``agent.killed``; a command's
+  two events are deferred (``EventLog.defer``), and ``command.finished`` comes after its result
+  was handed to the caller.
 
 Runs on one asyncio event loop (the caller's); actor calls go through the typed ``AgentGateway``
 and are awaited, never blocking. What the Ray cluster can host, and the capacity report, are
@@ -118,9 +120,9 @@ class AgentRuntime:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _emit(self, type_: str, agent_id: str = "", kind: EventKind = EventKind.AGENT,
+    def _emit(self, type_: str, agent_id: str = "", kind: EventKind = EventKind.AGENT, *, later: bool = False,
               **data: object) -> None:
-        record(self._log, self.name, type_, agent_id, kind, **data)
+        record(self._log, self.name, type_, agent_id, kind, later=later, **data)
 
     async def _resources(self) -> tuple[list[dict[str, float]], dict[str, float], dict[str, float]]:
         """(each alive node's total resources, the cluster's total, what is free now)."""
@@ -295,18 +297,26 @@ class AgentRuntime:
         validate_command(command, self._limits)
         timeout = validate_exec_timeout(timeout_s, self._limits)
         entry, actor = self._table.live(agent_id, epoch)
-        self._emit(EventType.COMMAND_STARTED, agent_id, EventKind.COMMAND, command=command[:200])
+        # Both events are deferred (off the command's path), and ``command.finished`` is recorded
+        # only once the result was handed on: a reader of the events never sees a command finish
+        # before its caller got the result (on a site: before the result message was sent).
+        self._emit(EventType.COMMAND_STARTED, agent_id, EventKind.COMMAND, later=True, command=command[:200])
         finished = False
         stream = None
         try:
             stream = actor.exec(command, timeout)
             async for chunk in stream:
-                if chunk.result is not None:
-                    finished = True
-                    self._emit(EventType.COMMAND_FINISHED, agent_id, EventKind.COMMAND,
-                               exit_code=chunk.result.exit_code, duration_s=f"{chunk.result.duration_s:.3f}",
-                               timed_out=chunk.result.timed_out)
-                yield chunk
+                if chunk.result is None:
+                    yield chunk
+                    continue
+                finished = True
+                result = chunk.result
+                try:
+                    yield chunk
+                finally:  # also when the caller closes the stream on the result
+                    self._emit(EventType.COMMAND_FINISHED, agent_id, EventKind.COMMAND, later=True,
+                               exit_code=result.exit_code, duration_s=f"{result.duration_s:.3f}",
+                               timed_out=result.timed_out)
         except (rayapi.ActorUnreachable, rayapi.ActorDied) as exc:
             finished = True
             raise self._table.failure(entry, exc) from None

@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,11 +30,13 @@ from godel_ray.errors import (
 )
 from godel_ray.models import AgentStatus, ExecChunk, ExecResult, SpawnConfig
 from godel_ray.raykit import heads
-from tests.helpers import ECHO_CHILD, process_gone
+from godel_ray.settings import LIMITS
+from tests.helpers import ECHO_CHILD, ECHO_SELF, gone_or_blocked_writing, process_gone, wait_for
 
 pytestmark = pytest.mark.ray
 T = TypeVar("T")
 DEADLINE_S = 60.0
+BIG_OUTPUT = 12_000_000  # bytes a command prints: under max_output_bytes, over max_message_bytes
 
 
 class Harness:
@@ -108,6 +111,39 @@ def test_exec_streams_output_before_the_command_ends(h: Harness) -> None:
     end_at, last = arrivals[-1]
     assert last.result is not None and last.result.exit_code == 0
     assert first_at < end_at - 0.5  # the first line came while the command was still sleeping
+    h.kill(agent.id)
+
+
+def test_a_slow_reader_gets_bounded_chunks_every_byte_and_the_result_before_its_event(h: Harness) -> None:
+    """Runtime -> Ray streaming generator -> AgentActor -> process: a reader that stalls until the
+    command exited or blocks on its pipe gets every byte, in chunks within ``exec_chunk_bytes``, the
+    result last, and ``command.finished`` only after the result reached it."""
+    agent = h.spawn()
+    since = h.runtime.last_event_seq
+
+    async def go() -> tuple[list[ExecChunk], list[str]]:
+        chunks: list[ExecChunk] = []
+        seen_at_result: list[str] = []
+        async for chunk in h.runtime.exec_stream(agent.id, f"{ECHO_SELF} > writer.pid; exec head -c {BIG_OUTPUT} "
+                                                 "/dev/zero"):
+            if not chunks:
+                ref = (h.root / agent.id / "writer.pid").read_text()
+                await asyncio.to_thread(wait_for, partial(gone_or_blocked_writing, ref), "the writer to stall",
+                                        DEADLINE_S, 0.05)
+            if chunk.result is not None:
+                seen_at_result = [e.type for e in h.runtime.recent_events(since) if e.agent_id == agent.id]
+            chunks.append(chunk)
+        return chunks, seen_at_result
+
+    chunks, seen_at_result = h.run(go())
+    assert all(c.result is None for c in chunks[:-1]) and chunks[-1].result is not None
+    assert chunks[-1].result.exit_code == 0 and not chunks[-1].result.truncated
+    sizes = [len(c.data.encode()) for c in chunks[:-1]]
+    assert max(sizes) <= LIMITS.exec_chunk_bytes and sum(sizes) == BIG_OUTPUT
+    assert seen_at_result == ["command.started"]  # the result came first
+    events = [e for e in h.runtime.recent_events(since) if e.agent_id == agent.id]
+    assert [e.type for e in events] == ["command.started", "command.finished"]
+    assert events[0].seq < events[1].seq and events[1].data["exit_code"] == "0"
     h.kill(agent.id)
 
 
