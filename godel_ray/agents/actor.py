@@ -264,14 +264,15 @@ class AgentActor:
         """The phases of direct calls' commands not collected yet, oldest first, and whether the
         agent has ended. ``wait``: until there is one (or the end), then gather for
         ``COMMAND_EVENTS_BATCH_S`` more, so a busy agent answers once for many commands."""
-        if wait and not self._outbox and not self._done.is_set():
-            ended = asyncio.ensure_future(self._done.wait())
-            ready = asyncio.ensure_future(self._outbox_ready.wait())
-            try:
-                await asyncio.wait({ended, ready}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                ended.cancel()
-                ready.cancel()
+        if wait and not self._done.is_set():
+            if not self._outbox:
+                ended = asyncio.ensure_future(self._done.wait())
+                ready = asyncio.ensure_future(self._outbox_ready.wait())
+                try:
+                    await asyncio.wait({ended, ready}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    ended.cancel()
+                    ready.cancel()
             if not self._done.is_set():
                 await asyncio.sleep(COMMAND_EVENTS_BATCH_S)
         events, self._outbox = self._outbox, []
