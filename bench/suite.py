@@ -68,7 +68,8 @@ class Federation:
         try:
             for name in SITES:
                 self.sites.append(start_site(root / "sites", name, num_cpus=SITE_CPUS, extra=[
-                    "--warm-pool-size", str(WARM_POOL), "--max-agents", "400"]))
+                    "--warm-pool-size", str(WARM_POOL), "--max-agents", "400",
+                    "--isolation", isolation()]))
             self.info = controlplane.up(self.state_dir, num_cpus=LOCAL_CPUS)
             self.proxy = connect(self.state_dir)
             # local's default max_agents is its CPU count; the scale test spreads hundreds of tiny agents
@@ -112,6 +113,12 @@ class Federation:
             print(f"warning: kill {agent_id}: {exc}", file=sys.stderr)
 
 
+def isolation() -> str:
+    """How every cluster of the bench runs commands: ``$GODEL_ISOLATION`` (sandbox unless ``none``),
+    read by the local runtime and passed to the sites as ``--isolation``."""
+    return "none" if os.environ.get("GODEL_ISOLATION", "").strip().lower() == "none" else "sandbox"
+
+
 def _ms(samples: list[float]) -> list[float]:
     return [s * 1000 for s in samples]
 
@@ -140,10 +147,11 @@ def bench_exec(fed: Federation, opt: Options) -> list[Row]:
             samples = _ms(floors.timed(partial(fed.proxy.exec, agent_id, "true"), opt.reps, warmup=3))
         finally:
             fed.kill(agent_id)
-        hops = "proxy -> ClusterActor -> AgentActor" if cluster == "local" else \
-            "proxy -> ClusterActor -> gRPC -> site -> AgentActor"
+        hops = "proxy -> AgentActor (one hop, cached handle)" if cluster == "local" else \
+            "proxy -> ClusterActor -> gRPC unary Exec -> site -> AgentActor"
         rows.append(Row(f"exec `true` ({'local' if cluster == 'local' else 'remote'})", "ms", samples,
-                        floor_name, floor, target=Target("ratio_max", 1.3), note=f"path: {hops}"))
+                        floor_name, floor, target=Target("ratio_max", 1.3),
+                        note=f"path: {hops}; isolation {isolation()} (the floor runs bash bare)"))
     return rows
 
 

@@ -16,7 +16,13 @@ Invariants:
 - once the status is final it never changes, and every new or waiting command is refused:
   ``AgentMoved`` when the agent was killed because it migrated, else ``AgentNotRunning``;
 - the lifetime (``config.timeout_s``, counted from ``started_at``, which survives a move) ends the
-  agent with status COMPLETED: the running command is killed and new ones are refused.
+  agent with status COMPLETED: the running command is killed and new ones are refused;
+- a call that carries an epoch (a proxy's, straight to this actor: one hop) runs only while this
+  actor serves the agent at exactly that epoch: another epoch is ``StaleEpoch``, a copy that was
+  migrated away or fenced (restored elsewhere) is ``AgentMoved``, an ended one ``AgentNotRunning``;
+  the check is made again once the command lock is held, so a refused command never started. The
+  runtime did not see such a call, so its ``command.started``/``command.finished`` wait here, in
+  order, until the runtime collects them (``command_events``, batched off the hot path).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from godel_ray.agents import snapshot as snap
 from godel_ray.agents.criu import live_process_refusal
 from godel_ray.agents.process import ProcessControl, kill_process_group, run_streaming
 from godel_ray.agents.workdir import remove_tree
-from godel_ray.core.cluster_client import KILL_REASON_MIGRATED
+from godel_ray.core.cluster_client import KILL_REASON_MIGRATED, collect
 from godel_ray.core.gpu import GPU_TYPE_RESOURCE_UNITS, gpu_type_resource
 from godel_ray.core.validation import validate_command, validate_exec_timeout
 from godel_ray.errors import (
@@ -43,6 +49,7 @@ from godel_ray.errors import (
     CommandInterrupted,
     FailedPrecondition,
     LiveProcessUnavailable,
+    StaleEpoch,
 )
 from godel_ray.models import (
     Agent,
@@ -64,6 +71,9 @@ log = logging.getLogger(__name__)
 
 MAX_CONCURRENCY = 1000  # concurrent calls: many exec streams may wait on the lock
 SIGKILL = 9
+COMMAND_EVENTS_BATCH_S = 0.05  # ``command_events`` gathers this long after the first one: one reply for many
+COMMAND_STARTED = "command.started"  # the phases of a direct call's command, as its runtime's events name them
+COMMAND_FINISHED = "command.finished"
 
 
 class AgentActor:
@@ -93,6 +103,8 @@ class AgentActor:
         self._pgids: set[int] = set()  # every command's process group, for cleanup on terminate
         self._lifetime_task: asyncio.Task[None] | None = None
         self._moved = False
+        self._outbox: list[tuple[str, JournalEntry]] = []  # a direct call's command phases, for the runtime
+        self._outbox_ready = asyncio.Event()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -216,16 +228,40 @@ class AgentActor:
         """No command runs and none waits (one woken for the lock still counts as waiting)."""
         return not self._lock.locked() and self._waiting == 0
 
-    async def exec(self, command: str, timeout_s: float | None = None) -> AsyncIterator[ExecChunk]:
-        """Run ``command`` with ``bash -c`` in the workdir; yield output chunks, then the result."""
+    def _check_epoch(self, epoch: int) -> None:
+        """A direct call at ``epoch`` (0: from the runtime, which checked it): refused unless this
+        actor serves the agent at exactly that epoch, running."""
+        if not epoch:
+            return
+        if self._moved:
+            raise self._refusal()
+        if epoch != self._agent.epoch:
+            raise StaleEpoch(f"agent {self._agent.id} is at epoch {self._agent.epoch} here, not {epoch}: this "
+                             "copy was superseded; resolve the agent's location again",
+                             agent_id=self._agent.id, epoch=self._agent.epoch)
+        self._check_running()
+
+    def _report(self, phase: str, entry: JournalEntry) -> None:
+        self._outbox.append((phase, entry.model_copy()))
+        self._outbox_ready.set()
+
+    async def exec(self, command: str, timeout_s: float | None = None, epoch: int = 0
+                   ) -> AsyncIterator[ExecChunk]:
+        """Run ``command`` with ``bash -c`` in the workdir; yield output chunks, then the result.
+
+        ``epoch``: a proxy's direct call, checked here (see the module docstring)."""
         validate_command(command, self._limits)
         timeout = validate_exec_timeout(timeout_s, self._limits)
+        self._check_epoch(epoch)
         await self._acquire()
         result: ExecResult | None = None
         try:
+            self._check_epoch(epoch)  # moved, fenced or ended while it waited: it never starts
             seq = (self._journal[-1].seq + 1) if self._journal else 1
             entry = JournalEntry(seq=seq, command=command, started_at=now_s())
             self._journal.append(entry)
+            if epoch:
+                self._report(COMMAND_STARTED, entry)
             control = ProcessControl()
             self._running, self._running_seq = control, seq
             try:
@@ -251,6 +287,8 @@ class AgentActor:
                     entry.duration_s = now_s() - entry.started_at
                 if control.interrupted:
                     entry.interrupted, entry.interrupt_reason = True, control.kill_reason
+                if epoch and result is not None:  # as the runtime: a command cut off has no finish
+                    self._report(COMMAND_FINISHED, entry)
         finally:
             self._release()
         assert result is not None
@@ -266,6 +304,36 @@ class AgentActor:
             "commits; run the command again there if it is still needed (the proxy finds the agent)",
             agent_id=self._agent.id, cluster_id=self._moving_to, seq=entry.seq, exit_code=entry.exit_code,
             duration_s=round(entry.duration_s, 3), reason=entry.interrupt_reason)
+
+    async def run(self, command: str, timeout_s: float | None = None, epoch: int = 0) -> ExecResult:
+        """``exec`` collected: the whole command in one reply (no message per chunk). The same code
+        runs it, so output limits, the journal and the epoch check are exactly ``exec``'s."""
+        return collect([chunk async for chunk in self.exec(command, timeout_s, epoch)])
+
+    async def command_events(self, wait: bool = True) -> tuple[list[tuple[str, JournalEntry]], bool]:
+        """The phases of direct calls' commands not collected yet, oldest first, and whether the
+        agent has ended. ``wait``: until there is one (or the end), then gather for
+        ``COMMAND_EVENTS_BATCH_S`` more, so a busy agent answers once for many commands."""
+        if wait and not self._done.is_set():
+            if not self._outbox:
+                ended = asyncio.ensure_future(self._done.wait())
+                ready = asyncio.ensure_future(self._outbox_ready.wait())
+                try:
+                    await asyncio.wait({ended, ready}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    ended.cancel()
+                    ready.cancel()
+            if not self._done.is_set():
+                await asyncio.sleep(COMMAND_EVENTS_BATCH_S)
+        events, self._outbox = self._outbox, []
+        self._outbox_ready.clear()
+        return events, self._done.is_set()
+
+    async def fence(self, epoch: int) -> None:
+        """The agent lives at ``epoch`` elsewhere now (restored by failover): if that is newer than
+        this copy's, refuse every direct call from now on (``AgentMoved``)."""
+        if epoch > self._agent.epoch:
+            self._moved = True
 
     # --- freeze / resume / terminate ---------------------------------------------------------
 

@@ -29,6 +29,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 
+from godel_ray.agents import direct_calls
 from godel_ray.agents import snapshot as snap
 from godel_ray.agents.actor import create_agent_actor
 from godel_ray.agents.capacity import NodeResources, placement_problem, site_capacity, wants
@@ -61,6 +62,7 @@ from godel_ray.models import (
     EventKind,
     EventType,
     ExecChunk,
+    ExecResult,
     FederationEvent,
     FreezeOptions,
     JournalEntry,
@@ -96,8 +98,9 @@ class AgentRuntime:
     def __init__(self, name: str, workdir_root: str, *, region: str = "", cost_per_hour: float = 0.0,
                  max_agents: int = 100, limits: Limits = LIMITS,
                  ready_timeout_s: float = READY_TIMEOUT_S, warm_pool_size: int | None = None,
-                 warm_pool_gpu: dict[str, int] | None = None) -> None:
+                 warm_pool_gpu: dict[str, int] | None = None, direct_calls: bool = False) -> None:
         self.name = name
+        self._direct_calls = direct_calls  # callers may exec on the actors directly (``local``): follow them
         self.workdir_root = workdir_root
         self.region = region
         self.cost_per_hour = cost_per_hour
@@ -209,6 +212,8 @@ class AgentRuntime:
         entry.agent = started.model_copy(update={"cluster_id": self.name})
         assert entry.actor is not None
         entry.watcher = asyncio.create_task(self._watch(entry, entry.actor))
+        if self._direct_calls:
+            entry.follower = asyncio.create_task(direct_calls.follow(self._log, self.name, entry, entry.actor))
         return entry.agent
 
     async def _watch(self, entry: AgentEntry, actor: AgentGateway) -> None:
@@ -245,6 +250,7 @@ class AgentRuntime:
         actor, entry.actor = entry.actor, None
         if actor is None:
             return
+        follower, entry.follower = entry.follower, None
         try:
             entry.journal = await actor.journal().result(TERMINATE_TIMEOUT_S)
             final = await actor.terminate(reason).result(TERMINATE_TIMEOUT_S)
@@ -252,6 +258,7 @@ class AgentRuntime:
         except GodelError as exc:  # already dead, or not answering: kill it regardless
             log.warning("agent %s: terminate failed (%s); killing its actor", entry.agent.id, exc)
         finally:
+            await direct_calls.settle(self._log, self.name, entry, actor, follower)
             actor.kill()
             self._capacity_resources.invalidate()
 
@@ -292,15 +299,31 @@ class AgentRuntime:
         self._emit(EventType.AGENT_KILLED, agent_id, reason=reason or "killed")
         return entry.agent
 
-    async def exec_stream(self, agent_id: str, command: str, *, timeout_s: float | None = None,
-                          epoch: int = 0) -> AsyncIterator[ExecChunk]:
+    def _exec_start(self, agent_id: str, command: str, timeout_s: float | None, epoch: int
+                    ) -> tuple[AgentEntry, AgentGateway, float]:
+        """Check an exec (streamed or collected) and record ``command.started``."""
         validate_command(command, self._limits)
         timeout = validate_exec_timeout(timeout_s, self._limits)
         entry, actor = self._table.live(agent_id, epoch)
         # Both events are deferred (off the command's path), and ``command.finished`` is recorded
         # only once the result was handed on: a reader of the events never sees a command finish
         # before its caller got the result (on a site: before the result message was sent).
-        self._emit(EventType.COMMAND_STARTED, agent_id, EventKind.COMMAND, later=True, command=command[:200])
+        direct_calls.started(self._log, self.name, agent_id, command, later=True)
+        return entry, actor, timeout
+
+    def _exec_interrupted(self, agent_id: str, exc: CommandInterrupted) -> None:
+        fields = exc.fields
+        self._emit(EventType.COMMAND_FINISHED, agent_id, EventKind.COMMAND, exit_code=fields.get("exit_code"),
+                   duration_s=f"{float(fields.get('duration_s') or 0.0):.3f}", timed_out=False, interrupted=True,
+                   interrupt_reason=str(fields.get("reason", ""))[:300])
+
+    def _exec_finished(self, agent_id: str, result: ExecResult) -> None:
+        direct_calls.finished(self._log, self.name, agent_id, result.exit_code, result.duration_s,
+                              result.timed_out, later=True)
+
+    async def exec_stream(self, agent_id: str, command: str, *, timeout_s: float | None = None,
+                          epoch: int = 0) -> AsyncIterator[ExecChunk]:
+        entry, actor, timeout = self._exec_start(agent_id, command, timeout_s, epoch)
         finished = False
         stream = None
         try:
@@ -310,22 +333,16 @@ class AgentRuntime:
                     yield chunk
                     continue
                 finished = True
-                result = chunk.result
                 try:
                     yield chunk
                 finally:  # also when the caller closes the stream on the result
-                    self._emit(EventType.COMMAND_FINISHED, agent_id, EventKind.COMMAND, later=True,
-                               exit_code=result.exit_code, duration_s=f"{result.duration_s:.3f}",
-                               timed_out=result.timed_out)
+                    self._exec_finished(agent_id, chunk.result)
         except (rayapi.ActorUnreachable, rayapi.ActorDied) as exc:
             finished = True
             raise self._table.failure(entry, exc) from None
         except CommandInterrupted as exc:
             finished = True
-            fields = exc.fields
-            self._emit(EventType.COMMAND_FINISHED, agent_id, EventKind.COMMAND, exit_code=fields.get("exit_code"),
-                       duration_s=f"{float(fields.get('duration_s') or 0.0):.3f}", timed_out=False, interrupted=True,
-                       interrupt_reason=str(fields.get("reason", ""))[:300])
+            self._exec_interrupted(agent_id, exc)
             raise
         except GodelError:
             finished = True
@@ -333,6 +350,41 @@ class AgentRuntime:
         finally:
             if not finished and stream is not None:  # the caller went away mid-command: stop it
                 stream.cancel()  # (its process group dies)
+
+    async def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None,
+                   epoch: int = 0) -> ExecResult:
+        """``exec_stream`` collected on the agent's actor: one reply, the same events and limits."""
+        entry, actor, timeout = self._exec_start(agent_id, command, timeout_s, epoch)
+        call = actor.run(command, timeout)
+        try:
+            result = await call
+        except (rayapi.ActorUnreachable, rayapi.ActorDied) as exc:
+            raise self._table.failure(entry, exc) from None
+        except CommandInterrupted as exc:
+            self._exec_interrupted(agent_id, exc)
+            raise
+        except asyncio.CancelledError:  # the caller went away mid-command: stop it
+            rayapi.cancel(call.ref)
+            raise
+        self._exec_finished(agent_id, result)
+        return result
+
+    async def agent_actor(self, agent_id: str, epoch: int) -> object:
+        """The actor handle of running ``agent_id`` at ``epoch`` (else the error saying why not), for
+        a caller that execs on it directly; the actor checks the epoch on each such call."""
+        _, actor = self._table.live(agent_id, epoch)
+        return actor.handle
+
+    async def fence(self, agent_id: str, epoch: int) -> None:
+        """``agent_id`` lives at ``epoch`` elsewhere now: this copy, if older, refuses every command
+        (through here, and directly on its actor). Idempotent; best effort on the actor."""
+        entry = self._table.get(agent_id)
+        if entry is None or entry.agent.epoch >= epoch:
+            return
+        entry.moved = True
+        if entry.actor is not None:
+            with contextlib.suppress(GodelError):
+                await entry.actor.fence(epoch)
 
     async def status(self, agent_id: str) -> Agent:
         entry = self._table.entry(agent_id)

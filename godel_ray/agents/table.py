@@ -44,6 +44,7 @@ class AgentEntry:
     journal: list[JournalEntry] = field(default_factory=list)  # last known, kept after the actor ends
     moved: bool = False
     watcher: asyncio.Task[None] | None = None
+    follower: asyncio.Task[None] | None = None  # records the actor's direct calls (``agents.direct_calls``)
 
 
 def record(log: EventLog, cluster_id: str, type_: str, agent_id: str = "", kind: EventKind = EventKind.AGENT,

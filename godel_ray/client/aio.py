@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from godel_ray.client import policy
-from godel_ray.client.session import Session, status_value
+from godel_ray.client.session import Hop, Session, status_value
 from godel_ray.errors import GodelError
 from godel_ray.inputs import busy_policy, busy_timeout, move_policy
 from godel_ray.models import (
@@ -35,7 +35,7 @@ from godel_ray.models import (
 )
 
 if TYPE_CHECKING:
-    from godel_ray.raykit.gateway import BalancerGateway, Call, ClusterGateway
+    from godel_ray.raykit.gateway import BalancerGateway, Call
 
 T = TypeVar("T")
 
@@ -121,9 +121,17 @@ class AsyncTransparentClusterProxy(_AsyncBalanced):
         cluster_id, epoch = await self._read(lambda b: b.locate(agent_id))
         return self._session.remember(agent_id, cluster_id, epoch)
 
-    async def _routed(self, agent_id: str, attempt: Callable[[ClusterGateway, int], AsyncIterator[T]]
-                      ) -> AsyncIterator[T]:
-        """Yield what ``attempt(cluster, epoch)`` yields, at wherever the agent lives now."""
+    async def _hop(self, agent_id: str, send: policy.Send) -> Hop:
+        if not send.direct:
+            return self._session.hop(agent_id, send.location)
+        hop = self._session.cached_hop(agent_id, send.location)
+        if hop is not None:
+            return hop
+        local = self._session.cluster(send.location.cluster_id)
+        return self._session.hop(agent_id, send.location, await local.agent_actor(agent_id, send.location.epoch))
+
+    async def _routed(self, agent_id: str, attempt: Callable[[Hop], AsyncIterator[T]]) -> AsyncIterator[T]:
+        """Yield what ``attempt(hop)`` yields, at wherever the agent lives now."""
         route = policy.AgentRoute(self._session.locations.get(agent_id))
         step: policy.Send | policy.Reroute | policy.Raise = route.start()
         while True:
@@ -135,12 +143,12 @@ class AsyncTransparentClusterProxy(_AsyncBalanced):
                 continue
             started = False
             try:
-                async for item in attempt(self._session.cluster(step.location.cluster_id), step.location.epoch):
+                async for item in attempt(await self._hop(agent_id, step)):
                     started = True
                     yield item
                 return
             except GodelError as exc:
-                step = route.failed(exc, started=started)
+                step = route.failed(exc, started=started, direct=step.direct)
 
     # --- agents -----------------------------------------------------------------------------------
 
@@ -150,8 +158,9 @@ class AsyncTransparentClusterProxy(_AsyncBalanced):
         return agent
 
     async def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None) -> ExecResult:
-        async def once(cluster: ClusterGateway, epoch: int) -> AsyncIterator[ExecResult]:
-            yield await cluster.exec(agent_id, command, timeout_s=timeout_s, epoch=epoch)
+        """Run ``command`` and return its whole result, in one reply (collect mode)."""
+        async def once(hop: Hop) -> AsyncIterator[ExecResult]:
+            yield await hop.exec(command, timeout_s)
 
         results = [result async for result in self._routed(agent_id, once)]
         return results[0]
@@ -159,8 +168,7 @@ class AsyncTransparentClusterProxy(_AsyncBalanced):
     def exec_stream(self, agent_id: str, command: str, *, timeout_s: float | None = None
                     ) -> AsyncIterator[ExecChunk]:
         """Output chunks as produced; the last carries ``result``."""
-        return self._routed(agent_id, lambda cluster, epoch: aiter(
-            cluster.exec_stream(agent_id, command, timeout_s=timeout_s, epoch=epoch)))
+        return self._routed(agent_id, lambda hop: aiter(hop.exec_stream(command, timeout_s)))
 
     async def status(self, agent_id: str) -> Agent:
         return await self._read(lambda b: b.status(agent_id))

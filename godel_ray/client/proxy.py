@@ -1,9 +1,11 @@
 """What users hold: ``connect()`` -> ``TransparentClusterProxy`` (sync) and its ``ClusterRegistry``.
 
-The hot path stays off the balancer: ``exec``/``exec_stream`` go straight to the owning
-ClusterActor with the cached (cluster, epoch) of the agent; the balancer is asked only on a cache
-miss, or when the cluster answers ``AgentMoved``/``StaleEpoch``/``AgentNotFound`` (the command did
-not start), after which the call is sent again to the new location. What to do after each outcome
+The hot path stays off the balancer: ``exec``/``exec_stream`` go in one hop to a ``local`` agent's
+own actor (looked up once through the local ClusterActor for the cached (cluster, epoch), then
+cached; the actor checks the epoch itself), and to the owning ClusterActor for a remote agent. The
+balancer is asked only on a cache miss, or when the call is refused (``AgentMoved``/``StaleEpoch``/
+``AgentNotFound``, or the actor is gone: the command did not start), after which the call is sent
+again to the new location (through its cluster, after a refused direct call). What to do after each outcome
 is decided in ``client.policy``; this module (and its asyncio twin ``client.aio``) only carries
 it out. Every actor call is a typed ``raykit.gateway`` call.
 
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from godel_ray import settings
 from godel_ray.client import policy
 from godel_ray.client.aio import AsyncTransparentClusterProxy
-from godel_ray.client.session import Session, status_value
+from godel_ray.client.session import Hop, Session, status_value
 from godel_ray.errors import GodelError
 from godel_ray.inputs import busy_policy, busy_timeout, move_policy
 from godel_ray.models import (
@@ -43,7 +45,7 @@ from godel_ray.models import (
 )
 
 if TYPE_CHECKING:
-    from godel_ray.raykit.gateway import BalancerGateway, Call, ClusterGateway
+    from godel_ray.raykit.gateway import BalancerGateway, Call
 
 T = TypeVar("T")
 
@@ -151,8 +153,17 @@ class TransparentClusterProxy(_Balanced):
         cluster_id, epoch = self._read(lambda b: b.locate(agent_id))
         return self._session.remember(agent_id, cluster_id, epoch)
 
-    def _routed(self, agent_id: str, attempt: Callable[[ClusterGateway, int], Iterator[T]]) -> Iterator[T]:
-        """Yield what ``attempt(cluster, epoch)`` yields, at wherever the agent lives now."""
+    def _hop(self, agent_id: str, send: policy.Send) -> Hop:
+        if not send.direct:
+            return self._session.hop(agent_id, send.location)
+        hop = self._session.cached_hop(agent_id, send.location)
+        if hop is not None:
+            return hop
+        local = self._session.cluster(send.location.cluster_id)
+        return self._session.hop(agent_id, send.location, local.agent_actor(agent_id, send.location.epoch).get())
+
+    def _routed(self, agent_id: str, attempt: Callable[[Hop], Iterator[T]]) -> Iterator[T]:
+        """Yield what ``attempt(hop)`` yields, at wherever the agent lives now."""
         route = policy.AgentRoute(self._session.locations.get(agent_id))
         step: policy.Send | policy.Reroute | policy.Raise = route.start()
         while True:
@@ -164,12 +175,12 @@ class TransparentClusterProxy(_Balanced):
                 continue
             started = False
             try:
-                for item in attempt(self._session.cluster(step.location.cluster_id), step.location.epoch):
+                for item in attempt(self._hop(agent_id, step)):
                     started = True
                     yield item
                 return
             except GodelError as exc:
-                step = route.failed(exc, started=started)
+                step = route.failed(exc, started=started, direct=step.direct)
 
     # --- agents -----------------------------------------------------------------------------------
 
@@ -179,8 +190,9 @@ class TransparentClusterProxy(_Balanced):
         return agent
 
     def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None) -> ExecResult:
-        def once(cluster: ClusterGateway, epoch: int) -> Iterator[ExecResult]:
-            yield cluster.exec(agent_id, command, timeout_s=timeout_s, epoch=epoch).get()
+        """Run ``command`` and return its whole result, in one reply (collect mode)."""
+        def once(hop: Hop) -> Iterator[ExecResult]:
+            yield hop.exec(command, timeout_s).get()
 
         (result,) = self._routed(agent_id, once)
         return result
@@ -188,8 +200,7 @@ class TransparentClusterProxy(_Balanced):
     def exec_stream(self, agent_id: str, command: str, *, timeout_s: float | None = None
                     ) -> Iterator[ExecChunk]:
         """Output chunks as produced; the last carries ``result``."""
-        return self._routed(agent_id, lambda cluster, epoch: iter(
-            cluster.exec_stream(agent_id, command, timeout_s=timeout_s, epoch=epoch)))
+        return self._routed(agent_id, lambda hop: iter(hop.exec_stream(command, timeout_s)))
 
     def status(self, agent_id: str) -> Agent:
         return self._read(lambda b: b.status(agent_id))

@@ -43,7 +43,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from godel_ray import settings
-from godel_ray.core.cluster_client import ChannelObserver, ClusterClient, collect
+from godel_ray.core.cluster_client import ChannelObserver, ClusterClient
 from godel_ray.core.detector import ChannelState, probe_failure
 from godel_ray.core.events import EventLog
 from godel_ray.core.health import HealthTracker
@@ -99,7 +99,8 @@ def make_client(cluster: Cluster, state_dir: str | Path) -> ClusterClient:
 
         return AgentRuntime(cluster.id, str(local_workdir_root(state_dir)), region=cluster.region,
                             cost_per_hour=cluster.cost_per_hour, max_agents=cluster.max_agents,
-                            warm_pool_size=cluster.warm_pool_size or None)  # None: GODEL_LOCAL_WARM_POOL
+                            warm_pool_size=cluster.warm_pool_size or None,  # None: GODEL_LOCAL_WARM_POOL
+                            direct_calls=True)  # proxies exec on local agents' actors directly
     from godel_ray.rpc.auth import read_token_file
     from godel_ray.rpc.client import GrpcClusterClient
 
@@ -356,6 +357,9 @@ class ClusterActor:
         """``agent_id`` lives at ``epoch`` now (restored elsewhere): refuse commands for its older
         copies here. Idempotent; a later fence with a higher epoch wins."""
         self._fences[agent_id] = max(epoch, self._fences.get(agent_id, 0))
+        fence_copy = getattr(self.client, "fence", None)  # local: the agent's actor refuses direct calls too
+        if fence_copy is not None:
+            await fence_copy(agent_id, self._fences[agent_id])
 
     def _check_fence(self, agent_id: str, epoch: int) -> None:
         fenced = self._fences.get(agent_id)
@@ -392,12 +396,24 @@ class ClusterActor:
 
     async def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None,
                    epoch: int = 0) -> ExecResult:
-        """The whole command in one actor call (the proxy's ``exec``: one round trip, not one per chunk)."""
+        """The whole command in one actor call, collected where it runs (one reply: the actor's on
+        ``local``, the site's unary ``Exec`` on a remote cluster), never a message per chunk."""
         self._check_fence(agent_id, epoch)
         started = time.monotonic()
-        chunks = [c async for c in self.client.exec_stream(agent_id, command, timeout_s=timeout_s, epoch=epoch)]
+        result = await self.client.exec(agent_id, command, timeout_s=timeout_s, epoch=epoch)
         metrics.observe_exec_latency(self.cluster.id, time.monotonic() - started)
-        return collect(chunks)
+        return result
+
+    async def agent_actor(self, agent_id: str, epoch: int) -> object:
+        """The AgentActor handle of a ``local`` agent at ``epoch``, for a proxy's direct exec (the
+        actor checks the epoch on every such call). A remote cluster has none to give."""
+        self._check_fence(agent_id, epoch)
+        lookup = getattr(self.client, "agent_actor", None)
+        if lookup is None:
+            raise FailedPrecondition(f"cluster {self.cluster.id} is remote: its agents are reached through it",
+                                     cluster_id=self.cluster.id)
+        handle: object = await lookup(agent_id, epoch)
+        return handle
 
     async def status(self, agent_id: str) -> Agent:
         return self._mine(await self.client.status(agent_id))

@@ -8,7 +8,8 @@ Semantics shared by both implementations:
 - ``epoch=0`` means "do not check"; any other value must equal the agent's epoch, else
   ``StaleEpoch``. A site refuses every operation on a copy it no longer owns.
 - ``exec_stream`` yields ``ExecChunk`` output pieces as they are produced; the last chunk carries
-  ``result``. Commands on one agent run one at a time in arrival order.
+  ``result``. ``exec`` is the same command collected where it runs, answered in one reply (same
+  output limits, same journal). Commands on one agent run one at a time in arrival order.
 - ``export(freeze=True)`` freezes the agent first; ``freeze_options`` say how a running command is
   treated (``BusyPolicy``): WAIT freezes at the first idle moment (commands are served until then;
   ``AgentBusy`` past the deadline, nothing frozen), INTERRUPT stops it (its caller gets
@@ -49,6 +50,11 @@ class ClusterClient(Protocol):
 
     def exec_stream(self, agent_id: str, command: str, *, timeout_s: float | None = None,
                     epoch: int = 0) -> AsyncIterator[ExecChunk]: ...
+
+    async def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None,
+                   epoch: int = 0) -> ExecResult:
+        """``exec_stream`` collected where the command runs: one reply with the whole result."""
+        ...
 
     async def status(self, agent_id: str) -> Agent: ...
 

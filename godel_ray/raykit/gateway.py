@@ -157,6 +157,10 @@ class ClusterGateway:
     def kill(self, agent_id: str, *, epoch: int = 0, reason: str = "") -> Call[Agent]:
         return Call(self.what, lambda: self.handle.kill.remote(agent_id, epoch=epoch, reason=reason))
 
+    def agent_actor(self, agent_id: str, epoch: int) -> Call[Any]:
+        """The AgentActor handle of ``agent_id`` at ``epoch`` (``local`` only): a proxy's one hop."""
+        return Call(self.what, lambda: self.handle.agent_actor.remote(agent_id, epoch))
+
     def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None, epoch: int = 0
              ) -> Call[ExecResult]:
         return Call(self.what, lambda: self.handle.exec.remote(agent_id, command, timeout_s=timeout_s, epoch=epoch))
@@ -225,9 +229,20 @@ class AgentGateway:
     def origin(self) -> Call[dict[str, int | bool]]:
         return Call(self.what, lambda: self.handle.origin.remote())
 
-    def exec(self, command: str, timeout_s: float | None = None) -> Stream[ExecChunk]:
+    def exec(self, command: str, timeout_s: float | None = None, epoch: int = 0) -> Stream[ExecChunk]:
+        """Streamed; ``epoch`` (a proxy's direct call) is checked by the actor itself."""
         return Stream(self.what, lambda: self.handle.exec.options(num_returns="streaming").remote(
-            command, timeout_s))
+            command, timeout_s, epoch))
+
+    def run(self, command: str, timeout_s: float | None = None, epoch: int = 0) -> Call[ExecResult]:
+        """``exec`` collected on the actor: one reply with the whole ``ExecResult``."""
+        return Call(self.what, lambda: self.handle.run.remote(command, timeout_s, epoch))
+
+    def command_events(self, wait: bool = True) -> Call[tuple[list[tuple[str, JournalEntry]], bool]]:
+        return Call(self.what, lambda: self.handle.command_events.remote(wait))
+
+    def fence(self, epoch: int) -> Call[None]:
+        return Call(self.what, lambda: self.handle.fence.remote(epoch))
 
     def freeze(self, options: FreezeOptions | None = None) -> Call[Agent]:
         return Call(self.what, lambda: self.handle.freeze.remote(options))

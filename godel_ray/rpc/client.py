@@ -50,6 +50,7 @@ from godel_ray.models import (
     AgentSnapshot,
     AgentStatus,
     ExecChunk,
+    ExecResult,
     FederationEvent,
     FreezeOptions,
     SiteCapacity,
@@ -102,7 +103,7 @@ def channel_options() -> list[tuple[str, int]]:
         ("grpc.initial_reconnect_backoff_ms", RECONNECT_INITIAL_BACKOFF_MS),
         ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_BACKOFF_MS),
         ("grpc.min_reconnect_backoff_ms", CONNECT_TIMEOUT_MS),
-        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.max_receive_message_length", convert.max_exec_response_bytes(LIMITS)),  # Exec: one reply
         ("grpc.max_send_message_length", max_bytes),
         ("grpc.enable_retries", 0),  # retries are ours: only for idempotent calls
     ]
@@ -237,6 +238,19 @@ class GrpcClusterClient:
                     yield convert.exec_chunk_from_pb(message)
         finally:
             call.cancel()  # no-op once finished; stops the stream when the consumer walks away
+
+    async def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None,
+                   epoch: int = 0) -> ExecResult:
+        """Collect mode: the site runs the command and answers once (unary ``Exec``). Never retried:
+        the command may have run."""
+        command_timeout_s = timeout_s or LIMITS.default_command_timeout_s
+        request = pb.ExecuteCommandRequest(agent_id=agent_id, epoch=epoch, command=command,
+                                           timeout_s=timeout_s or 0.0)
+        response: pb.ExecResponse = await self._unary(
+            lambda: self._stub().Exec(request, timeout=command_timeout_s + self.call_timeout_s
+                                      + EXEC_DEADLINE_MARGIN_S, metadata=self._metadata),
+            retry=False)
+        return convert.exec_result_from_pb(response)
 
     async def status(self, agent_id: str) -> Agent:
         request = pb.GetAgentStatusRequest(agent_id=agent_id)

@@ -46,6 +46,7 @@ from godel_ray.models import (
     SpawnConfig,
 )
 from godel_ray.rpc.gen import federation_pb2 as pb
+from godel_ray.settings import Limits
 
 _AGENT_STATUS_TO_PB: dict[AgentStatus, pb.AgentStatus] = {
     AgentStatus.PENDING: pb.AGENT_STATUS_PENDING,
@@ -261,6 +262,30 @@ def exec_chunk_from_pb(msg: pb.ExecuteCommandResponse) -> ExecChunk:
                      data=msg.chunk.data.decode("utf-8", errors="replace"))
 
 
+UTF8_REPLACEMENT_BYTES = 3  # an undecodable output byte arrives as U+FFFD, three bytes in UTF-8
+
+
+def max_exec_response_bytes(limits: Limits) -> int:
+    """The largest ``ExecResponse`` a site may send: a command's whole output (``max_output_bytes``,
+    stdout and stderr together, each byte at worst a replacement character) and the envelope. The
+    one message allowed past ``max_message_bytes``: collect mode answers in one reply."""
+    return max(limits.max_message_bytes, UTF8_REPLACEMENT_BYTES * limits.max_output_bytes) + 64 * 1024
+
+
+def exec_result_to_pb(result: ExecResult) -> pb.ExecResponse:
+    return pb.ExecResponse(
+        result=pb.ExecResult(exit_code=result.exit_code, duration_s=result.duration_s, timed_out=result.timed_out,
+                             truncated=result.truncated),
+        stdout=result.stdout.encode("utf-8", errors="replace"), stderr=result.stderr.encode("utf-8", errors="replace"))
+
+
+def exec_result_from_pb(msg: pb.ExecResponse) -> ExecResult:
+    r = msg.result
+    return _build(ExecResult, "exec result", exit_code=r.exit_code, duration_s=r.duration_s, timed_out=r.timed_out,
+                  truncated=r.truncated, stdout=msg.stdout.decode("utf-8", errors="replace"),
+                  stderr=msg.stderr.decode("utf-8", errors="replace"))
+
+
 # --- events ------------------------------------------------------------------------------------
 
 def event_to_pb(event: FederationEvent) -> pb.Event:
@@ -377,7 +402,8 @@ def snapshot_header_to_pb(agent: Agent, journal_entries: int, archive_size: int,
 __all__ = [
     "agent_from_pb", "agent_status_from_pb", "agent_status_to_pb", "agent_to_pb", "capacity_from_pb",
     "capacity_to_pb", "event_from_pb", "event_kind_from_pb", "event_to_pb", "exec_chunk_from_pb",
-    "exec_chunk_to_pb", "export_request_to_pb", "freeze_options_from_pb", "journal_entry_from_pb",
-    "journal_entry_to_pb", "limits_from_pb", "limits_to_pb", "restart_policy_from_pb", "snapshot_format",
+    "exec_chunk_to_pb", "exec_result_from_pb", "exec_result_to_pb", "export_request_to_pb", "freeze_options_from_pb",
+    "journal_entry_from_pb", "journal_entry_to_pb", "limits_from_pb", "limits_to_pb", "max_exec_response_bytes",
+    "restart_policy_from_pb", "snapshot_format",
     "snapshot_from_header", "snapshot_header_to_pb", "spec_from_pb", "spec_to_pb", "stream_from_pb",
 ]

@@ -179,6 +179,12 @@ class ClusterFederationServicer(pb_grpc.ClusterFederationServicer):
             yield convert.exec_chunk_to_pb(chunk)
 
     @status_errors
+    async def Exec(self, request: pb.ExecuteCommandRequest, context: Context) -> pb.ExecResponse:
+        result = await self._runtime.exec(request.agent_id, request.command, timeout_s=request.timeout_s or None,
+                                          epoch=request.epoch)
+        return convert.exec_result_to_pb(result)
+
+    @status_errors
     async def GetAgentStatus(self, request: pb.GetAgentStatusRequest, context: Context
                              ) -> pb.GetAgentStatusResponse:
         return pb.GetAgentStatusResponse(agent=convert.agent_to_pb(await self._runtime.status(request.agent_id)))

@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from godel_ray.agents.capacity import placement_problem, site_capacity
-from godel_ray.core.cluster_client import KILL_REASON_MIGRATED
+from godel_ray.core.cluster_client import KILL_REASON_MIGRATED, collect
 from godel_ray.core.events import EventLog
 from godel_ray.core.gpu import GPU_TYPE_RESOURCE_UNITS, gpu_type_resource
 from godel_ray.core.validation import (
@@ -228,6 +228,10 @@ class HollowRuntime:
         self._emit(EventType.COMMAND_FINISHED, agent_id, EventKind.COMMAND, exit_code=0, duration_s="0.000",
                    timed_out=False)
         yield ExecChunk(result=ExecResult(exit_code=0))
+
+    async def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None,
+                   epoch: int = 0) -> ExecResult:
+        return collect([c async for c in self.exec_stream(agent_id, command, timeout_s=timeout_s, epoch=epoch)])
 
     async def status(self, agent_id: str) -> Agent:
         return self._record(agent_id).agent

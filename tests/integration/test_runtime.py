@@ -30,6 +30,7 @@ from godel_ray.errors import (
 )
 from godel_ray.models import AgentStatus, ExecChunk, ExecResult, SpawnConfig
 from godel_ray.raykit import heads
+from godel_ray.raykit.gateway import AgentGateway
 from godel_ray.settings import LIMITS
 from tests.helpers import ECHO_CHILD, ECHO_SELF, gone_or_blocked_writing, process_gone, wait_for
 
@@ -335,6 +336,50 @@ def test_an_agent_whose_process_dies_is_failed_with_the_reason(h: Harness) -> No
     with pytest.raises(AgentNotRunning, match="failed"):
         h.exec(agent.id, "true")
     assert h.kill(agent.id).status == AgentStatus.FAILED  # killing a dead agent is a no-op
+
+
+def test_a_direct_call_is_checked_by_the_actor_itself(h: Harness) -> None:
+    """A proxy's one hop: the actor refuses another epoch (StaleEpoch) and a fenced copy (AgentMoved)
+    before the command starts; the refused commands never reach the journal or the workdir."""
+    agent = h.spawn()
+    actor = AgentGateway(agent.id, h.run(h.runtime.agent_actor(agent.id, agent.epoch)))
+    assert actor.run("echo direct", None, agent.epoch).get().stdout == "direct\n"
+    assert collect(list(actor.exec("echo streamed", None, agent.epoch))).stdout == "streamed\n"
+    with pytest.raises(StaleEpoch):
+        actor.run("touch stale", None, agent.epoch + 1).get()
+    with pytest.raises(StaleEpoch):
+        h.run(h.runtime.agent_actor(agent.id, agent.epoch + 1))
+    h.run(h.runtime.fence(agent.id, agent.epoch + 1))  # restored elsewhere at a newer epoch
+    with pytest.raises(AgentMoved):
+        actor.run("touch fenced", None, agent.epoch).get()
+    with pytest.raises(AgentMoved):
+        h.exec(agent.id, "touch fenced-too")  # through the runtime as well
+    assert [e.command for e in actor.journal().get()] == ["echo direct", "echo streamed"]
+    assert sorted(p.name for p in (h.root / agent.id).iterdir()) == []
+    h.kill(agent.id)
+
+
+def test_collect_mode_is_the_stream_collected_with_the_same_limits(
+        ray_client: heads.RayHead, tmp_path: Path) -> None:
+    """``exec`` (one reply from the actor) and ``exec_stream`` agree, truncation and journal included."""
+    loop = asyncio.new_event_loop()
+    small = LIMITS.model_copy(update={"max_output_bytes": 1000})
+    runtime = AgentRuntime("site-small", str(tmp_path), limits=small)
+    h = Harness(loop, runtime, tmp_path)
+    try:
+        agent = h.spawn()
+        command = "head -c 3000 /dev/zero | tr '\\0' a; echo oops >&2; exit 4"
+        collected = h.run(runtime.exec(agent.id, command))
+        streamed = h.exec(agent.id, command)
+        assert collected.truncated and len(collected.stdout + collected.stderr) == 1000
+        assert (collected.stdout, collected.stderr, collected.exit_code, collected.truncated) == (
+            streamed.stdout, streamed.stderr, streamed.exit_code, streamed.truncated)
+        assert [(e.command, e.exit_code) for e in h.run(runtime.journal(agent.id))] == [(command, 4)] * 2
+        finished = [e for e in runtime.recent_events() if e.type == "command.finished"]
+        assert [e.data["exit_code"] for e in finished] == ["4", "4"]
+    finally:
+        loop.run_until_complete(runtime.close())
+        loop.close()
 
 
 def _poll(h: Harness, call: Callable[[], Awaitable[T]], ok: Callable[[T], bool]) -> T:

@@ -229,6 +229,16 @@ class ExecuteCommandResponse(_message.Message):
     result: ExecResult
     def __init__(self, chunk: _Optional[_Union[OutputChunk, _Mapping]] = ..., result: _Optional[_Union[ExecResult, _Mapping]] = ...) -> None: ...
 
+class ExecResponse(_message.Message):
+    __slots__ = ("result", "stdout", "stderr")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    result: ExecResult
+    stdout: bytes
+    stderr: bytes
+    def __init__(self, result: _Optional[_Union[ExecResult, _Mapping]] = ..., stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ...) -> None: ...
+
 class GetAgentStatusRequest(_message.Message):
     __slots__ = ("agent_id",)
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
