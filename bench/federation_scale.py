@@ -346,10 +346,10 @@ def _idle_cpu_rows(before: dict[int, float], balancer_pid: int, raw_pid: int, wa
     return [
         Row(f"balancer CPU with nothing to do, {clusters} clusters", "% core",
             [used.get(balancer_pid, 0.0)],
-            note="the control loop: health + drain_events per cluster every second, list_agents per "
-                 "cluster every 5 s"),
+            note="one wait_changes long poll per cluster (answered on events and health news, a routine "
+                 "heartbeat at most every 5 s); orphan sweeps only when a cluster is first seen or returns"),
         Row(f"all ClusterActors' CPU with nothing to do, {clusters} clusters", "% core", [sum(each)],
-            note=f"{len(each)} processes: heartbeat loops, event streams, the balancer's polls"),
+            note=f"{len(each)} processes: heartbeat loops, event streams, the balancer's long polls"),
         Row("one ClusterActor's CPU with nothing to do", "% core", each, "idle bare Ray actor",
             [used.get(raw_pid, 0.0)]),
     ]

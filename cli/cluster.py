@@ -15,7 +15,8 @@ from godel_cli import render, safetext, tables
 from godel_cli.render import JsonOption, StateDirOption
 from rich.live import Live
 
-from godel_ray.models import Cluster, Migration
+from godel_ray.core.migration import freeze_wait_s
+from godel_ray.models import Cluster, DrainReport, Migration
 
 if TYPE_CHECKING:
     from godel_ray.client.proxy import TransparentClusterProxy
@@ -25,7 +26,14 @@ app = typer.Typer(help="Register and inspect clusters; move agents between them.
 
 WATCH_REFRESH_S = 1.0
 MIGRATION_POLL_S = 0.2
-MIGRATION_WAIT_S = 900.0
+MIGRATION_WAIT_S = 900.0  # past the move's own busy timeout (added)
+WAITING_REPORT_S = 5.0  # how often a move still waiting for its busy agent is said again
+BusyOption = Annotated[str, typer.Option(
+    "--busy", help="A running command: wait (freeze at the first idle moment, serving commands until then) "
+                   "or interrupt (SIGTERM, a grace, SIGKILL).")]
+BusyTimeoutOption = Annotated[float | None, typer.Option(
+    "--busy-timeout", help="Seconds a move waits for a busy agent to be idle before it rolls back "
+                           "(default: $GODEL_MIGRATION_BUSY_TIMEOUT_S or 600).")]
 
 
 @app.command("add")
@@ -194,12 +202,17 @@ def maintenance(cluster_id: Annotated[str, typer.Argument(metavar="ID")],
 @render.guarded
 def drain(cluster_id: Annotated[str, typer.Argument(metavar="ID")],
           wait: Annotated[bool, typer.Option("--wait", help="Wait until every move has ended.")] = False,
+          busy: BusyOption = "wait", busy_timeout: BusyTimeoutOption = None,
           state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
     """Move every agent off a cluster live, then leave it in maintenance (like kubectl drain).
 
     Each agent is placed by the normal rules (GPU needs honoured); one that cannot be placed stays
-    and is listed with the reason (exit code 1)."""
-    report = _connect(state_dir).registry.drain(cluster_id, wait=wait)
+    and is listed with the reason (exit code 1). A busy agent (a command running) moves at its
+    first idle moment (--busy wait, up to --busy-timeout) or at once (--busy interrupt); with
+    --wait the progress shows which agents wait for idle, and for how long."""
+    report = _connect(state_dir).registry.drain(cluster_id, wait=False, busy=busy, busy_timeout_s=busy_timeout)
+    if wait:
+        report = _follow_drain(report, state_dir, show=not json_out)
     if json_out:
         render.emit_json(report)
     else:
@@ -219,9 +232,23 @@ def drain(cluster_id: Annotated[str, typer.Argument(metavar="ID")],
 def migrate(agent_id: Annotated[str, typer.Argument(metavar="AGENT_ID")],
             target: Annotated[str, typer.Argument(metavar="TO_CLUSTER")],
             wait: Annotated[bool, typer.Option("--wait", help="Follow the phases until it finishes.")] = False,
+            interrupt: Annotated[bool, typer.Option(
+                "--interrupt", help="Stop a running command (SIGTERM, a grace, SIGKILL) instead of waiting for "
+                                    "the agent to be idle; its caller gets an error naming the new cluster.")] = False,
+            busy_timeout: BusyTimeoutOption = None,
+            live_process: Annotated[bool, typer.Option(
+                "--live-process", help="Move a running command along (CRIU; opt-in): refused with the reason "
+                                       "where `criu check` fails or CRIU is missing.")] = False,
             state_dir: StateDirOption = None, json_out: JsonOption = False) -> None:
-    """Move a running agent to another cluster; its id and every handle stay valid."""
-    migration = _connect(state_dir).migrate(agent_id, target, wait=False)
+    """Move a running agent to another cluster; its id and every handle stay valid.
+
+    A busy agent keeps serving commands and is frozen at its first idle moment; past --busy-timeout
+    the move rolls back (nothing frozen). --interrupt stops the running command instead."""
+    from godel_ray.inputs import move_policy
+
+    move_policy(interrupt=interrupt, live_process=live_process)  # refused before anything starts
+    migration = _connect(state_dir).migrate(agent_id, target, wait=False, interrupt=interrupt,
+                                            busy_timeout_s=busy_timeout, live_process=live_process)
     if wait:
         migration = _follow_migration(migration, state_dir, show=not json_out)
     if json_out:
@@ -237,7 +264,8 @@ def _follow_migration(migration: Migration, state_dir: str | None, *, show: bool
     """Poll the state store (no Ray) and print each phase as it is reached, then a summary."""
     reader = _reader(state_dir)
     seen = 0
-    deadline = time.monotonic() + MIGRATION_WAIT_S
+    said_waiting = -WAITING_REPORT_S
+    deadline = time.monotonic() + MIGRATION_WAIT_S + migration.busy_timeout_s
     if show:
         render.say(f"migrating {migration.agent_id}: {migration.source} → {migration.target} ({migration.id})")
     while True:
@@ -248,6 +276,11 @@ def _follow_migration(migration: Migration, state_dir: str | None, *, show: bool
                 render.say("  ", (f"{stamp.phase.value:<13}", tables.migration_style(stamp.phase)),
                            f" +{offset:6.2f} s   {safetext.size(current.bytes_moved)}")
             seen = len(current.phases)
+            waited = freeze_wait_s(current, time.time())
+            if waited is not None and waited - said_waiting >= WAITING_REPORT_S:
+                said_waiting = waited
+                render.say(f"  waiting for {current.agent_id} to be idle: {safetext.seconds(waited)} "
+                           f"(a command runs; new ones are served meanwhile)")
         if current.phase in tables.MIGRATION_DONE:
             break
         if time.monotonic() > deadline:
@@ -261,6 +294,35 @@ def _follow_migration(migration: Migration, state_dir: str | None, *, show: bool
                    f"downtime {safetext.seconds(current.downtime_s)}, "
                    f"epoch {current.epoch_from}→{current.epoch_to}")
     return current
+
+
+def _follow_drain(report: DrainReport, state_dir: str | None, *, show: bool) -> DrainReport:
+    """Poll the state store (no Ray) until every move of the drain ended; say each phase change and,
+    every few seconds, the agents whose move still waits for them to be idle."""
+    reader = _reader(state_dir)
+    deadline = time.monotonic() + MIGRATION_WAIT_S + max((m.busy_timeout_s for m in report.migrations), default=0.0)
+    phases: dict[str, str] = {}
+    said_waiting = time.monotonic() - WAITING_REPORT_S
+    while True:
+        now = time.time()
+        current = [reader.migration(m.id) or m for m in report.migrations]
+        waiting = {m.agent_id: s for m in current if (s := freeze_wait_s(m, now)) is not None}
+        if show:
+            for m in current:
+                if phases.get(m.id) != m.phase.value:
+                    phases[m.id] = m.phase.value
+                    render.say(f"  {m.agent_id}: ", (m.phase.value, tables.migration_style(m.phase)))
+            if waiting and time.monotonic() - said_waiting >= WAITING_REPORT_S:
+                said_waiting = time.monotonic()
+                render.say("  waiting for idle: " + ", ".join(
+                    f"{agent_id} {safetext.seconds(s)}" for agent_id, s in sorted(waiting.items())))
+        if all(m.phase in tables.MIGRATION_DONE for m in current):
+            return report.model_copy(update={"migrations": current, "waiting_for_idle": waiting})
+        if time.monotonic() > deadline:
+            running = sorted(m.agent_id for m in current if m.phase not in tables.MIGRATION_DONE)
+            render.fail(f"drain of {report.cluster_id}: the moves of {', '.join(running)} have not ended yet; "
+                        "check `swarmctl agent status AGENT_ID`")
+        time.sleep(MIGRATION_POLL_S)
 
 
 def _reader(state_dir: str | None) -> StateReader:

@@ -17,6 +17,9 @@ mapped to this tree in exactly one place each: ``godel_ray.rpc.errors`` for gRPC
     │   ├── StaleEpoch                  fenced: the caller's epoch is not the agent's
     │   ├── AgentMoved                  this copy was migrated away; ask the balancer again
     │   ├── AgentNotRunning             agent completed, failed, or terminated
+    │   ├── CommandInterrupted          the command was stopped to move the agent (``cluster_id``: where to)
+    │   ├── AgentBusy                   a move waited ``busy_timeout_s`` for the agent to be idle: given up
+    │   ├── LiveProcessUnavailable      ``--live-process`` refused here (``reason``: criu missing or failing)
     │   ├── MigrationInProgress
     │   ├── CooldownActive              migration cooldown not elapsed (``retry_after_s``)
     │   ├── Standby                     this control plane waits; ``holder`` is the active one
@@ -106,6 +109,20 @@ class AgentNotRunning(FailedPrecondition):
     pass
 
 
+class CommandInterrupted(FailedPrecondition):
+    """The running command was interrupted (SIGTERM, a grace, SIGKILL) so its agent could move; the
+    fields say where to (``cluster_id``), which command (``seq``) and how it ended (``exit_code``).
+    Never retried behind the caller's back: the caller decides whether to run it again there."""
+
+
+class AgentBusy(FailedPrecondition):
+    """A move gave up waiting for the agent to become idle (``busy_timeout_s``); nothing was frozen."""
+
+
+class LiveProcessUnavailable(FailedPrecondition):
+    """A move with its running command (CRIU) is refused on this host; ``reason`` says why. Nothing frozen."""
+
+
 class MigrationInProgress(FailedPrecondition):
     pass
 
@@ -145,16 +162,16 @@ class ControlPlaneNotRunning(GodelError):
 ALL_ERRORS: tuple[type[GodelError], ...] = (
     GodelError, InvalidArgument, SnapshotRejected, NotFound, AgentNotFound, ClusterNotFound,
     AlreadyExists, Unauthenticated, FailedPrecondition, StaleEpoch, AgentMoved, AgentNotRunning,
-    MigrationInProgress, CooldownActive, Standby, LeaseLost, ResourceExhausted, NoPlacement, ClusterUnavailable,
-    DeadlineExceeded, ControlPlaneNotRunning,
+    CommandInterrupted, AgentBusy, LiveProcessUnavailable, MigrationInProgress, CooldownActive, Standby, LeaseLost, ResourceExhausted,
+    NoPlacement, ClusterUnavailable, DeadlineExceeded, ControlPlaneNotRunning,
 )
 ERRORS_BY_NAME: dict[str, type[GodelError]] = {cls.__name__: cls for cls in ALL_ERRORS}
 
 # ``godel_ray`` re-exports this module with ``import *``: only the exception classes, never the
 # helpers above (``ALL_ERRORS``, ``ERRORS_BY_NAME``) or this module's own imports.
 __all__ = [
-    "AgentMoved", "AgentNotFound", "AgentNotRunning", "AlreadyExists", "ClusterNotFound", "ClusterUnavailable",
-    "ControlPlaneNotRunning", "CooldownActive", "DeadlineExceeded", "FailedPrecondition", "GodelError",
-    "InvalidArgument", "LeaseLost", "MigrationInProgress", "NoPlacement", "NotFound", "ResourceExhausted",
+    "AgentBusy", "AgentMoved", "AgentNotFound", "AgentNotRunning", "AlreadyExists", "ClusterNotFound",
+    "ClusterUnavailable", "CommandInterrupted", "ControlPlaneNotRunning", "CooldownActive", "DeadlineExceeded",
+    "FailedPrecondition", "GodelError", "InvalidArgument", "LeaseLost", "LiveProcessUnavailable", "MigrationInProgress", "NoPlacement", "NotFound", "ResourceExhausted",
     "SnapshotRejected", "StaleEpoch", "Standby", "Unauthenticated",
 ]

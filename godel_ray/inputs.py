@@ -34,7 +34,7 @@ from godel_ray.core.validation import (
     validate_spawn_config,
 )
 from godel_ray.errors import InvalidArgument
-from godel_ray.models import Cluster, ClusterCapabilities, HealthSettings, SpawnConfig
+from godel_ray.models import BusyPolicy, Cluster, ClusterCapabilities, HealthSettings, SpawnConfig
 
 
 class ClusterRegistration(BaseModel):
@@ -226,6 +226,30 @@ def parse_csv(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
+def busy_policy(value: BusyPolicy | str) -> BusyPolicy:
+    """``--busy wait|interrupt``: what a move does with a running command."""
+    try:
+        return BusyPolicy(value.strip().lower() if isinstance(value, str) else value)
+    except ValueError:
+        raise InvalidArgument(f"--busy must be 'wait', 'interrupt' or 'live_process', not {value!r}",
+                              field="busy") from None
+
+
+def move_policy(*, interrupt: bool, live_process: bool) -> BusyPolicy:
+    """``cluster migrate [--interrupt | --live-process]``: at most one of the two."""
+    if interrupt and live_process:
+        raise InvalidArgument("--interrupt and --live-process exclude each other: pick one", field="busy")
+    return BusyPolicy.INTERRUPT if interrupt else BusyPolicy.LIVE_PROCESS if live_process else BusyPolicy.WAIT
+
+
+def busy_timeout(value: float | None) -> float | None:
+    """``--busy-timeout S``: a positive, finite number of seconds (None: the default)."""
+    if value is not None and not 0 < value < float("inf"):
+        raise InvalidArgument(f"--busy-timeout must be a positive number of seconds, not {value!r}",
+                              field="busy_timeout_s")
+    return value
+
+
 def _path(value: str | None, base_dir: Path | None) -> str | None:
     if value is None:
         return None
@@ -236,6 +260,16 @@ def _path(value: str | None, base_dir: Path | None) -> str | None:
 
 
 __all__ = [
-    "ClusterFile", "ClusterRegistration", "build_spawn_config", "describe_validation_error", "load_cluster_file",
-    "parse_csv", "parse_env", "parse_labels", "registration",
+    "ClusterFile",
+    "ClusterRegistration",
+    "build_spawn_config",
+    "busy_policy",
+    "busy_timeout",
+    "describe_validation_error",
+    "load_cluster_file",
+    "move_policy",
+    "parse_csv",
+    "parse_env",
+    "parse_labels",
+    "registration",
 ]

@@ -2,10 +2,10 @@
 
 These are the public data types of godel-ray (the seed's names: ``Cluster``, ``SpawnConfig``,
 ``Agent``, ``ExecResult`` ...). Proto conversion lives in ``godel_ray.rpc.convert``; validation of
-user input (ids, sizes, env names) lives in ``godel_ray.core.validation``. The migration records
-(``Migration``, ``MigrationPhase``, ``PhaseStamp``, ``DrainReport``) live in
-``godel_ray.migration_models`` and are exported from here too; their common base in
-``godel_ray.model_base``.
+user input (ids, sizes, env names) lives in ``godel_ray.core.validation``. The records of moves
+(``Migration``, ``MigrationPhase``, ``PhaseStamp``, ``DrainReport``, ``BusyPolicy``,
+``FreezeOptions``) live in ``godel_ray.migration_models`` and are exported from here too; the
+common base in ``godel_ray.model_base``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,17 @@ from typing import Literal
 
 from pydantic import Field
 
-from godel_ray.migration_models import DrainReport, Migration, MigrationPhase, PhaseStamp, new_migration_id
+from godel_ray.migration_models import (
+    DEFAULT_BUSY_TIMEOUT_S,
+    DEFAULT_INTERRUPT_GRACE_S,
+    BusyPolicy,
+    DrainReport,
+    FreezeOptions,
+    Migration,
+    MigrationPhase,
+    PhaseStamp,
+    new_migration_id,
+)
 from godel_ray.model_base import DomainModel as _Model
 from godel_ray.model_base import now_s
 
@@ -182,12 +192,17 @@ class ExecChunk(_Model):
 
 
 class JournalEntry(_Model):
+    """One command the agent ran. ``interrupted``: it was stopped (SIGTERM, a grace, SIGKILL) to move
+    the agent, ``interrupt_reason`` says so; ``exit_code`` is how it ended (143 for SIGTERM)."""
+
     seq: int
     command: str
     exit_code: int | None = None
     started_at: float
     duration_s: float = 0.0
     timed_out: bool = False
+    interrupted: bool = False
+    interrupt_reason: str = ""
 
 
 SNAPSHOT_FORMAT_VERSION = 2
@@ -207,6 +222,7 @@ class AgentSnapshot(_Model):
     archive: bytes = b""
     sha256: str = ""
     taken_at: float = Field(default_factory=now_s)
+    frozen_at: float | None = None  # when the source froze (idle, no command waiting); None: not frozen
 
     @property
     def size_bytes(self) -> int:
@@ -380,6 +396,24 @@ class FederationEvent(_Model):
     data: dict[str, str] = Field(default_factory=dict)
 
 
+class ClusterChanges(_Model):
+    """A ClusterActor's answer to ``wait_changes``: its health and the events buffered after the
+    caller's cursor.
+
+    ``incarnation`` names this life of the actor (a restarted actor's buffer numbers from 1 again);
+    ``health_version`` rises with every health change worth telling (anything but the suspicion
+    level alone); ``site_seq`` is the last site event seq covered (the balancer's resume cursor);
+    ``reconnects`` counts the cluster's returns from offline (each asks for an orphan sweep).
+    """
+
+    incarnation: str
+    health: ClusterHealthState
+    health_version: int
+    events: list[FederationEvent] = Field(default_factory=list)
+    site_seq: int = 0
+    reconnects: int = 0
+
+
 class CandidateScore(_Model):
     cluster_id: str
     score: float
@@ -399,14 +433,18 @@ class PlacementDecision(_Model):
 
 
 __all__ = [
+    "DEFAULT_BUSY_TIMEOUT_S",
+    "DEFAULT_INTERRUPT_GRACE_S",
     "LOCAL_CLUSTER_ID",
     "Agent",
     "AgentLimits",
     "AgentSnapshot",
     "AgentStatus",
+    "BusyPolicy",
     "CandidateScore",
     "Cluster",
     "ClusterCapabilities",
+    "ClusterChanges",
     "ClusterHealthState",
     "ClusterInfo",
     "ClusterStats",
@@ -417,6 +455,7 @@ __all__ = [
     "ExecChunk",
     "ExecResult",
     "FederationEvent",
+    "FreezeOptions",
     "HealthSettings",
     "Isolation",
     "JournalEntry",

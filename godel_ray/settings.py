@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from godel_ray.models import Isolation
+from godel_ray.models import DEFAULT_BUSY_TIMEOUT_S, Isolation
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,22 @@ VERSION = "0.1.0"
 NAMESPACE = "godel"  # Ray namespace of every control-plane actor
 BALANCER_NAME = "godel-balancer"
 DEFAULT_SITE_PORT = 50051
+
+
+BUSY_TIMEOUT_ENV = "GODEL_MIGRATION_BUSY_TIMEOUT_S"  # how long a move waits for a busy agent to be idle
+
+
+def busy_timeout_from_env(default_s: float = DEFAULT_BUSY_TIMEOUT_S) -> float:
+    """The default ``--busy-timeout`` of a move: ``$GODEL_MIGRATION_BUSY_TIMEOUT_S`` or 600 s."""
+    raw = os.environ.get(BUSY_TIMEOUT_ENV, "")
+    try:
+        value = float(raw) if raw else default_s
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        log.warning("%s=%r is not a positive number of seconds; using %g", BUSY_TIMEOUT_ENV, raw, default_s)
+        return default_s
+    return value
 
 
 ISOLATION_ENV = "GODEL_ISOLATION"  # sandbox | none, for the ``local`` cluster (sites take --isolation)
@@ -89,6 +105,10 @@ class Limits(BaseModel):
     max_labels: int = 64
     max_label_bytes: int = 256
     max_output_bytes: int = 16 * 1024 * 1024  # per command; more is dropped and `truncated` set
+    # One streamed output chunk (``ExecChunk.data`` as UTF-8, one gRPC message's payload) is at most
+    # this; far under ``max_message_bytes``. Big, because each chunk costs a Ray streaming item (a few
+    # ms on a busy 2-core machine: 256 KiB chunks streamed at a third of the rate of 1 MiB ones).
+    exec_chunk_bytes: int = Field(default=1024 * 1024, ge=4096)
     max_command_timeout_s: float = 24 * 3600.0
     default_command_timeout_s: float = 3600.0
     max_snapshot_bytes: int = 1024 * 1024 * 1024

@@ -20,6 +20,7 @@ from godel_ray.models import (
     AgentSnapshot,
     AgentStatus,
     Cluster,
+    ClusterChanges,
     ClusterHealthState,
     FederationEvent,
     SiteCapacity,
@@ -48,6 +49,10 @@ class FakeCluster:
         self.gates: dict[str, asyncio.Event] = {}
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.health = ClusterHealthState(cluster_id=cluster_id)
+        self.incarnation = f"fake-{cluster_id}"  # what ``wait_changes`` answers (a restart changes it)
+        self.events: list[FederationEvent] = []  # its actor's buffer (seq 1, 2, ...)
+        self.reconnects = 0
+        self.news = asyncio.Event()  # set: a waiting ``wait_changes`` answers
         self._arrivals: asyncio.Condition | None = None
 
     def gate(self, method: str) -> asyncio.Event:
@@ -85,8 +90,13 @@ class FakeCluster:
             return True
         if method in ("health", "set_maintenance"):
             return self.health
-        if method == "drain_events":
-            return [], 0
+        if method == "wait_changes":  # (incarnation, since_local_seq, health_version, timeout_s)
+            since = args[1] if args[0] == self.incarnation else 0
+            if since >= max((e.seq for e in self.events), default=0) and args[2] == 0 and args[3] > 0:
+                await self.news.wait()  # nothing new for this caller: a long poll (``tell`` ends it)
+                self.news.clear()
+            return ClusterChanges(incarnation=self.incarnation, health=self.health, health_version=0,
+                                  events=[e for e in self.events if e.seq > since], reconnects=self.reconnects)
         if method == "list_agents":
             return list(self.agents.values())
         if method == "spawn":

@@ -51,9 +51,13 @@ def skip_or_fail(reason: str) -> NoReturn:
 ECHO_CHILD = "echo $! $(readlink /proc/self/ns/pid)"
 
 
-def process_gone(ref: str) -> bool:
-    """True when the process named by ``ref`` (what ``ECHO_CHILD`` printed inside an agent: a pid and
-    a PID namespace) no longer runs anywhere; a zombie counts as gone."""
+# The same for the shell itself (``$$``): put it first in a command that then ``exec``s the process to watch.
+ECHO_SELF = "echo $$ $(readlink /proc/self/ns/pid)"
+
+
+def host_pid(ref: str) -> int | None:
+    """The pid, as this host sees it, of the live (not zombie) process named by ``ref`` (what
+    ``ECHO_CHILD``/``ECHO_SELF`` printed inside an agent: a pid and a PID namespace); None when gone."""
     ns_pid_text, _, pidns = ref.strip().partition(" ")
     ns_pid = int(ns_pid_text)
     for entry in os.scandir("/proc"):
@@ -68,5 +72,25 @@ def process_gone(ref: str) -> bool:
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         nspids = fields.get("NSpid", "").split()
         if nspids and int(nspids[-1]) == ns_pid and not fields.get("State", "").strip().startswith("Z"):
-            return False
-    return True
+            return int(entry.name)
+    return None
+
+
+def process_gone(ref: str) -> bool:
+    """True when the process named by ``ref`` (see ``host_pid``) no longer runs anywhere; a zombie counts as gone."""
+    return host_pid(ref) is None
+
+
+def gone_or_blocked_writing(ref: str) -> bool:
+    """True when the process named by ``ref`` has exited, or sleeps in a write to a full pipe (its
+    reader is not keeping up): a reader that waits for this is slower than the writer, by construction."""
+    pid = host_pid(ref)
+    if pid is None:
+        return True
+    try:
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+        syscall = Path(f"/proc/{pid}/syscall").read_text().split()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return host_pid(ref) is None
+    return wchan.endswith("pipe_write") or (state == "S" and syscall[:1] == ["1"])  # 1: write(2) on x86-64

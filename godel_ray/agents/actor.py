@@ -8,11 +8,21 @@ working directory and runs shell commands there one at a time, streaming their o
 
 Invariants:
 - at most one command runs at a time; commands start in the order they reached the lock (FIFO);
-- while frozen no command starts; a running command finishes first (``freeze`` waits for it);
+- while frozen no command starts. ``freeze`` (busy policy WAIT) freezes at the first idle moment: no
+  command running and none waiting. Until then commands keep arriving and are served in order (the
+  queue never waits on a move); past ``busy_timeout_s`` it raises ``AgentBusy`` and nothing is
+  frozen. With INTERRUPT it holds new commands at once and stops the running one (SIGTERM, a grace,
+  SIGKILL): its journal entry is marked interrupted and its caller gets ``CommandInterrupted``;
 - once the status is final it never changes, and every new or waiting command is refused:
   ``AgentMoved`` when the agent was killed because it migrated, else ``AgentNotRunning``;
 - the lifetime (``config.timeout_s``, counted from ``started_at``, which survives a move) ends the
   agent with status COMPLETED: the running command is killed and new ones are refused;
+- a call that carries an epoch (a proxy's, straight to this actor: one hop) runs only while this
+  actor serves the agent at exactly that epoch: another epoch is ``StaleEpoch``, a copy that was
+  migrated away or fenced (restored elsewhere) is ``AgentMoved``, an ended one ``AgentNotRunning``;
+  the check is made again once the command lock is held, so a refused command never started. The
+  runtime did not see such a call, so its ``command.started``/``command.finished`` wait here, in
+  order, until the runtime collects them (``command_events``, batched off the hot path);
 - a command that hit a sandbox limit leaves the agent running, with ``status_reason`` naming the
   command and the limit; every such note and the final status count as a change (``wait_change``).
 """
@@ -20,6 +30,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -27,18 +38,29 @@ from typing import Any
 
 from godel_ray.agents import sandbox as sbx
 from godel_ray.agents import snapshot as snap
+from godel_ray.agents.criu import live_process_refusal
 from godel_ray.agents.process import ProcessControl, kill_process_group, release_agent_cgroup, run_streaming
 from godel_ray.agents.workdir import remove_tree
-from godel_ray.core.cluster_client import KILL_REASON_MIGRATED
+from godel_ray.core.cluster_client import KILL_REASON_MIGRATED, collect
 from godel_ray.core.gpu import GPU_TYPE_RESOURCE_UNITS, gpu_type_resource
 from godel_ray.core.validation import validate_command, validate_exec_timeout
-from godel_ray.errors import AgentMoved, AgentNotRunning, FailedPrecondition
+from godel_ray.errors import (
+    AgentBusy,
+    AgentMoved,
+    AgentNotRunning,
+    CommandInterrupted,
+    FailedPrecondition,
+    LiveProcessUnavailable,
+    StaleEpoch,
+)
 from godel_ray.models import (
     Agent,
     AgentSnapshot,
     AgentStatus,
+    BusyPolicy,
     ExecChunk,
     ExecResult,
+    FreezeOptions,
     Isolation,
     JournalEntry,
     now_s,
@@ -51,6 +73,9 @@ log = logging.getLogger(__name__)
 
 MAX_CONCURRENCY = 1000  # concurrent calls: many exec streams may wait on the lock
 SIGKILL = 9
+COMMAND_EVENTS_BATCH_S = 0.05  # ``command_events`` gathers this long after the first one: one reply for many
+COMMAND_STARTED = "command.started"  # the phases of a direct call's command, as its runtime's events name them
+COMMAND_FINISHED = "command.finished"
 
 
 class AgentActor:
@@ -70,12 +95,20 @@ class AgentActor:
         self._lock = asyncio.Lock()  # asyncio.Lock wakes waiters in FIFO order
         self._unfrozen = asyncio.Event()
         self._unfrozen.set()
+        self._done = asyncio.Event()
         self._changes = 0  # notes and the end so far: ``wait_change`` answers when this passes what was seen
         self._changed = asyncio.Event()  # set (and replaced) at each change
         self._running: ProcessControl | None = None
+        self._running_seq = 0  # the journal seq of the running command (0: none)
+        self._waiting = 0  # commands in ``_acquire``: not yet holding the lock
+        self._activity = asyncio.Event()  # set whenever a command leaves the lock or the queue
+        self._frozen_at: float | None = None
+        self._moving_to = ""  # the target of the move that froze this agent (named in CommandInterrupted)
         self._pgids: set[int] = set()  # every command's process group, for cleanup on terminate
         self._lifetime_task: asyncio.Task[None] | None = None
         self._moved = False
+        self._outbox: list[tuple[str, JournalEntry]] = []  # a direct call's command phases, for the runtime
+        self._outbox_ready = asyncio.Event()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -140,6 +173,8 @@ class AgentActor:
         if self._lifetime_task is not None and self._lifetime_task is not asyncio.current_task():
             self._lifetime_task.cancel()
         self._unfrozen.set()
+        self._done.set()
+        self._activity.set()
         self._change()
 
     def _change(self) -> None:
@@ -180,31 +215,70 @@ class AgentActor:
 
     async def _acquire(self) -> None:
         """Take the command lock once the agent is running and not frozen (FIFO among waiters)."""
-        while True:
-            self._check_running()
-            await self._unfrozen.wait()
-            self._check_running()
-            await self._lock.acquire()
-            if self._unfrozen.is_set() and not self._agent.status.is_final:
-                return
-            self._lock.release()  # frozen or ended while we waited: go round again
+        self._waiting += 1
+        try:
+            while True:
+                self._check_running()
+                await self._unfrozen.wait()
+                self._check_running()
+                await self._lock.acquire()
+                if self._unfrozen.is_set() and not self._agent.status.is_final:
+                    return
+                self._lock.release()  # frozen or ended while we waited: go round again
+        finally:
+            self._waiting -= 1
+            self._activity.set()
 
-    async def exec(self, command: str, timeout_s: float | None = None) -> AsyncIterator[ExecChunk]:
-        """Run ``command`` with ``bash -c`` in the workdir; yield output chunks, then the result."""
+    def _release(self) -> None:
+        self._running_seq = 0
+        self._lock.release()
+        self._activity.set()
+
+    def _idle(self) -> bool:
+        """No command runs and none waits (one woken for the lock still counts as waiting)."""
+        return not self._lock.locked() and self._waiting == 0
+
+    def _check_epoch(self, epoch: int) -> None:
+        """A direct call at ``epoch`` (0: from the runtime, which checked it): refused unless this
+        actor serves the agent at exactly that epoch, running."""
+        if not epoch:
+            return
+        if self._moved:
+            raise self._refusal()
+        if epoch != self._agent.epoch:
+            raise StaleEpoch(f"agent {self._agent.id} is at epoch {self._agent.epoch} here, not {epoch}: this "
+                             "copy was superseded; resolve the agent's location again",
+                             agent_id=self._agent.id, epoch=self._agent.epoch)
+        self._check_running()
+
+    def _report(self, phase: str, entry: JournalEntry) -> None:
+        self._outbox.append((phase, entry.model_copy()))
+        self._outbox_ready.set()
+
+    async def exec(self, command: str, timeout_s: float | None = None, epoch: int = 0
+                   ) -> AsyncIterator[ExecChunk]:
+        """Run ``command`` with ``bash -c`` in the workdir; yield output chunks, then the result.
+
+        ``epoch``: a proxy's direct call, checked here (see the module docstring)."""
         validate_command(command, self._limits)
         timeout = validate_exec_timeout(timeout_s, self._limits)
+        self._check_epoch(epoch)
         await self._acquire()
         result: ExecResult | None = None
         try:
+            self._check_epoch(epoch)  # moved, fenced or ended while it waited: it never starts
             seq = (self._journal[-1].seq + 1) if self._journal else 1
             entry = JournalEntry(seq=seq, command=command, started_at=now_s())
             self._journal.append(entry)
+            if epoch:
+                self._report(COMMAND_STARTED, entry)
             control = ProcessControl()
-            self._running = control
+            self._running, self._running_seq = control, seq
             try:
                 async for chunk in run_streaming(command, cwd=self._workdir, env=self._command_env(),
                                                  timeout_s=timeout, control=control,
                                                  max_output_bytes=self._limits.max_output_bytes,
+                                                 chunk_bytes=self._limits.exec_chunk_bytes,
                                                  sandbox=self._sandbox()):
                     if control.pgid is not None:
                         self._pgids.add(control.pgid)
@@ -221,29 +295,125 @@ class AgentActor:
                 else:  # cancelled (the caller left) or failed: record how the process ended
                     entry.exit_code = control.exit_code
                     entry.duration_s = now_s() - entry.started_at
+                if control.interrupted:
+                    entry.interrupted, entry.interrupt_reason = True, control.kill_reason
+                if epoch and result is not None:  # as the runtime: a command cut off has no finish
+                    self._report(COMMAND_FINISHED, entry)
                 if control.limit_reason and not self._agent.status.is_final:
                     self._agent.status_reason = f"command {seq} hit a limit: {control.limit_reason}"
                     self._change()
         finally:
-            self._lock.release()
+            self._release()
         assert result is not None
+        if entry.interrupted:
+            raise self._interrupted_error(entry)
         yield ExecChunk(result=result)
+
+    def _interrupted_error(self, entry: JournalEntry) -> CommandInterrupted:
+        target = self._moving_to or "another cluster"
+        return CommandInterrupted(
+            f"command #{entry.seq} on agent {self._agent.id} was interrupted (exit code {entry.exit_code}) to "
+            f"move the agent to {target}: it did not finish. The agent lives on {target} once the move "
+            "commits; run the command again there if it is still needed (the proxy finds the agent)",
+            agent_id=self._agent.id, cluster_id=self._moving_to, seq=entry.seq, exit_code=entry.exit_code,
+            duration_s=round(entry.duration_s, 3), reason=entry.interrupt_reason)
+
+    async def run(self, command: str, timeout_s: float | None = None, epoch: int = 0) -> ExecResult:
+        """``exec`` collected: the whole command in one reply (no message per chunk). The same code
+        runs it, so output limits, the journal and the epoch check are exactly ``exec``'s."""
+        return collect([chunk async for chunk in self.exec(command, timeout_s, epoch)])
+
+    async def command_events(self, wait: bool = True) -> tuple[list[tuple[str, JournalEntry]], bool]:
+        """The phases of direct calls' commands not collected yet, oldest first, and whether the
+        agent has ended. ``wait``: until there is one (or the end), then gather for
+        ``COMMAND_EVENTS_BATCH_S`` more, so a busy agent answers once for many commands."""
+        if wait and not self._done.is_set():
+            if not self._outbox:
+                ended = asyncio.ensure_future(self._done.wait())
+                ready = asyncio.ensure_future(self._outbox_ready.wait())
+                try:
+                    await asyncio.wait({ended, ready}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    ended.cancel()
+                    ready.cancel()
+            if not self._done.is_set():
+                await asyncio.sleep(COMMAND_EVENTS_BATCH_S)
+        events, self._outbox = self._outbox, []
+        self._outbox_ready.clear()
+        return events, self._done.is_set()
+
+    async def fence(self, epoch: int) -> None:
+        """The agent lives at ``epoch`` elsewhere now (restored by failover): if that is newer than
+        this copy's, refuse every direct call from now on (``AgentMoved``)."""
+        if epoch > self._agent.epoch:
+            self._moved = True
 
     # --- freeze / resume / terminate ---------------------------------------------------------
 
-    async def freeze(self) -> Agent:
-        """Stop starting commands; return once the running one (if any) has finished."""
+    async def freeze(self, options: FreezeOptions | None = None) -> Agent:
+        """Freeze the agent for a move; return once it is frozen (no command runs, new ones wait).
+
+        LIVE_PROCESS: at once when idle, else ``LiveProcessUnavailable`` with the reason (CRIU is
+        not used yet: ``agents.criu``), nothing frozen. WAIT (the default): at the first idle moment, when no command runs and none waits; until
+        then the agent keeps serving commands in order. ``AgentBusy`` past ``busy_timeout_s``, with
+        nothing frozen. INTERRUPT: new commands wait from now on, the running one is stopped
+        (SIGTERM, ``grace_s``, SIGKILL). Idempotent: freezing a frozen agent returns at once.
+        """
+        options = options or FreezeOptions()
         self._check_running()
+        if not self._unfrozen.is_set():
+            return self.info()
+        if options.busy is BusyPolicy.LIVE_PROCESS and not self._idle():
+            reason = await asyncio.to_thread(live_process_refusal)
+            raise LiveProcessUnavailable(
+                f"agent {self._agent.id} cannot move with its running command: {reason}. Nothing was frozen; "
+                "move it when idle (the default) or interrupt the command (--interrupt)",
+                agent_id=self._agent.id, reason=reason)
+        if options.busy is BusyPolicy.INTERRUPT:
+            self._moving_to = options.target
+            self._hold_commands()
+            running = self._running
+            if running is not None:
+                where = options.target or "another cluster"
+                running.interrupt(f"interrupted to move agent {self._agent.id} to {where}", options.grace_s)
+            async with self._lock:  # the interrupted command has been reaped
+                pass
+        else:
+            await self._until_idle(options.busy_timeout_s)
+            self._hold_commands()  # no await since the idle check: nothing slipped in
+            self._moving_to = options.target
+        self._frozen_at = now_s()
+        return self.info()
+
+    def _hold_commands(self) -> None:
         self._unfrozen.clear()
         self._agent.status = AgentStatus.MIGRATING
-        async with self._lock:
-            pass
-        return self.info()
+
+    async def _until_idle(self, timeout_s: float) -> None:
+        """Return at the first moment the agent is idle; ``AgentBusy`` after ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            self._check_running()
+            if self._idle():
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                seq = f"command #{self._running_seq}" if self._running_seq else "a command"
+                raise AgentBusy(
+                    f"agent {self._agent.id} stayed busy for {timeout_s:g} s ({seq} running, {self._waiting} "
+                    "waiting): the move is given up and nothing was frozen; retry when it is idle, with a "
+                    "longer --busy-timeout, or interrupt the command (--interrupt / --busy interrupt)",
+                    agent_id=self._agent.id, busy_timeout_s=timeout_s, seq=self._running_seq)
+            self._activity.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._activity.wait(), remaining)
 
     async def resume(self) -> Agent:
         """Undo ``freeze``: waiting commands start again, in order."""
         self._check_running_or_frozen()
         self._agent.status = AgentStatus.RUNNING
+        self._frozen_at, self._moving_to = None, ""
         self._unfrozen.set()
         return self.info()
 
@@ -275,12 +445,20 @@ class AgentActor:
     async def export(self) -> AgentSnapshot:
         """Snapshot the agent: waits for the running command (takes the command lock)."""
         self._check_running_or_frozen()
-        async with self._lock:
+        async with self._leaving_lock(), self._lock:
             self._check_running_or_frozen()
             archive, digest = await asyncio.to_thread(snap.pack_workdir, self._workdir,
                                                       self._limits.max_snapshot_bytes)
             return AgentSnapshot(agent=self.info(), journal=list(self._journal), archive=archive,
-                                 sha256=digest)
+                                 sha256=digest, frozen_at=None if self._unfrozen.is_set() else self._frozen_at)
+
+    @contextlib.asynccontextmanager
+    async def _leaving_lock(self) -> AsyncIterator[None]:
+        """Around ``async with self._lock``: a freeze waiting for idle hears when the lock is left."""
+        try:
+            yield
+        finally:
+            self._activity.set()
 
     def info(self) -> Agent:
         agent = self._agent.model_copy(deep=True)

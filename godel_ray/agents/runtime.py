@@ -15,7 +15,9 @@ Invariants:
   has CPUs; the rest wait in arrival order, each refused with ``ResourceExhausted`` once
   ``admission_timeout_s`` passes (``agents.admission``); a warm-pool claim is not gated;
 - the event log records ``agent.spawned``, ``agent.status``, ``command.started``,
-  ``command.finished``, ``agent.exported``, ``agent.imported`` and ``agent.killed``.
+  ``command.finished``, ``agent.exported``, ``agent.imported`` and ``agent.killed``; a command's
+  two events are deferred (``EventLog.defer``), and ``command.finished`` comes after its result
+  was handed to the caller.
 
 Runs on one asyncio event loop (the caller's); actor calls go through the typed ``AgentGateway``
 and are awaited, never blocking. What the Ray cluster can host, and the capacity report, are
@@ -30,6 +32,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 
+from godel_ray.agents import direct_calls
 from godel_ray.agents import snapshot as snap
 from godel_ray.agents.actor import create_agent_actor
 from godel_ray.agents.admission import StartGate
@@ -50,6 +53,7 @@ from godel_ray.core.views import agent_matches
 from godel_ray.errors import (
     AgentNotRunning,
     AlreadyExists,
+    CommandInterrupted,
     DeadlineExceeded,
     GodelError,
     ResourceExhausted,
@@ -63,7 +67,9 @@ from godel_ray.models import (
     EventKind,
     EventType,
     ExecChunk,
+    ExecResult,
     FederationEvent,
+    FreezeOptions,
     JournalEntry,
     SiteCapacity,
     SpawnConfig,
@@ -98,9 +104,10 @@ class AgentRuntime:
     def __init__(self, name: str, workdir_root: str, *, region: str = "", cost_per_hour: float = 0.0,
                  max_agents: int = 100, limits: Limits = LIMITS,
                  ready_timeout_s: float = READY_TIMEOUT_S, warm_pool_size: int | None = None,
-                 warm_pool_gpu: dict[str, int] | None = None,
+                 warm_pool_gpu: dict[str, int] | None = None, direct_calls: bool = False,
                  admission_timeout_s: float = ADMISSION_TIMEOUT_S) -> None:
         self.name = name
+        self._direct_calls = direct_calls  # callers may exec on the actors directly (``local``): follow them
         self.workdir_root = workdir_root
         self.region = region
         self.cost_per_hour = cost_per_hour
@@ -125,9 +132,9 @@ class AgentRuntime:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _emit(self, type_: str, agent_id: str = "", kind: EventKind = EventKind.AGENT,
+    def _emit(self, type_: str, agent_id: str = "", kind: EventKind = EventKind.AGENT, *, later: bool = False,
               **data: object) -> None:
-        record(self._log, self.name, type_, agent_id, kind, **data)
+        record(self._log, self.name, type_, agent_id, kind, later=later, **data)
 
     async def _resources(self) -> tuple[list[dict[str, float]], dict[str, float], dict[str, float]]:
         """(each alive node's total resources, the cluster's total, what is free now)."""
@@ -222,6 +229,8 @@ class AgentRuntime:
         entry.agent = started.model_copy(update={"cluster_id": self.name})
         assert entry.actor is not None
         entry.watcher = asyncio.create_task(self._watch(entry, entry.actor))
+        if self._direct_calls:
+            entry.follower = asyncio.create_task(direct_calls.follow(self._log, self.name, entry, entry.actor))
         return entry.agent
 
     async def _watch(self, entry: AgentEntry, actor: AgentGateway) -> None:
@@ -264,6 +273,7 @@ class AgentRuntime:
         actor, entry.actor = entry.actor, None
         if actor is None:
             return
+        follower, entry.follower = entry.follower, None
         try:
             entry.journal = await actor.journal().result(TERMINATE_TIMEOUT_S)
             final = await actor.terminate(reason).result(TERMINATE_TIMEOUT_S)
@@ -271,6 +281,7 @@ class AgentRuntime:
         except GodelError as exc:  # already dead, or not answering: kill it regardless
             log.warning("agent %s: terminate failed (%s); killing its actor", entry.agent.id, exc)
         finally:
+            await direct_calls.settle(self._log, self.name, entry, actor, follower)
             actor.kill()
             self._capacity_resources.invalidate()
 
@@ -311,32 +322,92 @@ class AgentRuntime:
         self._emit(EventType.AGENT_KILLED, agent_id, reason=reason or "killed")
         return entry.agent
 
-    async def exec_stream(self, agent_id: str, command: str, *, timeout_s: float | None = None,
-                          epoch: int = 0) -> AsyncIterator[ExecChunk]:
+    def _exec_start(self, agent_id: str, command: str, timeout_s: float | None, epoch: int
+                    ) -> tuple[AgentEntry, AgentGateway, float]:
+        """Check an exec (streamed or collected) and record ``command.started``."""
         validate_command(command, self._limits)
         timeout = validate_exec_timeout(timeout_s, self._limits)
         entry, actor = self._table.live(agent_id, epoch)
-        self._emit(EventType.COMMAND_STARTED, agent_id, EventKind.COMMAND, command=command[:200])
+        # Both events are deferred (off the command's path), and ``command.finished`` is recorded
+        # only once the result was handed on: a reader of the events never sees a command finish
+        # before its caller got the result (on a site: before the result message was sent).
+        direct_calls.started(self._log, self.name, agent_id, command, later=True)
+        return entry, actor, timeout
+
+    def _exec_interrupted(self, agent_id: str, exc: CommandInterrupted) -> None:
+        fields = exc.fields
+        self._emit(EventType.COMMAND_FINISHED, agent_id, EventKind.COMMAND, exit_code=fields.get("exit_code"),
+                   duration_s=f"{float(fields.get('duration_s') or 0.0):.3f}", timed_out=False, interrupted=True,
+                   interrupt_reason=str(fields.get("reason", ""))[:300])
+
+    def _exec_finished(self, agent_id: str, result: ExecResult) -> None:
+        direct_calls.finished(self._log, self.name, agent_id, result.exit_code, result.duration_s,
+                              result.timed_out, later=True)
+
+    async def exec_stream(self, agent_id: str, command: str, *, timeout_s: float | None = None,
+                          epoch: int = 0) -> AsyncIterator[ExecChunk]:
+        entry, actor, timeout = self._exec_start(agent_id, command, timeout_s, epoch)
         finished = False
         stream = None
         try:
             stream = actor.exec(command, timeout)
             async for chunk in stream:
-                if chunk.result is not None:
-                    finished = True
-                    self._emit(EventType.COMMAND_FINISHED, agent_id, EventKind.COMMAND,
-                               exit_code=chunk.result.exit_code, duration_s=f"{chunk.result.duration_s:.3f}",
-                               timed_out=chunk.result.timed_out)
-                yield chunk
+                if chunk.result is None:
+                    yield chunk
+                    continue
+                finished = True
+                try:
+                    yield chunk
+                finally:  # also when the caller closes the stream on the result
+                    self._exec_finished(agent_id, chunk.result)
         except (rayapi.ActorUnreachable, rayapi.ActorDied) as exc:
             finished = True
             raise self._table.failure(entry, exc) from None
+        except CommandInterrupted as exc:
+            finished = True
+            self._exec_interrupted(agent_id, exc)
+            raise
         except GodelError:
             finished = True
             raise
         finally:
             if not finished and stream is not None:  # the caller went away mid-command: stop it
                 stream.cancel()  # (its process group dies)
+
+    async def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None,
+                   epoch: int = 0) -> ExecResult:
+        """``exec_stream`` collected on the agent's actor: one reply, the same events and limits."""
+        entry, actor, timeout = self._exec_start(agent_id, command, timeout_s, epoch)
+        call = actor.run(command, timeout)
+        try:
+            result = await call
+        except (rayapi.ActorUnreachable, rayapi.ActorDied) as exc:
+            raise self._table.failure(entry, exc) from None
+        except CommandInterrupted as exc:
+            self._exec_interrupted(agent_id, exc)
+            raise
+        except asyncio.CancelledError:  # the caller went away mid-command: stop it
+            rayapi.cancel(call.ref)
+            raise
+        self._exec_finished(agent_id, result)
+        return result
+
+    async def agent_actor(self, agent_id: str, epoch: int) -> object:
+        """The actor handle of running ``agent_id`` at ``epoch`` (else the error saying why not), for
+        a caller that execs on it directly; the actor checks the epoch on each such call."""
+        _, actor = self._table.live(agent_id, epoch)
+        return actor.handle
+
+    async def fence(self, agent_id: str, epoch: int) -> None:
+        """``agent_id`` lives at ``epoch`` elsewhere now: this copy, if older, refuses every command
+        (through here, and directly on its actor). Idempotent; best effort on the actor."""
+        entry = self._table.get(agent_id)
+        if entry is None or entry.agent.epoch >= epoch:
+            return
+        entry.moved = True
+        if entry.actor is not None:
+            with contextlib.suppress(GodelError):
+                await entry.actor.fence(epoch)
 
     async def status(self, agent_id: str) -> Agent:
         entry = self._table.entry(agent_id)
@@ -372,10 +443,11 @@ class AgentRuntime:
         async for event in self._log.follow(since_seq):
             yield event
 
-    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot:
+    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False,
+                     freeze_options: FreezeOptions | None = None) -> AgentSnapshot:
         entry, _ = self._table.live(agent_id, epoch)
-        if freeze:
-            self._table.set_agent(entry, await self._table.ask(entry, AgentGateway.freeze))
+        if freeze:  # AgentBusy when it never became idle: nothing frozen, nothing to undo
+            self._table.set_agent(entry, await self._table.ask(entry, lambda a: a.freeze(freeze_options)))
         try:
             snapshot = await self._table.ask(entry, AgentGateway.export)
         except BaseException:

@@ -46,13 +46,23 @@ class AgentEntry:
     journal: list[JournalEntry] = field(default_factory=list)  # last known, kept after the actor ends
     moved: bool = False
     watcher: asyncio.Task[None] | None = None
+    follower: asyncio.Task[None] | None = None  # records the actor's direct calls (``agents.direct_calls``)
 
 
 def record(log: EventLog, cluster_id: str, type_: str, agent_id: str = "", kind: EventKind = EventKind.AGENT,
-           **data: object) -> None:
-    """Append one event of this cluster to ``log`` (values as strings)."""
-    log.append(FederationEvent(kind=kind, type=type_, cluster_id=cluster_id, agent_id=agent_id,
-                               data={k: str(v) for k, v in data.items()}))
+           *, later: bool = False, **data: object) -> None:
+    """Append one event of this cluster to ``log`` (values as strings); with ``later``, deferred
+    (``EventLog.defer``: built and appended when the loop next turns, in order, with this ``ts``)."""
+    ts = now_s()
+
+    def make() -> FederationEvent:
+        return FederationEvent(kind=kind, type=type_, cluster_id=cluster_id, agent_id=agent_id, ts=ts,
+                               data={k: str(v) for k, v in data.items()})
+
+    if later:
+        log.defer(make)
+    else:
+        log.append(make())
 
 
 class AgentTable:

@@ -13,11 +13,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from godel_ray.client import policy
-from godel_ray.client.session import Session, status_value
+from godel_ray.client.session import Hop, Session, status_value
 from godel_ray.errors import GodelError
+from godel_ray.inputs import busy_policy, busy_timeout, move_policy
 from godel_ray.models import (
     Agent,
     AgentStatus,
+    BusyPolicy,
     Cluster,
     ClusterHealthState,
     ClusterInfo,
@@ -33,7 +35,7 @@ from godel_ray.models import (
 )
 
 if TYPE_CHECKING:
-    from godel_ray.raykit.gateway import BalancerGateway, Call, ClusterGateway
+    from godel_ray.raykit.gateway import BalancerGateway, Call
 
 T = TypeVar("T")
 
@@ -98,10 +100,12 @@ class AsyncClusterRegistry(_AsyncBalanced):
     async def regions(self) -> dict[str, builtins.list[str]]:
         return await self._read(lambda b: b.regions())
 
-    async def drain(self, cluster_id: str, *, wait: bool = False) -> DrainReport:
+    async def drain(self, cluster_id: str, *, wait: bool = False, busy: BusyPolicy | str = BusyPolicy.WAIT,
+              busy_timeout_s: float | None = None) -> DrainReport:
         """Every live agent moved off ``cluster_id`` live, the cluster left in maintenance; see
         ``ClusterRegistry.drain``."""
-        return await self._write(lambda b: b.drain(cluster_id, wait))
+        policy, timeout_s = busy_policy(busy), busy_timeout(busy_timeout_s)
+        return await self._write(lambda b: b.drain(cluster_id, wait, policy, timeout_s))
 
 
 class AsyncTransparentClusterProxy(_AsyncBalanced):
@@ -117,9 +121,17 @@ class AsyncTransparentClusterProxy(_AsyncBalanced):
         cluster_id, epoch = await self._read(lambda b: b.locate(agent_id))
         return self._session.remember(agent_id, cluster_id, epoch)
 
-    async def _routed(self, agent_id: str, attempt: Callable[[ClusterGateway, int], AsyncIterator[T]]
-                      ) -> AsyncIterator[T]:
-        """Yield what ``attempt(cluster, epoch)`` yields, at wherever the agent lives now."""
+    async def _hop(self, agent_id: str, send: policy.Send) -> Hop:
+        if not send.direct:
+            return self._session.hop(agent_id, send.location)
+        hop = self._session.cached_hop(agent_id, send.location)
+        if hop is not None:
+            return hop
+        local = self._session.cluster(send.location.cluster_id)
+        return self._session.hop(agent_id, send.location, await local.agent_actor(agent_id, send.location.epoch))
+
+    async def _routed(self, agent_id: str, attempt: Callable[[Hop], AsyncIterator[T]]) -> AsyncIterator[T]:
+        """Yield what ``attempt(hop)`` yields, at wherever the agent lives now."""
         route = policy.AgentRoute(self._session.locations.get(agent_id))
         step: policy.Send | policy.Reroute | policy.Raise = route.start()
         while True:
@@ -131,12 +143,12 @@ class AsyncTransparentClusterProxy(_AsyncBalanced):
                 continue
             started = False
             try:
-                async for item in attempt(self._session.cluster(step.location.cluster_id), step.location.epoch):
+                async for item in attempt(await self._hop(agent_id, step)):
                     started = True
                     yield item
                 return
             except GodelError as exc:
-                step = route.failed(exc, started=started)
+                step = route.failed(exc, started=started, direct=step.direct)
 
     # --- agents -----------------------------------------------------------------------------------
 
@@ -146,8 +158,9 @@ class AsyncTransparentClusterProxy(_AsyncBalanced):
         return agent
 
     async def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None) -> ExecResult:
-        async def once(cluster: ClusterGateway, epoch: int) -> AsyncIterator[ExecResult]:
-            yield await cluster.exec(agent_id, command, timeout_s=timeout_s, epoch=epoch)
+        """Run ``command`` and return its whole result, in one reply (collect mode)."""
+        async def once(hop: Hop) -> AsyncIterator[ExecResult]:
+            yield await hop.exec(command, timeout_s)
 
         results = [result async for result in self._routed(agent_id, once)]
         return results[0]
@@ -155,8 +168,7 @@ class AsyncTransparentClusterProxy(_AsyncBalanced):
     def exec_stream(self, agent_id: str, command: str, *, timeout_s: float | None = None
                     ) -> AsyncIterator[ExecChunk]:
         """Output chunks as produced; the last carries ``result``."""
-        return self._routed(agent_id, lambda cluster, epoch: aiter(
-            cluster.exec_stream(agent_id, command, timeout_s=timeout_s, epoch=epoch)))
+        return self._routed(agent_id, lambda hop: aiter(hop.exec_stream(command, timeout_s)))
 
     async def status(self, agent_id: str) -> Agent:
         return await self._read(lambda b: b.status(agent_id))
@@ -176,8 +188,16 @@ class AsyncTransparentClusterProxy(_AsyncBalanced):
     async def journal(self, agent_id: str) -> builtins.list[JournalEntry]:
         return await self._read(lambda b: b.journal(agent_id))
 
-    async def migrate(self, agent_id: str, target: str, *, wait: bool = True) -> Migration:
-        migration = await self._write(lambda b: b.migrate(agent_id, target, wait))
+    async def migrate(self, agent_id: str, target: str, *, wait: bool = True, interrupt: bool = False,
+                busy_timeout_s: float | None = None, live_process: bool = False) -> Migration:
+        """Move the agent to ``target``. A running command: by default the move freezes the agent at
+        its first idle moment (it keeps serving commands until then; rolled back, nothing frozen,
+        after ``busy_timeout_s``); ``interrupt`` stops the command instead (its caller gets
+        ``CommandInterrupted``, its journal entry says so). ``live_process`` (opt-in, CRIU) would move
+        the running command along; it is refused with the reason (``LiveProcessUnavailable``) where it
+        cannot be done, which today is everywhere."""
+        policy, timeout_s = move_policy(interrupt=interrupt, live_process=live_process), busy_timeout(busy_timeout_s)
+        migration = await self._write(lambda b: b.migrate(agent_id, target, wait, policy, timeout_s))
         self._session.forget(agent_id)
         return migration
 

@@ -4,8 +4,9 @@ The shells (``client.proxy`` and ``client.aio``) only carry out the steps decide
 
     balancer call failed    -> ``after_balancer_error``: Retry (a read-only call while the balancer
                                restarts) | Raise
-    call to an agent        -> ``AgentRoute``: Send (to a cluster at an epoch) | Reroute (ask the
-                               balancer where the agent is now) | Raise
+    call to an agent        -> ``AgentRoute``: Send (at an epoch: straight to the agent's actor for a
+                               ``local`` agent, else to its cluster) | Reroute (ask the balancer
+                               where the agent is now) | Raise
     events page received    -> ``EventCursor.advance``: NEXT (fetch again now) | POLL (wait,
                                then fetch) | DONE
 
@@ -27,7 +28,7 @@ from godel_ray.errors import (
     GodelError,
     StaleEpoch,
 )
-from godel_ray.models import FederationEvent
+from godel_ray.models import LOCAL_CLUSTER_ID, FederationEvent
 
 REROUTE_ATTEMPTS = 3  # re-resolutions of an agent's location before giving up
 BALANCER_RETRY_ATTEMPTS = 5  # tries of a read-only balancer call while the balancer restarts
@@ -49,9 +50,11 @@ class Location(NamedTuple):
 
 @dataclass(frozen=True)
 class Send:
-    """Send the call to ``location`` (the cluster checks the epoch)."""
+    """Send the call to ``location``: with ``direct``, straight to the agent's actor (it checks the
+    epoch itself: one hop); else through the cluster's ClusterActor (which checks it)."""
 
     location: Location
+    direct: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,20 +104,30 @@ class AgentRoute:
       once per call.
     - At most ``max_reroutes`` re-resolutions; after that the last error is raised.
     - ``AgentMoved``/``StaleEpoch``/``AgentNotFound`` (the command did not start): reroute.
+    - A ``local`` agent is sent to directly (its actor, one hop) until a direct send of this call
+      fails; a failed direct send (moved, stale, or the actor unreachable or dead: it refused, so the
+      command did not start) reroutes and sends again through the cluster, which answers for the
+      agent exactly (it runs the command on the current copy, or says why not).
     - ``ClusterUnavailable``: drop the cluster's handle and reroute, but send again only if the
       balancer now places the agent elsewhere (it moved, or failover restored it). Still placed on
       the failed cluster: the cluster is down, not the agent moved, so that error is raised.
     - Any other error is raised at once.
     """
 
-    def __init__(self, cached: Location | None, *, max_reroutes: int = REROUTE_ATTEMPTS) -> None:
+    def __init__(self, cached: Location | None, *, max_reroutes: int = REROUTE_ATTEMPTS,
+                 local_id: str = LOCAL_CLUSTER_ID) -> None:
         self._location = cached
         self._max_reroutes = max_reroutes
+        self._local_id = local_id
+        self._direct = True  # until a direct send of this call failed
         self.reroutes = 0
         self._unless_same: GodelError | None = None  # raised if the next location equals the last
 
+    def _send(self, location: Location) -> Send:
+        return Send(location, direct=self._direct and location.cluster_id == self._local_id)
+
     def start(self) -> Send | Reroute:
-        return Reroute() if self._location is None else Send(self._location)
+        return Reroute() if self._location is None else self._send(self._location)
 
     def located(self, location: Location) -> Send | Raise:
         """The balancer placed the agent at ``location``."""
@@ -122,14 +135,18 @@ class AgentRoute:
         if pending is not None and location == self._location:
             return Raise(pending)
         self._location = location
-        return Send(location)
+        return self._send(location)
 
-    def failed(self, error: GodelError, *, started: bool) -> Reroute | Raise:
-        """The last Send failed with ``error`` (``started``: after some of its output arrived)."""
+    def failed(self, error: GodelError, *, started: bool, direct: bool = False) -> Reroute | Raise:
+        """The last Send failed with ``error`` (``started``: after some of its output arrived;
+        ``direct``: it went straight to the agent's actor)."""
         reroutable = isinstance(error, (*MOVED_ERRORS, ClusterUnavailable))
         if started or not reroutable or self.reroutes >= self._max_reroutes:
             return Raise(error)
         self.reroutes += 1
+        if direct:
+            self._direct = False
+            return Reroute()
         if isinstance(error, ClusterUnavailable):
             self._unless_same = error
             return Reroute(drop_cluster=self._location.cluster_id if self._location else None)

@@ -1,9 +1,11 @@
 """What users hold: ``connect()`` -> ``TransparentClusterProxy`` (sync) and its ``ClusterRegistry``.
 
-The hot path stays off the balancer: ``exec``/``exec_stream`` go straight to the owning
-ClusterActor with the cached (cluster, epoch) of the agent; the balancer is asked only on a cache
-miss, or when the cluster answers ``AgentMoved``/``StaleEpoch``/``AgentNotFound`` (the command did
-not start), after which the call is sent again to the new location. What to do after each outcome
+The hot path stays off the balancer: ``exec``/``exec_stream`` go in one hop to a ``local`` agent's
+own actor (looked up once through the local ClusterActor for the cached (cluster, epoch), then
+cached; the actor checks the epoch itself), and to the owning ClusterActor for a remote agent. The
+balancer is asked only on a cache miss, or when the call is refused (``AgentMoved``/``StaleEpoch``/
+``AgentNotFound``, or the actor is gone: the command did not start), after which the call is sent
+again to the new location (through its cluster, after a refused direct call). What to do after each outcome
 is decided in ``client.policy``; this module (and its asyncio twin ``client.aio``) only carries
 it out. Every actor call is a typed ``raykit.gateway`` call.
 
@@ -21,11 +23,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from godel_ray import settings
 from godel_ray.client import policy
 from godel_ray.client.aio import AsyncTransparentClusterProxy
-from godel_ray.client.session import Session, status_value
-from godel_ray.errors import ControlPlaneNotRunning, GodelError
+from godel_ray.client.session import Hop, Session, status_value
+from godel_ray.errors import GodelError
+from godel_ray.inputs import busy_policy, busy_timeout, move_policy
 from godel_ray.models import (
     Agent,
     AgentStatus,
+    BusyPolicy,
     Cluster,
     ClusterHealthState,
     ClusterInfo,
@@ -41,35 +45,23 @@ from godel_ray.models import (
 )
 
 if TYPE_CHECKING:
-    from godel_ray.raykit.gateway import BalancerGateway, Call, ClusterGateway
+    from godel_ray.raykit.gateway import BalancerGateway, Call
 
 T = TypeVar("T")
 
 
 def connect(state_dir: str | os.PathLike[str] | None = None, *, address: str | None = None
             ) -> TransparentClusterProxy:
-    """Attach to the running control plane (see the module docstring of ``controlplane``).
+    """Attach to the active control plane (``client.attach``; see also ``controlplane``).
 
     Ray already initialised: use it. ``RAY_ADDRESS`` set (inside ``ray job submit``): attach to it.
     Else ``<state_dir>/control.json`` from ``swarmctl up``. No control plane: ``ControlPlaneNotRunning``.
+    A standby there (another control plane holds the lease): attached to the active one instead.
     """
-    from godel_ray.control import controlplane, factory
-    from godel_ray.raykit import rayapi
-    from godel_ray.raykit.gateway import BalancerGateway
+    from godel_ray.client.attach import attach
 
     root = settings.state_dir(state_dir)
-    if not rayapi.is_initialized():
-        if address is not None:
-            head = controlplane.read_head(root)
-            rayapi.init_client(address, head.env() if head is not None and head.address == address else {})
-        elif os.environ.get("RAY_ADDRESS"):
-            rayapi.init_client(os.environ["RAY_ADDRESS"], {})
-        else:
-            head = controlplane.read_head(root)
-            if head is None:
-                raise ControlPlaneNotRunning(f"no control plane at {root}: run `swarmctl up` first")
-            rayapi.init_client(head.address, head.env())
-    return TransparentClusterProxy(BalancerGateway(factory.balancer_handle()), root)
+    return TransparentClusterProxy(attach(root, address), root)
 
 
 class _Balanced:
@@ -136,11 +128,13 @@ class ClusterRegistry(_Balanced):
     def regions(self) -> dict[str, builtins.list[str]]:
         return self._read(lambda b: b.regions())
 
-    def drain(self, cluster_id: str, *, wait: bool = False) -> DrainReport:
+    def drain(self, cluster_id: str, *, wait: bool = False, busy: BusyPolicy | str = BusyPolicy.WAIT,
+              busy_timeout_s: float | None = None) -> DrainReport:
         """Move every live agent off ``cluster_id`` live, each placed by the normal rules, and leave
         the cluster in maintenance. ``wait``: until every move ended. Agents that cannot be placed
         stay, listed in ``unmovable`` with the reason."""
-        return self._write(lambda b: b.drain(cluster_id, wait))
+        policy, timeout_s = busy_policy(busy), busy_timeout(busy_timeout_s)
+        return self._write(lambda b: b.drain(cluster_id, wait, policy, timeout_s))
 
 
 class TransparentClusterProxy(_Balanced):
@@ -159,8 +153,17 @@ class TransparentClusterProxy(_Balanced):
         cluster_id, epoch = self._read(lambda b: b.locate(agent_id))
         return self._session.remember(agent_id, cluster_id, epoch)
 
-    def _routed(self, agent_id: str, attempt: Callable[[ClusterGateway, int], Iterator[T]]) -> Iterator[T]:
-        """Yield what ``attempt(cluster, epoch)`` yields, at wherever the agent lives now."""
+    def _hop(self, agent_id: str, send: policy.Send) -> Hop:
+        if not send.direct:
+            return self._session.hop(agent_id, send.location)
+        hop = self._session.cached_hop(agent_id, send.location)
+        if hop is not None:
+            return hop
+        local = self._session.cluster(send.location.cluster_id)
+        return self._session.hop(agent_id, send.location, local.agent_actor(agent_id, send.location.epoch).get())
+
+    def _routed(self, agent_id: str, attempt: Callable[[Hop], Iterator[T]]) -> Iterator[T]:
+        """Yield what ``attempt(hop)`` yields, at wherever the agent lives now."""
         route = policy.AgentRoute(self._session.locations.get(agent_id))
         step: policy.Send | policy.Reroute | policy.Raise = route.start()
         while True:
@@ -172,12 +175,12 @@ class TransparentClusterProxy(_Balanced):
                 continue
             started = False
             try:
-                for item in attempt(self._session.cluster(step.location.cluster_id), step.location.epoch):
+                for item in attempt(self._hop(agent_id, step)):
                     started = True
                     yield item
                 return
             except GodelError as exc:
-                step = route.failed(exc, started=started)
+                step = route.failed(exc, started=started, direct=step.direct)
 
     # --- agents -----------------------------------------------------------------------------------
 
@@ -187,8 +190,9 @@ class TransparentClusterProxy(_Balanced):
         return agent
 
     def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None) -> ExecResult:
-        def once(cluster: ClusterGateway, epoch: int) -> Iterator[ExecResult]:
-            yield cluster.exec(agent_id, command, timeout_s=timeout_s, epoch=epoch).get()
+        """Run ``command`` and return its whole result, in one reply (collect mode)."""
+        def once(hop: Hop) -> Iterator[ExecResult]:
+            yield hop.exec(command, timeout_s).get()
 
         (result,) = self._routed(agent_id, once)
         return result
@@ -196,8 +200,7 @@ class TransparentClusterProxy(_Balanced):
     def exec_stream(self, agent_id: str, command: str, *, timeout_s: float | None = None
                     ) -> Iterator[ExecChunk]:
         """Output chunks as produced; the last carries ``result``."""
-        return self._routed(agent_id, lambda cluster, epoch: iter(
-            cluster.exec_stream(agent_id, command, timeout_s=timeout_s, epoch=epoch)))
+        return self._routed(agent_id, lambda hop: iter(hop.exec_stream(command, timeout_s)))
 
     def status(self, agent_id: str) -> Agent:
         return self._read(lambda b: b.status(agent_id))
@@ -217,8 +220,16 @@ class TransparentClusterProxy(_Balanced):
     def journal(self, agent_id: str) -> builtins.list[JournalEntry]:
         return self._read(lambda b: b.journal(agent_id))
 
-    def migrate(self, agent_id: str, target: str, *, wait: bool = True) -> Migration:
-        migration = self._write(lambda b: b.migrate(agent_id, target, wait))
+    def migrate(self, agent_id: str, target: str, *, wait: bool = True, interrupt: bool = False,
+                busy_timeout_s: float | None = None, live_process: bool = False) -> Migration:
+        """Move the agent to ``target``. A running command: by default the move freezes the agent at
+        its first idle moment (it keeps serving commands until then; rolled back, nothing frozen,
+        after ``busy_timeout_s``); ``interrupt`` stops the command instead (its caller gets
+        ``CommandInterrupted``, its journal entry says so). ``live_process`` (opt-in, CRIU) would move
+        the running command along; it is refused with the reason (``LiveProcessUnavailable``) where it
+        cannot be done, which today is everywhere."""
+        policy, timeout_s = move_policy(interrupt=interrupt, live_process=live_process), busy_timeout(busy_timeout_s)
+        migration = self._write(lambda b: b.migrate(agent_id, target, wait, policy, timeout_s))
         self._session.forget(agent_id)
         return migration
 

@@ -30,8 +30,8 @@ from godel_ray.models import (
 class StateReader:
     """Read-only views of the state store, without Ray.
 
-    What it shows is what the balancer last wrote (health at most ``CONTROL_LOOP_INTERVAL_S`` old);
-    it never writes.
+    What it shows is what the balancer last wrote (a status change within a round trip, a routine
+    heartbeat within about ``ROUTINE_HEALTH_EVERY_S``); it never writes.
     """
 
     def __init__(self, state_dir: str | os.PathLike[str] | None = None) -> None:

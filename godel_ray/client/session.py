@@ -1,5 +1,6 @@
-"""What a proxy and its asyncio twin share: the balancer's gateway, one gateway per cluster, and the
-cache of agent locations.
+"""What a proxy and its asyncio twin share: the balancer's gateway, one gateway per cluster, the
+cache of agent locations and, for ``local`` agents, of their actors (the one-hop exec), and ``Hop``:
+where one attempt of an exec goes.
 
 Importing this module does not import Ray; the gateways are made on first use.
 """
@@ -7,28 +8,56 @@ Importing this module does not import Ray; the gateways are made on first use.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from godel_ray.client.policy import Location, Reroute
 from godel_ray.errors import ControlPlaneNotRunning
-from godel_ray.models import AgentStatus
+from godel_ray.models import AgentStatus, ExecChunk, ExecResult
 
 if TYPE_CHECKING:
-    from godel_ray.raykit.gateway import BalancerGateway, ClusterGateway
+    from godel_ray.raykit.gateway import AgentGateway, BalancerGateway, Call, ClusterGateway, Stream
+
+
+@dataclass(frozen=True)
+class Hop:
+    """Where one attempt of an exec goes, at ``epoch``: the agent's ``actor`` itself (one hop; it
+    checks the epoch) or its ``cluster``'s ClusterActor. Exactly one of the two is set."""
+
+    agent_id: str
+    epoch: int
+    cluster: ClusterGateway | None = None
+    actor: AgentGateway | None = None
+
+    def exec(self, command: str, timeout_s: float | None) -> Call[ExecResult]:
+        """Collect mode: one reply with the whole result."""
+        if self.actor is not None:
+            return self.actor.run(command, timeout_s, self.epoch)
+        assert self.cluster is not None
+        return self.cluster.exec(self.agent_id, command, timeout_s=timeout_s, epoch=self.epoch)
+
+    def exec_stream(self, command: str, timeout_s: float | None) -> Stream[ExecChunk]:
+        if self.actor is not None:
+            return self.actor.exec(command, timeout_s, self.epoch)
+        assert self.cluster is not None
+        return self.cluster.exec_stream(self.agent_id, command, timeout_s=timeout_s, epoch=self.epoch)
 
 
 class Session:
     """The handles and caches behind one ``connect()``.
 
     Invariants: ``locations`` holds only what the balancer answered (spawn, locate), dropped on
-    kill, migrate and every Reroute; a cluster's gateway is dropped when its actor failed, so the
-    next call looks the actor up again. No call goes out once this process has left Ray.
+    kill, migrate and every Reroute; ``actors`` holds a ``local`` agent's actor only together with
+    the location it was looked up for, and goes with it; a cluster's gateway is dropped when its
+    actor failed, so the next call looks the actor up again. No call goes out once this process has
+    left Ray.
     """
 
     def __init__(self, balancer: BalancerGateway, state_dir: str | os.PathLike[str] | None) -> None:
         self._balancer = balancer
         self.state_dir = state_dir
         self.locations: dict[str, Location] = {}
+        self.actors: dict[str, tuple[Location, AgentGateway]] = {}
         self._clusters: dict[str, ClusterGateway] = {}
 
     @property
@@ -52,10 +81,36 @@ class Session:
 
     def remember(self, agent_id: str, cluster_id: str, epoch: int) -> Location:
         location = self.locations[agent_id] = Location(str(cluster_id), int(epoch))
+        cached = self.actors.get(agent_id)
+        if cached is not None and cached[0] != location:
+            del self.actors[agent_id]
         return location
 
     def forget(self, agent_id: str) -> None:
         self.locations.pop(agent_id, None)
+        self.actors.pop(agent_id, None)
+
+    def hop(self, agent_id: str, location: Location, actor_handle: Any = None) -> Hop:
+        """A hop through ``location``'s cluster; with ``actor_handle`` (looked up for this location),
+        straight to the agent's actor, which is cached for the next calls."""
+        if actor_handle is None:
+            return Hop(agent_id, location.epoch, cluster=self.cluster(location.cluster_id))
+        actor = self.agent_gateway(agent_id, actor_handle)
+        self.actors[agent_id] = (location, actor)
+        return Hop(agent_id, location.epoch, actor=actor)
+
+    def agent_gateway(self, agent_id: str, handle: Any) -> AgentGateway:
+        from godel_ray.raykit.gateway import AgentGateway
+
+        return AgentGateway(agent_id, handle)
+
+    def cached_hop(self, agent_id: str, location: Location) -> Hop | None:
+        """The direct hop to the agent's actor, if it was looked up for exactly ``location``."""
+        cached = self.actors.get(agent_id)
+        if cached is None or cached[0] != location:
+            return None
+        ensure_attached()
+        return Hop(agent_id, location.epoch, actor=cached[1])
 
     def reroute(self, agent_id: str, step: Reroute) -> None:
         """Carry out the cache part of a Reroute (the shell then asks the balancer)."""
@@ -79,4 +134,4 @@ def status_value(status: AgentStatus | str | None) -> str | None:
     return None if status is None else AgentStatus(status).value
 
 
-__all__ = ["Session", "ensure_attached", "status_value"]
+__all__ = ["Hop", "Session", "ensure_attached", "status_value"]

@@ -140,7 +140,9 @@ def journal_from_events(events: list[FederationEvent]) -> list[JournalEntry]:
             seq=len(out) + 1, command=start.data.get("command", "") if start else "",
             exit_code=int(exit_code) if exit_code.lstrip("-").isdigit() else None,
             started_at=start.ts if start else event.ts - duration_s, duration_s=duration_s,
-            timed_out=data.get("timed_out", "").lower() in ("true", "1")))
+            timed_out=data.get("timed_out", "").lower() in ("true", "1"),
+            interrupted=data.get("interrupted", "").lower() in ("true", "1"),
+            interrupt_reason=data.get("interrupt_reason", "")))
     return out
 
 

@@ -34,6 +34,7 @@ from godel_ray.control.clusters import DEFAULT_LOCAL_MAX_AGENTS, ClusterSet, pro
 from godel_ray.control.drainer import Drainer
 from godel_ray.control.eventlog import Emitter, EventCursors
 from godel_ray.control.failback import FailBack
+from godel_ray.control.failback import rules_from_env as failback_rules_from_env
 from godel_ray.control.failover import Failover
 from godel_ray.control.lease import LEASE_RETRY_S, LeaseKeeper, Role, describe, holder_name, lease_ttl_from_env
 from godel_ray.control.ledger import CapacityLedger
@@ -46,6 +47,7 @@ from godel_ray.models import (
     LOCAL_CLUSTER_ID,
     Agent,
     AgentStatus,
+    BusyPolicy,
     Cluster,
     ClusterHealthState,
     ClusterInfo,
@@ -116,12 +118,14 @@ class MultiClusterLoadBalancer:
                                    local_max_agents=_local_max_agents())
         gateway = self.clusters.gateway
         self.checkpoints = Checkpoints(store, state_dir, self.table, ledger, gateway, emitter)
-        self.spawner = Spawner(self.clusters, self.table, emitter, local_id=LOCAL_ID)
+        self.spawner = Spawner(self.clusters, self.table, emitter, local_id=LOCAL_ID,
+                               unsettled=lambda cluster_id: self.reconciler.sweep_soon(cluster_id))
         self.agents = AgentOps(gateway, self.table, store, local_id=LOCAL_ID)
         self.migrator = MigrationExecutor(store, self.table, gateway, emitter, ledger=ledger, views=self.clusters.view,
                                           cooldown_s=cooldown_from_env(), local_id=LOCAL_ID)
         self.drainer = Drainer(self.clusters, self.table, self.migrator, emitter, local_id=LOCAL_ID)
-        self.failback = FailBack(self.clusters, self.table, self.migrator, emitter, local_id=LOCAL_ID)
+        self.failback = FailBack(self.clusters, self.table, self.migrator, emitter, rules=failback_rules_from_env(),
+                                 local_id=LOCAL_ID)
         self.failover = Failover(self.clusters, self.table, self.checkpoints, store, emitter,
                                  busy=lambda: set(self.migrator.in_progress), local_id=LOCAL_ID)
         self.reconciler = Reconciler(self.clusters, self.table, self.checkpoints, cursors, emitter,
@@ -191,17 +195,22 @@ class MultiClusterLoadBalancer:
             self._loop_task.cancel()
 
     async def _control_loop(self) -> None:
-        while self.lease.role is Role.ACTIVE:
-            started = time.monotonic()
-            try:
-                await self.reconciler.tick()
-                await self.failover.tick()
-                await self.failback.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("control loop iteration failed; carrying on")
-            await asyncio.sleep(max(0.0, CONTROL_LOOP_INTERVAL_S - (time.monotonic() - started)))
+        """Every ``CONTROL_LOOP_INTERVAL_S``: a watcher per cluster (the reconciler's long polls bring
+        health and events as they change), failover and fail-back decisions from memory."""
+        try:
+            while self.lease.role is Role.ACTIVE:
+                started = time.monotonic()
+                try:
+                    await self.reconciler.tick()
+                    await self.failover.tick()
+                    await self.failback.tick()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("control loop iteration failed; carrying on")
+                await asyncio.sleep(max(0.0, CONTROL_LOOP_INTERVAL_S - (time.monotonic() - started)))
+        finally:
+            self.reconciler.stop()
 
     async def ping(self) -> str:
         """``ok`` once active and ready; ``standby`` (or ``deposed``) while another control plane serves."""
@@ -212,10 +221,15 @@ class MultiClusterLoadBalancer:
         return "ok"
 
     async def role(self) -> dict[str, str]:
-        """This control plane's role and the lease as stored (answers in every role)."""
+        """This control plane's role and the lease as stored (answers in every role); while the lease
+        is held, ``active_holder`` and ``active_address`` (its Ray address: clients attach there)."""
         self._start()
         await self._tried_lease.wait()
-        return {"role": self.lease.role.value, "holder": self.lease.holder, "lease": describe(self.store.lease())}
+        lease = self.store.lease()
+        out = {"role": self.lease.role.value, "holder": self.lease.holder, "lease": describe(lease)}
+        if lease is not None and lease.active:
+            out.update(active_holder=lease.holder, active_address=lease.address)
+        return out
 
     async def prepare_shutdown(self) -> int:
         """Checkpoint every non-final local agent (frozen) so ``up`` can restore it, then hand the lease
@@ -260,11 +274,13 @@ class MultiClusterLoadBalancer:
         await self._ensure_ready()
         return await self.clusters.set_maintenance(cluster_id, on)
 
-    async def drain(self, cluster_id: str, wait: bool = False) -> DrainReport:
+    async def drain(self, cluster_id: str, wait: bool = False, busy: BusyPolicy = BusyPolicy.WAIT,
+                    busy_timeout_s: float | None = None) -> DrainReport:
         """Move every live agent off ``cluster_id`` live (``godel_ray.control.drainer``) and leave it in
-        maintenance; agents that cannot be placed stay and are listed with the reason."""
+        maintenance; agents that cannot be placed stay and are listed with the reason. ``busy``: what
+        each move's freeze does with a running command (see ``migrate``)."""
         await self._ensure_ready()
-        return await self.drainer.drain(cluster_id, wait=wait)
+        return await self.drainer.drain(cluster_id, wait=wait, busy=BusyPolicy(busy), busy_timeout_s=busy_timeout_s)
 
     async def regions(self) -> dict[str, list[str]]:
         await self._ensure_ready()
@@ -315,13 +331,17 @@ class MultiClusterLoadBalancer:
         await self._ensure_ready()
         return self.store.events(since_seq, limit)
 
-    async def migrate(self, agent_id: str, target: str, wait: bool = True) -> Migration:
+    async def migrate(self, agent_id: str, target: str, wait: bool = True, busy: BusyPolicy = BusyPolicy.WAIT,
+                      busy_timeout_s: float | None = None) -> Migration:
         """Move a live agent to ``target`` (``godel_ray.control.migrator``): exactly once, rolled back
         on any failure before the commit. ``wait=False`` returns the record as started; poll
         ``migrations``. Refusals (unknown agent or cluster, same cluster, no capacity, cooldown,
-        already migrating) raise before anything happens."""
+        already migrating) raise before anything happens. A running command: WAIT freezes at the
+        first idle moment (commands are served meanwhile; rolled back after ``busy_timeout_s``),
+        INTERRUPT stops it (its caller gets ``CommandInterrupted``)."""
         await self._ensure_ready()
-        return await self.migrator.migrate(agent_id, target, wait)
+        return await self.migrator.migrate(agent_id, target, wait, busy=BusyPolicy(busy),
+                                           busy_timeout_s=busy_timeout_s)
 
     async def migrations(self, agent_id: str | None = None) -> list[Migration]:
         await self._ensure_ready()

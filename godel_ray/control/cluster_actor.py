@@ -17,6 +17,14 @@ streaming generators), and it owns two control loops, started on the first call:
   and buffers the events (``cluster_id`` filled in) until the balancer drains them. Each event is
   also a sign of life for the tracker.
 
+The balancer is told, not asked: it keeps one ``wait_changes`` call outstanding per cluster (a long
+poll), answered as soon as an event is buffered or the health changed in what it says (status,
+evidence, capacity, channel, error), else after the caller's timeout. A heartbeat that changed only
+its times, round-trip time and streaks is routine: told with the next answer, and at the latest
+``ROUTINE_HEALTH_EVERY_S`` after the previous answer. The suspicion level alone is never news (it
+grows with every second of silence; a verdict it leads to is). So a quiet cluster costs one answer
+every ``ROUTINE_HEALTH_EVERY_S``, and a busy one at most one per round trip, whatever it buffered.
+
 Fences: after the balancer restored an agent elsewhere, ``fence(agent_id, epoch)`` makes this actor
 refuse commands for that agent below the new epoch (``AgentMoved``: the caller re-resolves), so a
 stale copy on a site that comes back never serves a command, even before it is removed.
@@ -30,11 +38,12 @@ import asyncio
 import functools
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from godel_ray import settings
-from godel_ray.core.cluster_client import ChannelObserver, ClusterClient, collect
+from godel_ray.core.cluster_client import ChannelObserver, ClusterClient
 from godel_ray.core.detector import ChannelState, probe_failure
 from godel_ray.core.events import EventLog
 from godel_ray.core.health import HealthTracker
@@ -44,6 +53,7 @@ from godel_ray.models import (
     AgentSnapshot,
     AgentStatus,
     Cluster,
+    ClusterChanges,
     ClusterHealthState,
     ClusterStatus,
     EventKind,
@@ -51,6 +61,7 @@ from godel_ray.models import (
     ExecChunk,
     ExecResult,
     FederationEvent,
+    FreezeOptions,
     JournalEntry,
     SiteCapacity,
     SpawnConfig,
@@ -64,6 +75,8 @@ EVENT_RETRY_DELAY_S = 1.0  # after the event stream failed in a way the client d
 CHANNEL_RETRY_DELAY_S = 1.0  # after watching the channel's state failed
 LOCAL_WORKDIR_NAME = "local"  # under ``settings.work_dir``: the ``local`` cluster's agents' workdirs
 WORKDIR_MODE = 0o700
+WAIT_CHANGES_MAX_S = 60.0  # the longest one ``wait_changes`` call is held
+ROUTINE_HEALTH_EVERY_S = 5.0  # a routine heartbeat (nothing but times changed) is told this often at most
 
 
 def local_workdir_root(state_dir: str | Path) -> Path:
@@ -86,7 +99,8 @@ def make_client(cluster: Cluster, state_dir: str | Path) -> ClusterClient:
 
         return AgentRuntime(cluster.id, str(local_workdir_root(state_dir)), region=cluster.region,
                             cost_per_hour=cluster.cost_per_hour, max_agents=cluster.max_agents,
-                            warm_pool_size=cluster.warm_pool_size or None)  # None: GODEL_LOCAL_WARM_POOL
+                            warm_pool_size=cluster.warm_pool_size or None,  # None: GODEL_LOCAL_WARM_POOL
+                            direct_calls=True)  # proxies exec on local agents' actors directly
     from godel_ray.rpc.auth import read_token_file
     from godel_ray.rpc.client import GrpcClusterClient
 
@@ -102,7 +116,10 @@ class ClusterActor:
 
     Invariants: the control loops never die (each iteration catches, logs with the cluster id and
     carries on); a ``cluster.status`` event is buffered on a health transition only; buffered
-    events carry this cluster's id and a local, rising ``seq``.
+    events carry this cluster's id and a local, rising ``seq``; ``health_version`` rises whenever
+    the health changed in more than its suspicion level; every buffered event and every telling
+    health change (``_news``) wakes the ``wait_changes`` calls waiting at once, a routine one within
+    ``ROUTINE_HEALTH_EVERY_S`` of the previous answer.
     """
 
     def __init__(self, cluster: Cluster, state_dir: str) -> None:
@@ -115,6 +132,13 @@ class ClusterActor:
         self._tasks: list[asyncio.Task[None]] = []
         self._beat_now: asyncio.Event | None = None  # created on the actor's loop in start()
         self._fences: dict[str, int] = {}  # agent id -> the epoch it lives at elsewhere (or later here)
+        self.incarnation = uuid.uuid4().hex  # this life of the actor: its buffer's seqs start at 1
+        self.health_version = 0
+        self._news_version = 0  # the health version of the last telling change
+        self._answered_at = time.monotonic()
+        self.reconnects = 0  # returns from offline
+        self._told = self._telling(self.tracker.state)
+        self._changed = asyncio.Event()  # set (and replaced) at every buffered event or health change
 
     def _stored_site_seq(self) -> int:
         # The runtime of ``local`` lives in this process and starts from 0 after a restart; a site
@@ -179,19 +203,35 @@ class ClusterActor:
         return self.tracker.state
 
     def set_maintenance_now(self, on: bool) -> None:
-        before = self.tracker.state.status
-        self.tracker.set_maintenance(on, time.time())
-        after = self.tracker.state.status
-        if after != before:
-            self._emit_status(before, after)
+        self._observe(lambda now: self.tracker.set_maintenance(on, now))
 
     def _observe(self, update: Callable[[float], ClusterStatus | None]) -> None:
-        """Feed one signal to the tracker; buffer a ``cluster.status`` event if the status changed."""
-        before = self.tracker.state.status
+        """Feed one signal to the tracker; buffer a ``cluster.status`` event if the status changed;
+        wake the waiting ``wait_changes`` if the health changed."""
+        before = self.tracker.status
         after = update(time.time())
         if after is not None and after != before:
             self._emit_status(before, after)
-        metrics.set_cluster_status(self.cluster.id, self.tracker.state.status)
+        metrics.set_cluster_status(self.cluster.id, self.tracker.status)
+        told = self._telling(self.tracker.state)
+        if told != self._told:
+            if self._told.offline_since is not None and told.offline_since is None:
+                self.reconnects += 1  # reachable again (in maintenance or not)
+            news = _news(told) != _news(self._told)
+            self._told = told
+            self.health_version += 1
+            if news:
+                self._news_version = self.health_version
+                self._wake()
+
+    @staticmethod
+    def _telling(state: ClusterHealthState) -> ClusterHealthState:
+        """What of ``state`` is worth waking the balancer for: all but the suspicion level."""
+        return state.model_copy(update={"suspicion": 0.0})
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def _heartbeat_once(self) -> None:
         settings = self.cluster.health
@@ -253,10 +293,14 @@ class ClusterActor:
 
     def _emit_status(self, before: ClusterStatus, after: ClusterStatus) -> None:
         state = self.tracker.state
-        self.buffer.append(FederationEvent(
+        self._buffer(FederationEvent(
             kind=EventKind.CLUSTER, type=EventType.CLUSTER_STATUS, cluster_id=self.cluster.id,
             data={"from": before.value, "to": after.value, "error": state.last_error[:200],
                   "evidence": state.evidence}))
+
+    def _buffer(self, event: FederationEvent) -> None:
+        self.buffer.append(event)
+        self._wake()
 
     # --- events ---------------------------------------------------------------------------------
 
@@ -265,7 +309,7 @@ class ClusterActor:
             try:
                 async for event in self.client.events(self.site_seq):
                     self.site_seq = event.seq  # in order; may drop after a site restart
-                    self.buffer.append(event.model_copy(update={"cluster_id": self.cluster.id}))
+                    self._buffer(event.model_copy(update={"cluster_id": self.cluster.id}))
                     self._observe(self.tracker.on_stream_event)
             except asyncio.CancelledError:
                 raise
@@ -277,10 +321,35 @@ class ClusterActor:
     async def drain_events(self, since_local_seq: int) -> tuple[list[FederationEvent], int]:
         """Buffered events after ``since_local_seq`` (all of them if this actor restarted since), and
         the last site seq they cover (the balancer stores it as the resume cursor)."""
+        changes = await self.wait_changes("", since_local_seq, self.health_version, 0.0)
+        return changes.events, changes.site_seq
+
+    async def wait_changes(self, incarnation: str, since_local_seq: int, health_version: int,
+                           timeout_s: float) -> ClusterChanges:
+        """The health and the events buffered after ``since_local_seq``, as soon as there is an event
+        the caller has not seen or telling health news since ``health_version`` (routine news: within
+        ``ROUTINE_HEALTH_EVERY_S`` of the previous answer); else after ``timeout_s`` (at most
+        ``WAIT_CHANGES_MAX_S``), with the health as it is. ``timeout_s`` 0 answers at once.
+
+        ``incarnation``: the actor's life the caller's cursor counts in (``""`` when the caller does
+        not know it, as after a balancer restart: then the cursor is trusted unless it is ahead of the
+        buffer). Another life's cursor means nothing here: every buffered event is answered.
+        """
         await self.start()
-        if since_local_seq > self.buffer.last_seq:
-            since_local_seq = 0
-        return self.buffer.since(since_local_seq), self.site_seq
+        if (incarnation and incarnation != self.incarnation) or since_local_seq > self.buffer.last_seq:
+            since_local_seq, health_version = 0, -1
+        wait_s = min(timeout_s, WAIT_CHANGES_MAX_S)
+        if health_version != self.health_version:  # routine news (at least): not later than its due time
+            wait_s = min(wait_s, self._answered_at + ROUTINE_HEALTH_EVERY_S - time.monotonic())
+        if since_local_seq >= self.buffer.last_seq and health_version >= self._news_version and wait_s > 0:
+            try:
+                await asyncio.wait_for(self._changed.wait(), wait_s)
+            except TimeoutError:
+                pass
+        self._answered_at = time.monotonic()
+        return ClusterChanges(incarnation=self.incarnation, health=self.tracker.state,
+                              health_version=self.health_version, events=self.buffer.since(since_local_seq),
+                              site_seq=self.site_seq, reconnects=self.reconnects)
 
     # --- fences ---------------------------------------------------------------------------------
 
@@ -288,6 +357,9 @@ class ClusterActor:
         """``agent_id`` lives at ``epoch`` now (restored elsewhere): refuse commands for its older
         copies here. Idempotent; a later fence with a higher epoch wins."""
         self._fences[agent_id] = max(epoch, self._fences.get(agent_id, 0))
+        fence_copy = getattr(self.client, "fence", None)  # local: the agent's actor refuses direct calls too
+        if fence_copy is not None:
+            await fence_copy(agent_id, self._fences[agent_id])
 
     def _check_fence(self, agent_id: str, epoch: int) -> None:
         fenced = self._fences.get(agent_id)
@@ -324,12 +396,24 @@ class ClusterActor:
 
     async def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None,
                    epoch: int = 0) -> ExecResult:
-        """The whole command in one actor call (the proxy's ``exec``: one round trip, not one per chunk)."""
+        """The whole command in one actor call, collected where it runs (one reply: the actor's on
+        ``local``, the site's unary ``Exec`` on a remote cluster), never a message per chunk."""
         self._check_fence(agent_id, epoch)
         started = time.monotonic()
-        chunks = [c async for c in self.client.exec_stream(agent_id, command, timeout_s=timeout_s, epoch=epoch)]
+        result = await self.client.exec(agent_id, command, timeout_s=timeout_s, epoch=epoch)
         metrics.observe_exec_latency(self.cluster.id, time.monotonic() - started)
-        return collect(chunks)
+        return result
+
+    async def agent_actor(self, agent_id: str, epoch: int) -> object:
+        """The AgentActor handle of a ``local`` agent at ``epoch``, for a proxy's direct exec (the
+        actor checks the epoch on every such call). A remote cluster has none to give."""
+        self._check_fence(agent_id, epoch)
+        lookup = getattr(self.client, "agent_actor", None)
+        if lookup is None:
+            raise FailedPrecondition(f"cluster {self.cluster.id} is remote: its agents are reached through it",
+                                     cluster_id=self.cluster.id)
+        handle: object = await lookup(agent_id, epoch)
+        return handle
 
     async def status(self, agent_id: str) -> Agent:
         return self._mine(await self.client.status(agent_id))
@@ -338,9 +422,10 @@ class ClusterActor:
                           labels: dict[str, str] | None = None) -> list[Agent]:
         return [self._mine(a) for a in await self.client.list_agents(status, labels)]
 
-    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot:
+    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False,
+                     freeze_options: FreezeOptions | None = None) -> AgentSnapshot:
         self._check_fence(agent_id, epoch)
-        return await self.client.export(agent_id, epoch=epoch, freeze=freeze)
+        return await self.client.export(agent_id, epoch=epoch, freeze=freeze, freeze_options=freeze_options)
 
     async def import_(self, snapshot: AgentSnapshot) -> Agent:
         agent = self._mine(await self.client.import_(snapshot))
@@ -361,4 +446,9 @@ class ClusterActor:
         return entries
 
 
-__all__ = ["ClusterActor", "local_workdir_root", "make_client"]
+def _news(state: ClusterHealthState) -> tuple[object, ...]:
+    """What of a health state is worth telling the balancer at once (the rest is routine)."""
+    return (state.status, state.evidence, state.channel, state.offline_since, state.last_error, state.capacity)
+
+
+__all__ = ["ROUTINE_HEALTH_EVERY_S", "ClusterActor", "local_workdir_root", "make_client"]

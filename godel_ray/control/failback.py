@@ -4,12 +4,16 @@ Decisions are ``core.failback.fail_back_moves``; this owner keeps what they need
 does not hold: since when each cluster has been ACTIVE without a break (in memory: after a
 balancer restart the hysteresis starts again, which only delays), and which fail-back moves it
 started. Each move goes through the ``MigrationExecutor`` with reason ``fail_back`` and is an
-``agent.fail_back`` event carrying its reason.
+``agent.fail_back`` event carrying its reason. A fail-back never interrupts a command: its freeze
+waits for the agent to be idle (``BusyPolicy.WAIT``, the executor's busy timeout), and a move that
+times out rolls back and is tried again at a later tick.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -19,10 +23,31 @@ from godel_ray.control.eventlog import Emit
 from godel_ray.control.migrator import MigrationExecutor
 from godel_ray.core.failback import DEFAULT_RULES, FailBackRules, fail_back_moves
 from godel_ray.errors import GodelError
-from godel_ray.models import LOCAL_CLUSTER_ID, ClusterStatus, EventKind, EventType
+from godel_ray.models import LOCAL_CLUSTER_ID, BusyPolicy, ClusterStatus, EventKind, EventType
 
 log = logging.getLogger(__name__)
 FAIL_BACK_REASON = "fail_back"
+HYSTERESIS_ENV = "GODEL_FAIL_BACK_HYSTERESIS_S"
+COOLDOWN_ENV = "GODEL_FAIL_BACK_COOLDOWN_S"
+
+
+def rules_from_env(default: FailBackRules = DEFAULT_RULES) -> FailBackRules:
+    """The fail-back rules, with ``$GODEL_FAIL_BACK_HYSTERESIS_S`` and ``$GODEL_FAIL_BACK_COOLDOWN_S``
+    (seconds, >= 0) over the defaults; a value that is not such a number is ignored with a warning."""
+    values = {"hysteresis_s": default.hysteresis_s, "cooldown_s": default.cooldown_s}
+    for field, env in (("hysteresis_s", HYSTERESIS_ENV), ("cooldown_s", COOLDOWN_ENV)):
+        raw = os.environ.get(env, "")
+        if not raw:
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value < float("inf"):
+            log.warning("%s=%r is not a number of seconds >= 0; using %g", env, raw, values[field])
+            continue
+        values[field] = value
+    return dataclasses.replace(default, hysteresis_s=values["hysteresis_s"], cooldown_s=values["cooldown_s"])
 
 
 class FailBack:
@@ -67,7 +92,8 @@ class FailBack:
             agent = self._table.get(move.agent_id)
             source = agent.cluster_id if agent else ""
             try:
-                await self._migrator.migrate(move.agent_id, move.home, wait=False, reason=FAIL_BACK_REASON)
+                await self._migrator.migrate(move.agent_id, move.home, wait=False, reason=FAIL_BACK_REASON,
+                                             busy=BusyPolicy.WAIT)
             except GodelError as exc:
                 log.info("fail-back of %s to %s refused: %s", move.agent_id, move.home, exc)
                 continue
@@ -78,4 +104,4 @@ class FailBack:
         return done
 
 
-__all__ = ["FAIL_BACK_REASON", "FailBack"]
+__all__ = ["COOLDOWN_ENV", "FAIL_BACK_REASON", "HYSTERESIS_ENV", "FailBack", "rules_from_env"]

@@ -4,9 +4,12 @@ The machine (``godel_ray.core.migration``) decides; this class performs each act
 source and target ClusterActors, reports the outcome back, and persists the ``Migration`` record
 and a ``migration.<phase>`` event after every step. What each action does here:
 
-    Freeze + Export  source ``export(agent_id, epoch=epoch_from, freeze=True)``: one call; the
-                     snapshot travels BY VALUE to the balancer (Freeze is reported when it returns,
-                     Export right after with the bytes)
+    Freeze + Export  source ``export(agent_id, epoch=epoch_from, freeze=True, freeze_options=...)``:
+                     one call; the snapshot travels BY VALUE to the balancer (Freeze is reported
+                     when it returns, with the snapshot's ``frozen_at``, Export right after with the
+                     bytes). The record's ``busy`` says what the freeze does with a running
+                     command: WAIT freezes at the first idle moment (``AgentBusy`` after
+                     ``busy_timeout_s``: rolled back, nothing frozen), INTERRUPT stops it
     Transfer         ``rayapi.put`` of the snapshot (agent at ``epoch_to``) in the balancer: the
                      balancer owns the object-store copy, so the source's death cannot take it along
     Import           target ``import_(ref)``: Ray resolves the ObjectRef on the target's side
@@ -60,18 +63,29 @@ from godel_ray.core.migration import (
     validate_migration,
 )
 from godel_ray.core.placement import ClusterView
-from godel_ray.errors import AgentNotFound, ClusterNotFound, FailedPrecondition, GodelError, StaleEpoch
+from godel_ray.errors import (
+    AgentNotFound,
+    ClusterNotFound,
+    FailedPrecondition,
+    GodelError,
+    InvalidArgument,
+    StaleEpoch,
+)
 from godel_ray.models import (
+    DEFAULT_INTERRUPT_GRACE_S,
     LOCAL_CLUSTER_ID,
     Agent,
     AgentSnapshot,
     AgentStatus,
+    BusyPolicy,
     EventKind,
     EventType,
+    FreezeOptions,
     Migration,
     MigrationPhase,
 )
 from godel_ray.raykit import metrics, rayapi
+from godel_ray.settings import busy_timeout_from_env
 
 if TYPE_CHECKING:
     from godel_ray.raykit.gateway import ClusterGateway
@@ -80,7 +94,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIGRATION_COOLDOWN_S = 30.0  # between two attempts to move the same agent
-EXPORT_TIMEOUT_S = 600.0  # freeze waits for the running command, then the workdir is packed
+EXPORT_TIMEOUT_S = 600.0  # the workdir is packed (plus the freeze's own wait: busy_timeout_s or the grace)
 IMPORT_TIMEOUT_S = 600.0  # a new actor may need a fresh worker process, then the workdir is unpacked
 STEP_TIMEOUT_S = 30.0  # verify, kill, resume
 COOLDOWN_ENV = "GODEL_MIGRATION_COOLDOWN_S"
@@ -127,7 +141,8 @@ class MigrationExecutor:
     def __init__(self, store: Store, table: AgentTable, gateway: Callable[[str], ClusterGateway],
                  emit: Emit, *, ledger: CapacityLedger, views: Callable[[str], ClusterView | None],
                  cooldown_s: float = MIGRATION_COOLDOWN_S, clock: Callable[[], float] = time.time,
-                 put: Callable[[object], Any] = rayapi.put, local_id: str = LOCAL_CLUSTER_ID) -> None:
+                 put: Callable[[object], Any] = rayapi.put, local_id: str = LOCAL_CLUSTER_ID,
+                 busy_timeout_s: float | None = None, interrupt_grace_s: float = DEFAULT_INTERRUPT_GRACE_S) -> None:
         self._store = store
         self._table = table
         self._gateway = gateway
@@ -135,6 +150,8 @@ class MigrationExecutor:
         self._ledger = ledger
         self._views = views
         self.cooldown_s = cooldown_s
+        self.busy_timeout_s = busy_timeout_s if busy_timeout_s is not None else busy_timeout_from_env()
+        self.interrupt_grace_s = interrupt_grace_s
         self._clock = clock
         self._put = put
         self._local_id = local_id
@@ -170,27 +187,36 @@ class MigrationExecutor:
                            in_progress=agent is not None and agent.id in self.in_progress,
                            local_id=self._local_id)
 
-    async def migrate(self, agent_id: str, target: str, wait: bool = True, *, reason: str = "manual") -> Migration:
+    async def migrate(self, agent_id: str, target: str, wait: bool = True, *, reason: str = "manual",
+                      busy: BusyPolicy = BusyPolicy.WAIT, busy_timeout_s: float | None = None) -> Migration:
         """Validate, begin and run a move; ``wait=False`` returns the record as it started.
-        ``reason``: one of ``LIVE_MOVE_REASONS`` (what asked for the move; recorded and recovered)."""
+        ``reason``: one of ``LIVE_MOVE_REASONS`` (what asked for the move; recorded and recovered).
+        ``busy``/``busy_timeout_s``: what the freeze does with a running command (the executor's
+        ``busy_timeout_s`` when None)."""
         agent = self._table.get(agent_id)
         self.validate(agent, self._views(agent.cluster_id) if agent else None, self._views(target), target)
         assert agent is not None  # validate refused an unknown agent
-        migration = self.begin(agent, target, reason=reason)
+        migration = self.begin(agent, target, reason=reason, busy=busy,
+                               busy_timeout_s=self.busy_timeout_s if busy_timeout_s is None else busy_timeout_s)
         task = self.start(migration, agent)
         if not wait:
             return migration.model_copy(deep=True)
         return await asyncio.shield(task)
 
-    def begin(self, agent: Agent, target_id: str, *, reason: str = "manual") -> Migration:
+    def begin(self, agent: Agent, target_id: str, *, reason: str = "manual", busy: BusyPolicy = BusyPolicy.WAIT,
+              busy_timeout_s: float | None = None) -> Migration:
         """Record the attempt (cooldown starts now), the Migration, hold the target's capacity, and
         mark the agent migrating."""
+        if busy_timeout_s is not None and not busy_timeout_s > 0:
+            raise InvalidArgument(f"busy timeout must be a positive number of seconds; got {busy_timeout_s}",
+                                  field="busy_timeout_s")
         now = self._clock()
         self.in_progress.add(agent.id)
         self._store.put_migration_attempt(agent.id, now)
         self._last_attempt[agent.id] = now
         migration = Migration(agent_id=agent.id, source=agent.cluster_id, target=target_id,
-                              epoch_from=agent.epoch, epoch_to=agent.epoch + 1, reason=reason, started_at=now)
+                              epoch_from=agent.epoch, epoch_to=agent.epoch + 1, reason=reason, started_at=now,
+                              busy=busy, busy_timeout_s=busy_timeout_s or self.busy_timeout_s)
         self._store.put_migration(migration)
         self._ledger.hold(target_id, agent.id, Demand.of(agent.config), now, in_flight=True)
         self._table.put(_migrating(agent).model_copy(update={"status_reason": f"migrating to {target_id}"}))
@@ -271,13 +297,20 @@ class MigrationExecutor:
         except (GodelError, OSError, ValueError) as exc:
             log.warning("migration %s: %s failed: %s", m.id, action.step, exc)
             return StepFailed(action.step, f"{type(exc).__name__}: {exc}"[:500])
+        if isinstance(action, Freeze) and state.snapshot is not None:
+            return StepSucceeded(action.step, bytes_moved, frozen_at=state.snapshot.frozen_at,
+                                 interrupted_seq=_interrupted_seq(state.snapshot, m))
         return StepSucceeded(action.step, bytes_moved)
 
     async def _perform(self, action: Action, m: Migration, state: _Run) -> int:
         """Do ``action``; return the bytes it moved (0 when none). Raise to report a failure."""
         if isinstance(action, Freeze):
+            options = FreezeOptions(busy=m.busy, busy_timeout_s=m.busy_timeout_s, grace_s=self.interrupt_grace_s,
+                                    target=m.target)
+            wait_s = self.interrupt_grace_s if m.busy is BusyPolicy.INTERRUPT else m.busy_timeout_s
             state.snapshot = await self._gateway(action.cluster_id).export(
-                action.agent_id, epoch=m.epoch_from, freeze=True).result(EXPORT_TIMEOUT_S)
+                action.agent_id, epoch=m.epoch_from, freeze=True, freeze_options=options
+            ).result(EXPORT_TIMEOUT_S + wait_s)
             return 0
         if isinstance(action, Export):
             if state.snapshot is None:
@@ -369,6 +402,13 @@ class MigrationExecutor:
     async def close(self) -> None:
         for task in list(self._tasks.values()):
             task.cancel()
+
+
+def _interrupted_seq(snapshot: AgentSnapshot, m: Migration) -> int | None:
+    """The command this move's freeze interrupted: the last journal entry marked so (INTERRUPT only)."""
+    if m.busy is not BusyPolicy.INTERRUPT or not snapshot.journal or not snapshot.journal[-1].interrupted:
+        return None
+    return snapshot.journal[-1].seq
 
 
 class _Run:

@@ -19,7 +19,7 @@ from godel_ray.control.eventlog import Emit
 from godel_ray.control.ledger import Demand
 from godel_ray.core.placement import place, require_chosen
 from godel_ray.core.validation import validate_spawn_config
-from godel_ray.errors import GodelError
+from godel_ray.errors import AgentNotFound, GodelError
 from godel_ray.models import (
     LOCAL_CLUSTER_ID,
     Agent,
@@ -37,6 +37,12 @@ SPAWN_TIMEOUT_S = 180.0  # a new agent actor may need a fresh worker process
 CLEANUP_TIMEOUT_S = 10.0  # best-effort kill of a half-spawned agent
 
 
+# What only the control plane reads (placement, fail-back): a site neither keeps nor returns these
+# (``AgentSpec`` has no field for them), so the row takes them from the request, as for ``local``.
+CONTROL_PLANE_FIELDS = ("cluster", "idempotency_key", "priority", "preferred_region", "excluded_regions",
+                        "max_latency_ms", "max_cost_per_hour", "required_capabilities", "fail_back")
+
+
 class Spawner:
     """Spawns agents.
 
@@ -44,16 +50,19 @@ class Spawner:
     its cluster, best effort, and its reservation released); an idempotency key maps to at most one
     agent, forever, and concurrent spawns with one key share one attempt; a placement and its
     reservation happen in one step of the event loop; ``spawning`` names the agents being created
-    now (the orphan sweep must leave them alone).
+    now (the orphan sweep must leave them alone); a clean-up that could not reach its cluster is
+    reported to ``unsettled(cluster_id)`` (the orphan sweep's cue).
     """
 
     def __init__(self, clusters: ClusterSet, table: AgentTable, emit: Emit, *,
-                 clock: Callable[[], float] = time.time, local_id: str = LOCAL_CLUSTER_ID) -> None:
+                 clock: Callable[[], float] = time.time, local_id: str = LOCAL_CLUSTER_ID,
+                 unsettled: Callable[[str], None] = lambda cluster_id: None) -> None:
         self._clusters = clusters
         self._table = table
         self._emit = emit
         self._clock = clock
         self._local_id = local_id
+        self._unsettled = unsettled
         self._inflight_keys: dict[str, asyncio.Future[Agent]] = {}
         self.spawning: set[str] = set()
 
@@ -102,9 +111,8 @@ class Spawner:
             except GodelError:
                 await self._cleanup_half_spawn(chosen, agent_id)
                 raise
-            # the row keeps the config asked for: its placement hints (the pin, caps, regions) do not
-            # cross the wire, and failover, drain and restores place the agent again by them
-            agent = spawned.model_copy(update={"cluster_id": chosen, "config": config})
+            agent = spawned.model_copy(update={"cluster_id": chosen, "config": spawned.config.model_copy(
+                update={name: getattr(config, name) for name in CONTROL_PLANE_FIELDS})})
             self._table.put_spawn(agent, decision, key)  # the commit point; the ledger's hold settles
         except BaseException:
             ledger.release(chosen, agent_id, self._clock())
@@ -119,8 +127,12 @@ class Spawner:
         # The cluster may have created the agent before the failure reached us (a lost reply).
         try:
             await self._clusters.gateway(cluster_id).kill(agent_id, reason="spawn failed").result(CLEANUP_TIMEOUT_S)
-        except GodelError:
-            pass
+        except AgentNotFound:
+            pass  # never created: nothing to clean up
+        except GodelError as exc:
+            log.info("cluster %s: half-spawned agent %s not removed yet (%s); an orphan sweep will", cluster_id,
+                     agent_id, exc)
+            self._unsettled(cluster_id)
 
 
-__all__ = ["SPAWN_TIMEOUT_S", "Spawner"]
+__all__ = ["CONTROL_PLANE_FIELDS", "SPAWN_TIMEOUT_S", "Spawner"]

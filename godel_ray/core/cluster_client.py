@@ -8,8 +8,12 @@ Semantics shared by both implementations:
 - ``epoch=0`` means "do not check"; any other value must equal the agent's epoch, else
   ``StaleEpoch``. A site refuses every operation on a copy it no longer owns.
 - ``exec_stream`` yields ``ExecChunk`` output pieces as they are produced; the last chunk carries
-  ``result``. Commands on one agent run one at a time in arrival order.
-- ``export(freeze=True)`` freezes the agent first: a running command finishes, new commands wait.
+  ``result``. ``exec`` is the same command collected where it runs, answered in one reply (same
+  output limits, same journal). Commands on one agent run one at a time in arrival order.
+- ``export(freeze=True)`` freezes the agent first; ``freeze_options`` say how a running command is
+  treated (``BusyPolicy``): WAIT freezes at the first idle moment (commands are served until then;
+  ``AgentBusy`` past the deadline, nothing frozen), INTERRUPT stops it (its caller gets
+  ``CommandInterrupted``). Once frozen, new commands wait. The snapshot's ``frozen_at`` says when.
   ``resume`` unfreezes (rollback); ``kill(reason="migrated")`` ends the copy and every waiting
   command fails with ``AgentMoved`` (the caller re-resolves the location and retries).
 - ``import_`` recreates ``snapshot.agent`` (same id, the epoch it carries) with its files and
@@ -30,6 +34,7 @@ from godel_ray.models import (
     ExecChunk,
     ExecResult,
     FederationEvent,
+    FreezeOptions,
     SiteCapacity,
     SpawnConfig,
 )
@@ -46,6 +51,11 @@ class ClusterClient(Protocol):
     def exec_stream(self, agent_id: str, command: str, *, timeout_s: float | None = None,
                     epoch: int = 0) -> AsyncIterator[ExecChunk]: ...
 
+    async def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None,
+                   epoch: int = 0) -> ExecResult:
+        """``exec_stream`` collected where the command runs: one reply with the whole result."""
+        ...
+
     async def status(self, agent_id: str) -> Agent: ...
 
     async def list_agents(self, status: AgentStatus | None = None,
@@ -59,7 +69,8 @@ class ClusterClient(Protocol):
 
     def events(self, since_seq: int = 0) -> AsyncIterator[FederationEvent]: ...
 
-    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot: ...
+    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False,
+                     freeze_options: FreezeOptions | None = None) -> AgentSnapshot: ...
 
     async def import_(self, snapshot: AgentSnapshot) -> Agent: ...
 

@@ -9,13 +9,17 @@ The window is bounded by count (``Limits.event_log_capacity``) and by size
 events are dropped first. A reader that fell further behind gets what is left, oldest first; it
 sees the gap (the first seq it gets is larger than ``last + 1``, and ``first_seq`` says where the
 window starts) and may resync.
+
+A hot path (a command's start and end) ``defer``s its events instead: the event is built and
+appended when the loop next turns, together with any other deferred ones, waking readers once.
+Deferred events keep their place: every ``append`` and every read takes the deferred ones first.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from godel_ray.models import FederationEvent
 from godel_ray.settings import LIMITS
@@ -50,23 +54,51 @@ class EventLog:
         self._bytes = 0
         self._last_seq = 0
         self._waiters: set[asyncio.Future[None]] = set()
+        self._deferred: list[Callable[[], FederationEvent]] = []
 
     @property
     def last_seq(self) -> int:
+        self.flush()
         return self._last_seq
 
     @property
     def first_seq(self) -> int:
         """The oldest kept seq (``last_seq + 1`` when nothing is kept): older ones were dropped."""
+        self.flush()
         return self._events[0][0].seq if self._events else self._last_seq + 1
 
     @property
     def size_bytes(self) -> int:
         return self._bytes
 
+    def defer(self, make: Callable[[], FederationEvent]) -> None:
+        """Append ``make()`` when the running loop next turns (at once when no loop runs), after
+        every event deferred or appended before it. ``make`` should carry its own ``ts``."""
+        self._deferred.append(make)
+        if len(self._deferred) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop (a generator finalised at exit): no one to defer to
+                self.flush()
+
+    def flush(self) -> None:
+        """Append the deferred events now, in order; wake readers once."""
+        if not self._deferred:
+            return
+        deferred, self._deferred = self._deferred, []
+        for make in deferred:
+            self._store(make())
+        self._wake()
+
     def append(self, event: FederationEvent) -> FederationEvent:
-        """Store a copy of ``event`` with the next ``seq``; drop the oldest beyond the bounds; wake
-        every waiter. Returns the stored event."""
+        """Store a copy of ``event`` with the next ``seq`` (after any deferred ones); drop the oldest
+        beyond the bounds; wake every waiter. Returns the stored event."""
+        self.flush()
+        stored = self._store(event)
+        self._wake()
+        return stored
+
+    def _store(self, event: FederationEvent) -> FederationEvent:
         self._last_seq += 1
         stored = event.model_copy(update={"seq": self._last_seq})
         size = event_size(stored)
@@ -75,14 +107,17 @@ class EventLog:
         while len(self._events) > self._capacity or (self._bytes > self._max_bytes and len(self._events) > 1):
             _, dropped = self._events.popleft()
             self._bytes -= dropped
+        return stored
+
+    def _wake(self) -> None:
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
         self._waiters.clear()
-        return stored
 
     def since(self, seq: int) -> list[FederationEvent]:
         """Every kept event with ``seq`` greater than ``seq``, oldest first."""
+        self.flush()
         if seq >= self._last_seq or not self._events:
             return []
         first = self._events[0][0].seq
@@ -117,6 +152,7 @@ class EventLog:
         return self.since(seq)
 
     def __len__(self) -> int:
+        self.flush()
         return len(self._events)
 
 

@@ -63,12 +63,22 @@ def validate_migration(agent: Agent | None, source: ClusterView, target: Cluster
                           agent_id=agent.id, cluster_id=target_id, reasons=dict(decision.rejections))
 
 
+def freeze_wait_s(m: Migration, now: float) -> float | None:
+    """How long ``m`` has waited so far for its source to freeze (a busy agent: until it is idle, or
+    until the interrupted command stopped); None when it is not waiting for the freeze."""
+    if m.phase is not MigrationPhase.FREEZING or m.frozen_at is not None:
+        return None
+    requested_at = next((s.at for s in reversed(m.phases) if s.phase is MigrationPhase.FREEZING), None)
+    return None if requested_at is None else max(0.0, now - requested_at)
+
+
 # --- actions: what the shell does, in order ------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Freeze:
-    """Source: let the running command finish, hold new ones."""
+    """Source: freeze as ``busy`` says (WAIT: at the first idle moment, serving commands until then,
+    given up after ``busy_timeout_s``; INTERRUPT: stop the running command), then hold new ones."""
 
     step: ClassVar[str] = "freeze"
     agent_id: str
@@ -170,6 +180,8 @@ class StepSucceeded:
     step: str
     bytes_moved: int = 0
     dirty_bytes: int = 0  # protocol v2, pre-copy: bytes changed since the round's manifest (an estimate)
+    frozen_at: float | None = None  # freeze: when the source actually froze (it may wait for idle first)
+    interrupted_seq: int | None = None  # freeze with INTERRUPT: the journal entry of the stopped command
 
 
 @dataclass(frozen=True)
@@ -217,9 +229,10 @@ class MigrationMachine:
     * Every transition appends a ``PhaseStamp``; ``bytes_moved`` = the largest byte count
       reported by Export/Transfer/Import.
     * DOWNTIME, defined here only (the shell never rewrites it): ``downtime_s`` = Commit succeeded
-      - Freeze requested (FREEZING entered). From the freeze request on, a new command waits; from
-      the commit on, it is served by the target. It counts the wait for a command that was running
-      when the freeze came (new commands wait through it too). None when the move never committed.
+      - the moment the source froze: ``frozen_at`` when the freeze reported it (a busy agent keeps
+      serving commands until it is idle, so the wait for idle is not downtime), else the freeze
+      request (FREEZING entered). From then on a new command waits; from the commit on, it is
+      served by the target. None when the move never committed.
     * After a balancer restart, ``recover`` picks up a persisted record from its phase.
     """
 
@@ -275,6 +288,9 @@ class MigrationMachine:
             return self._roll_back(now)
         if event.step in _BYTES_STEPS:
             self.migration.bytes_moved = max(self.migration.bytes_moved, event.bytes_moved)
+        if event.step == Freeze.step:
+            self.migration.frozen_at = event.frozen_at
+            self.migration.interrupted_seq = event.interrupted_seq
         next_phase = _NEXT_PHASE[phase]
         if next_phase is MigrationPhase.CLEANING_UP:
             self._record_downtime(now)
@@ -351,8 +367,9 @@ class MigrationMachine:
         return any(stamp.phase is phase for stamp in self.migration.phases)
 
     def _record_downtime(self, committed_at: float) -> None:
-        # FREEZING is entered when the freeze is requested: new commands wait from then on.
-        frozen_at = next((s.at for s in self.migration.phases if s.phase is MigrationPhase.FREEZING), None)
+        # FREEZING is entered when the freeze is requested; the source says when it froze (at idle).
+        requested_at = next((s.at for s in self.migration.phases if s.phase is MigrationPhase.FREEZING), None)
+        frozen_at = self.migration.frozen_at if self.migration.frozen_at is not None else requested_at
         self.migration.downtime_s = None if frozen_at is None else max(0.0, committed_at - frozen_at)
 
     def _note(self, text: str) -> None:
@@ -361,5 +378,6 @@ class MigrationMachine:
 
 __all__ = [
     "Action", "Commit", "DeleteTarget", "Event", "Export", "Finish", "Freeze", "Import", "KillSource",
-    "MigrationMachine", "Resume", "StepFailed", "StepSucceeded", "Transfer", "Verify", "validate_migration",
+    "MigrationMachine", "Resume", "StepFailed", "StepSucceeded", "Transfer", "Verify", "freeze_wait_s",
+    "validate_migration",
 ]

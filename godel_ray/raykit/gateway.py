@@ -26,7 +26,9 @@ from godel_ray.models import (
     Agent,
     AgentSnapshot,
     AgentStatus,
+    BusyPolicy,
     Cluster,
+    ClusterChanges,
     ClusterHealthState,
     ClusterInfo,
     ClusterStats,
@@ -34,6 +36,7 @@ from godel_ray.models import (
     ExecChunk,
     ExecResult,
     FederationEvent,
+    FreezeOptions,
     JournalEntry,
     Migration,
     PlacementDecision,
@@ -139,8 +142,12 @@ class ClusterGateway:
     def set_maintenance(self, on: bool) -> Call[ClusterHealthState]:
         return Call(self.what, lambda: self.handle.set_maintenance.remote(on))
 
-    def drain_events(self, since_local_seq: int) -> Call[tuple[list[FederationEvent], int]]:
-        return Call(self.what, lambda: self.handle.drain_events.remote(since_local_seq))
+    def wait_changes(self, incarnation: str, since_local_seq: int, health_version: int, timeout_s: float
+                     ) -> Call[ClusterChanges]:
+        """A long poll: answered at the first event after ``since_local_seq`` or health change after
+        ``health_version``, else after ``timeout_s`` (``ClusterActor.wait_changes``)."""
+        return Call(self.what, lambda: self.handle.wait_changes.remote(incarnation, since_local_seq, health_version,
+                                                                      timeout_s))
 
     def spawn(self, config: SpawnConfig, *, agent_id: str | None = None, idempotency_key: str | None = None,
               epoch: int = 1) -> Call[tuple[Agent, bool]]:
@@ -149,6 +156,10 @@ class ClusterGateway:
 
     def kill(self, agent_id: str, *, epoch: int = 0, reason: str = "") -> Call[Agent]:
         return Call(self.what, lambda: self.handle.kill.remote(agent_id, epoch=epoch, reason=reason))
+
+    def agent_actor(self, agent_id: str, epoch: int) -> Call[Any]:
+        """The AgentActor handle of ``agent_id`` at ``epoch`` (``local`` only): a proxy's one hop."""
+        return Call(self.what, lambda: self.handle.agent_actor.remote(agent_id, epoch))
 
     def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None, epoch: int = 0
              ) -> Call[ExecResult]:
@@ -166,8 +177,10 @@ class ClusterGateway:
                     ) -> Call[list[Agent]]:
         return Call(self.what, lambda: self.handle.list_agents.remote(status, labels))
 
-    def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> Call[AgentSnapshot]:
-        return Call(self.what, lambda: self.handle.export.remote(agent_id, epoch=epoch, freeze=freeze))
+    def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False,
+               freeze_options: FreezeOptions | None = None) -> Call[AgentSnapshot]:
+        return Call(self.what, lambda: self.handle.export.remote(agent_id, epoch=epoch, freeze=freeze,
+                                                                 freeze_options=freeze_options))
 
     def import_(self, snapshot: AgentSnapshot | Any) -> Call[Agent]:
         """``snapshot`` is the snapshot or an object ref to it (then Ray resolves it on the actor)."""
@@ -216,12 +229,23 @@ class AgentGateway:
     def origin(self) -> Call[dict[str, int | bool]]:
         return Call(self.what, lambda: self.handle.origin.remote())
 
-    def exec(self, command: str, timeout_s: float | None = None) -> Stream[ExecChunk]:
+    def exec(self, command: str, timeout_s: float | None = None, epoch: int = 0) -> Stream[ExecChunk]:
+        """Streamed; ``epoch`` (a proxy's direct call) is checked by the actor itself."""
         return Stream(self.what, lambda: self.handle.exec.options(num_returns="streaming").remote(
-            command, timeout_s))
+            command, timeout_s, epoch))
 
-    def freeze(self) -> Call[Agent]:
-        return Call(self.what, lambda: self.handle.freeze.remote())
+    def run(self, command: str, timeout_s: float | None = None, epoch: int = 0) -> Call[ExecResult]:
+        """``exec`` collected on the actor: one reply with the whole ``ExecResult``."""
+        return Call(self.what, lambda: self.handle.run.remote(command, timeout_s, epoch))
+
+    def command_events(self, wait: bool = True) -> Call[tuple[list[tuple[str, JournalEntry]], bool]]:
+        return Call(self.what, lambda: self.handle.command_events.remote(wait))
+
+    def fence(self, epoch: int) -> Call[None]:
+        return Call(self.what, lambda: self.handle.fence.remote(epoch))
+
+    def freeze(self, options: FreezeOptions | None = None) -> Call[Agent]:
+        return Call(self.what, lambda: self.handle.freeze.remote(options))
 
     def resume(self) -> Call[Agent]:
         return Call(self.what, lambda: self.handle.resume.remote())
@@ -262,6 +286,10 @@ class BalancerGateway:
     def ping(self) -> Call[str]:
         return Call(self.what, lambda: self.handle.ping.remote())
 
+    def role(self) -> Call[dict[str, str]]:
+        """This control plane's role, and the active one's holder and Ray address (in every role)."""
+        return Call(self.what, lambda: self.handle.role.remote())
+
     def prepare_shutdown(self) -> Call[int]:
         return Call(self.what, lambda: self.handle.prepare_shutdown.remote())
 
@@ -293,8 +321,9 @@ class BalancerGateway:
     def regions(self) -> Call[dict[str, list[str]]]:
         return Call(self.what, lambda: self.handle.regions.remote())
 
-    def drain(self, cluster_id: str, wait: bool = False) -> Call[DrainReport]:
-        return Call(self.what, lambda: self.handle.drain.remote(cluster_id, wait))
+    def drain(self, cluster_id: str, wait: bool = False, busy: BusyPolicy = BusyPolicy.WAIT,
+              busy_timeout_s: float | None = None) -> Call[DrainReport]:
+        return Call(self.what, lambda: self.handle.drain.remote(cluster_id, wait, busy, busy_timeout_s))
 
     def plan(self, config: SpawnConfig) -> Call[PlacementDecision]:
         return Call(self.what, lambda: self.handle.plan.remote(config))
@@ -325,8 +354,9 @@ class BalancerGateway:
     def events_since(self, since_seq: int = 0, limit: int = 1000) -> Call[list[FederationEvent]]:
         return Call(self.what, lambda: self.handle.events_since.remote(since_seq, limit))
 
-    def migrate(self, agent_id: str, target: str, wait: bool = True) -> Call[Migration]:
-        return Call(self.what, lambda: self.handle.migrate.remote(agent_id, target, wait))
+    def migrate(self, agent_id: str, target: str, wait: bool = True, busy: BusyPolicy = BusyPolicy.WAIT,
+                busy_timeout_s: float | None = None) -> Call[Migration]:
+        return Call(self.what, lambda: self.handle.migrate.remote(agent_id, target, wait, busy, busy_timeout_s))
 
     def migrations(self, agent_id: str | None = None) -> Call[list[Migration]]:
         return Call(self.what, lambda: self.handle.migrations.remote(agent_id))

@@ -50,7 +50,9 @@ from godel_ray.models import (
     AgentSnapshot,
     AgentStatus,
     ExecChunk,
+    ExecResult,
     FederationEvent,
+    FreezeOptions,
     SiteCapacity,
     SpawnConfig,
 )
@@ -101,7 +103,7 @@ def channel_options() -> list[tuple[str, int]]:
         ("grpc.initial_reconnect_backoff_ms", RECONNECT_INITIAL_BACKOFF_MS),
         ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_BACKOFF_MS),
         ("grpc.min_reconnect_backoff_ms", CONNECT_TIMEOUT_MS),
-        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.max_receive_message_length", convert.max_exec_response_bytes(LIMITS)),  # Exec: one reply
         ("grpc.max_send_message_length", max_bytes),
         ("grpc.enable_retries", 0),  # retries are ours: only for idempotent calls
     ]
@@ -237,6 +239,19 @@ class GrpcClusterClient:
         finally:
             call.cancel()  # no-op once finished; stops the stream when the consumer walks away
 
+    async def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None,
+                   epoch: int = 0) -> ExecResult:
+        """Collect mode: the site runs the command and answers once (unary ``Exec``). Never retried:
+        the command may have run."""
+        command_timeout_s = timeout_s or LIMITS.default_command_timeout_s
+        request = pb.ExecuteCommandRequest(agent_id=agent_id, epoch=epoch, command=command,
+                                           timeout_s=timeout_s or 0.0)
+        response: pb.ExecResponse = await self._unary(
+            lambda: self._stub().Exec(request, timeout=command_timeout_s + self.call_timeout_s
+                                      + EXEC_DEADLINE_MARGIN_S, metadata=self._metadata),
+            retry=False)
+        return convert.exec_result_from_pb(response)
+
     async def status(self, agent_id: str) -> Agent:
         request = pb.GetAgentStatusRequest(agent_id=agent_id)
         response: pb.GetAgentStatusResponse = await self._unary(
@@ -330,11 +345,14 @@ class GrpcClusterClient:
         log.warning("site %s: skipping event %d that cannot be read (%s); the stream goes on. Events of this "
                     "kind and type are skipped without a log from now on%s", self._name, message.seq, exc, more)
 
-    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot:
-        request = pb.ExportAgentRequest(agent_id=agent_id, epoch=epoch, freeze=freeze)
+    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False,
+                     freeze_options: FreezeOptions | None = None) -> AgentSnapshot:
+        request = convert.export_request_to_pb(agent_id, epoch, freeze, freeze_options)
         # The size is unknown until the header arrives: budget for the largest snapshot, plus the
-        # running command a freeze waits for.
-        deadline_s = (self.call_timeout_s + EXEC_DEADLINE_MARGIN_S
+        # wait for the agent to become idle (or the interrupted command's grace).
+        options = freeze_options or FreezeOptions()
+        busy_s = (options.busy_timeout_s + options.grace_s) if freeze else 0.0
+        deadline_s = (self.call_timeout_s + EXEC_DEADLINE_MARGIN_S + busy_s
                       + LIMITS.max_snapshot_bytes / SNAPSHOT_MIN_BYTES_PER_S)
         call = self._stub().ExportAgent(request, timeout=deadline_s, metadata=self._metadata)
         try:

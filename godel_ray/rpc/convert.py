@@ -31,10 +31,12 @@ from godel_ray.models import (
     AgentLimits,
     AgentSnapshot,
     AgentStatus,
+    BusyPolicy,
     EventKind,
     ExecChunk,
     ExecResult,
     FederationEvent,
+    FreezeOptions,
     Isolation,
     JournalEntry,
     NodeCapacity,
@@ -44,6 +46,7 @@ from godel_ray.models import (
     SpawnConfig,
 )
 from godel_ray.rpc.gen import federation_pb2 as pb
+from godel_ray.settings import Limits
 
 _AGENT_STATUS_TO_PB: dict[AgentStatus, pb.AgentStatus] = {
     AgentStatus.PENDING: pb.AGENT_STATUS_PENDING,
@@ -80,6 +83,13 @@ _ISOLATION_TO_PB: dict[Isolation, pb.Isolation] = {
     Isolation.NONE: pb.ISOLATION_NONE,
 }
 _ISOLATION_FROM_PB: dict[int, Isolation] = {int(v): k for k, v in _ISOLATION_TO_PB.items()}
+
+_BUSY_TO_PB: dict[BusyPolicy, pb.BusyPolicy] = {
+    BusyPolicy.WAIT: pb.BUSY_POLICY_WAIT,
+    BusyPolicy.INTERRUPT: pb.BUSY_POLICY_INTERRUPT,
+    BusyPolicy.LIVE_PROCESS: pb.BUSY_POLICY_LIVE_PROCESS,
+}
+_BUSY_FROM_PB: dict[int, BusyPolicy] = {int(v): k for k, v in _BUSY_TO_PB.items()}
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -252,6 +262,30 @@ def exec_chunk_from_pb(msg: pb.ExecuteCommandResponse) -> ExecChunk:
                      data=msg.chunk.data.decode("utf-8", errors="replace"))
 
 
+UTF8_REPLACEMENT_BYTES = 3  # an undecodable output byte arrives as U+FFFD, three bytes in UTF-8
+
+
+def max_exec_response_bytes(limits: Limits) -> int:
+    """The largest ``ExecResponse`` a site may send: a command's whole output (``max_output_bytes``,
+    stdout and stderr together, each byte at worst a replacement character) and the envelope. The
+    one message allowed past ``max_message_bytes``: collect mode answers in one reply."""
+    return max(limits.max_message_bytes, UTF8_REPLACEMENT_BYTES * limits.max_output_bytes) + 64 * 1024
+
+
+def exec_result_to_pb(result: ExecResult) -> pb.ExecResponse:
+    return pb.ExecResponse(
+        result=pb.ExecResult(exit_code=result.exit_code, duration_s=result.duration_s, timed_out=result.timed_out,
+                             truncated=result.truncated),
+        stdout=result.stdout.encode("utf-8", errors="replace"), stderr=result.stderr.encode("utf-8", errors="replace"))
+
+
+def exec_result_from_pb(msg: pb.ExecResponse) -> ExecResult:
+    r = msg.result
+    return _build(ExecResult, "exec result", exit_code=r.exit_code, duration_s=r.duration_s, timed_out=r.timed_out,
+                  truncated=r.truncated, stdout=msg.stdout.decode("utf-8", errors="replace"),
+                  stderr=msg.stderr.decode("utf-8", errors="replace"))
+
+
 # --- events ------------------------------------------------------------------------------------
 
 def event_to_pb(event: FederationEvent) -> pb.Event:
@@ -301,16 +335,40 @@ def capacity_from_pb(msg: pb.SiteCapacity) -> SiteCapacity:
 
 # --- snapshots ---------------------------------------------------------------------------------
 
+def export_request_to_pb(agent_id: str, epoch: int, freeze: bool,
+                         options: FreezeOptions | None) -> pb.ExportAgentRequest:
+    request = pb.ExportAgentRequest(agent_id=agent_id, epoch=epoch, freeze=freeze)
+    if options is not None:
+        request.busy = _BUSY_TO_PB[options.busy]
+        request.busy_timeout_s = options.busy_timeout_s
+        request.interrupt_grace_s = options.grace_s
+        request.target_cluster_id = options.target
+    return request
+
+
+def freeze_options_from_pb(msg: pb.ExportAgentRequest) -> FreezeOptions | None:
+    """The request's freeze options; None when it sent none (an older caller: the defaults apply)."""
+    if not msg.freeze or msg.busy == pb.BUSY_POLICY_UNSPECIFIED:
+        return None
+    fields: dict[str, Any] = {"busy": _BUSY_FROM_PB.get(msg.busy, BusyPolicy.WAIT), "grace_s": msg.interrupt_grace_s,
+                              "target": msg.target_cluster_id}
+    if msg.busy_timeout_s > 0:
+        fields["busy_timeout_s"] = msg.busy_timeout_s
+    return _build(FreezeOptions, "freeze options", **fields)
+
+
 def journal_entry_to_pb(entry: JournalEntry) -> pb.JournalEntry:
     return pb.JournalEntry(seq=entry.seq, command=entry.command, exit_code=entry.exit_code or 0,
                            finished=entry.exit_code is not None, started_at=entry.started_at,
-                           duration_s=entry.duration_s, timed_out=entry.timed_out)
+                           duration_s=entry.duration_s, timed_out=entry.timed_out,
+                           interrupted=entry.interrupted, interrupt_reason=entry.interrupt_reason)
 
 
 def journal_entry_from_pb(msg: pb.JournalEntry) -> JournalEntry:
     return _build(JournalEntry, f"journal entry {msg.seq}", seq=msg.seq, command=msg.command,
                   exit_code=msg.exit_code if msg.finished else None,
-                  started_at=msg.started_at, duration_s=msg.duration_s, timed_out=msg.timed_out)
+                  started_at=msg.started_at, duration_s=msg.duration_s, timed_out=msg.timed_out,
+                  interrupted=msg.interrupted, interrupt_reason=msg.interrupt_reason)
 
 
 def snapshot_format(header: pb.SnapshotHeader) -> int:
@@ -330,21 +388,22 @@ def snapshot_from_header(header: pb.SnapshotHeader, archive: bytes, cluster_id: 
     entries = journal if version >= 2 else [journal_entry_from_pb(e) for e in header.journal]
     return _build(AgentSnapshot, "snapshot header", agent=agent_from_pb(header.agent, cluster_id),
                   journal=list(entries or []), archive=archive, sha256=header.sha256, taken_at=header.taken_at,
-                  format_version=SNAPSHOT_FORMAT_VERSION)
+                  format_version=SNAPSHOT_FORMAT_VERSION, frozen_at=_none_if_zero(header.frozen_at))
 
 
 def snapshot_header_to_pb(agent: Agent, journal_entries: int, archive_size: int, sha256: str,
-                          taken_at: float) -> pb.SnapshotHeader:
+                          taken_at: float, frozen_at: float | None = None) -> pb.SnapshotHeader:
     """A format-2 header: ``journal_entries`` ``journal_entry`` chunks follow it, then the archive."""
     return pb.SnapshotHeader(agent=agent_to_pb(agent), archive_size=archive_size, sha256=sha256,
                              taken_at=taken_at, format_version=SNAPSHOT_FORMAT_VERSION,
-                             journal_entries=journal_entries)
+                             journal_entries=journal_entries, frozen_at=frozen_at or 0.0)
 
 
 __all__ = [
     "agent_from_pb", "agent_status_from_pb", "agent_status_to_pb", "agent_to_pb", "capacity_from_pb",
     "capacity_to_pb", "event_from_pb", "event_kind_from_pb", "event_to_pb", "exec_chunk_from_pb",
-    "exec_chunk_to_pb", "journal_entry_from_pb", "journal_entry_to_pb", "limits_from_pb", "limits_to_pb",
-    "restart_policy_from_pb", "snapshot_format", "snapshot_from_header", "snapshot_header_to_pb", "spec_from_pb",
-    "spec_to_pb", "stream_from_pb",
+    "exec_chunk_to_pb", "exec_result_from_pb", "exec_result_to_pb", "export_request_to_pb", "freeze_options_from_pb",
+    "journal_entry_from_pb", "journal_entry_to_pb", "limits_from_pb", "limits_to_pb", "max_exec_response_bytes",
+    "restart_policy_from_pb", "snapshot_format",
+    "snapshot_from_header", "snapshot_header_to_pb", "spec_from_pb", "spec_to_pb", "stream_from_pb",
 ]

@@ -32,6 +32,7 @@ from grpc_reflection.v1alpha import reflection
 
 from godel_ray.core.cluster_client import ClusterClient
 from godel_ray.errors import InvalidArgument
+from godel_ray.rpc import convert
 from godel_ray.rpc.auth import PUBLIC_METHOD_PREFIXES, BearerTokenInterceptor, read_key_file
 from godel_ray.rpc.gen import federation_pb2 as pb
 from godel_ray.rpc.gen import federation_pb2_grpc as pb_grpc
@@ -160,7 +161,7 @@ async def build_server(runtime: ClusterClient, *, token: str | None, host: str =
     interceptors.append(StreamLimiter(limits))
     server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", max_bytes),
-        ("grpc.max_send_message_length", max_bytes),
+        ("grpc.max_send_message_length", convert.max_exec_response_bytes(limits)),  # Exec: one reply
         ("grpc.max_concurrent_streams", limits.max_streams_per_connection),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),

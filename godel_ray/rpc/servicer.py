@@ -49,7 +49,8 @@ def iter_snapshot_chunks(snapshot: AgentSnapshot, chunk_bytes: int = LIMITS.snap
     """The wire form of a snapshot (format 2), made as it is sent: the header, then the journal one
     entry per message, then the archive in ``chunk_bytes`` pieces."""
     yield pb.SnapshotChunk(header=convert.snapshot_header_to_pb(
-        snapshot.agent, len(snapshot.journal), snapshot.size_bytes, snapshot.sha256, snapshot.taken_at))
+        snapshot.agent, len(snapshot.journal), snapshot.size_bytes, snapshot.sha256, snapshot.taken_at,
+        snapshot.frozen_at))
     for entry in snapshot.journal:
         yield pb.SnapshotChunk(journal_entry=convert.journal_entry_to_pb(entry))
     view = memoryview(snapshot.archive)
@@ -178,6 +179,12 @@ class ClusterFederationServicer(pb_grpc.ClusterFederationServicer):
             yield convert.exec_chunk_to_pb(chunk)
 
     @status_errors
+    async def Exec(self, request: pb.ExecuteCommandRequest, context: Context) -> pb.ExecResponse:
+        result = await self._runtime.exec(request.agent_id, request.command, timeout_s=request.timeout_s or None,
+                                          epoch=request.epoch)
+        return convert.exec_result_to_pb(result)
+
+    @status_errors
     async def GetAgentStatus(self, request: pb.GetAgentStatusRequest, context: Context
                              ) -> pb.GetAgentStatusResponse:
         return pb.GetAgentStatusResponse(agent=convert.agent_to_pb(await self._runtime.status(request.agent_id)))
@@ -208,7 +215,8 @@ class ClusterFederationServicer(pb_grpc.ClusterFederationServicer):
     @status_errors
     async def ExportAgent(self, request: pb.ExportAgentRequest, context: Context
                           ) -> AsyncIterator[pb.SnapshotChunk]:
-        snapshot = await self._runtime.export(request.agent_id, epoch=request.epoch, freeze=request.freeze)
+        snapshot = await self._runtime.export(request.agent_id, epoch=request.epoch, freeze=request.freeze,
+                                              freeze_options=convert.freeze_options_from_pb(request))
         for chunk in iter_snapshot_chunks(snapshot, self._limits.snapshot_chunk_bytes):
             yield chunk
 

@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from godel_ray.agents.capacity import placement_problem, site_capacity
-from godel_ray.core.cluster_client import KILL_REASON_MIGRATED
+from godel_ray.core.cluster_client import KILL_REASON_MIGRATED, collect
 from godel_ray.core.events import EventLog
 from godel_ray.core.gpu import GPU_TYPE_RESOURCE_UNITS, gpu_type_resource
 from godel_ray.core.validation import (
@@ -59,6 +59,7 @@ from godel_ray.models import (
     ExecChunk,
     ExecResult,
     FederationEvent,
+    FreezeOptions,
     Isolation,
     OutputStream,
     SiteCapacity,
@@ -229,6 +230,10 @@ class HollowRuntime:
                    timed_out=False)
         yield ExecChunk(result=ExecResult(exit_code=0))
 
+    async def exec(self, agent_id: str, command: str, *, timeout_s: float | None = None,
+                   epoch: int = 0) -> ExecResult:
+        return collect([c async for c in self.exec_stream(agent_id, command, timeout_s=timeout_s, epoch=epoch)])
+
     async def status(self, agent_id: str) -> Agent:
         return self._record(agent_id).agent
 
@@ -252,11 +257,14 @@ class HollowRuntime:
         async for event in self._log.follow(since_seq):
             yield event
 
-    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot:
+    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False,
+                     freeze_options: FreezeOptions | None = None) -> AgentSnapshot:
+        """No command ever runs here, so a freeze is idle at once whatever ``freeze_options`` say."""
         record = self._live(agent_id, epoch)
         record.frozen = record.frozen or freeze
         self._emit(EventType.AGENT_EXPORTED, agent_id, bytes=0, frozen=freeze)
-        return AgentSnapshot(agent=record.agent, archive=b"", sha256=EMPTY_SHA256)
+        return AgentSnapshot(agent=record.agent, archive=b"", sha256=EMPTY_SHA256,
+                             frozen_at=time.time() if record.frozen else None)
 
     async def import_(self, snapshot: AgentSnapshot) -> Agent:
         agent = snapshot.agent

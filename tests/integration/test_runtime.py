@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,11 +30,14 @@ from godel_ray.errors import (
 )
 from godel_ray.models import AgentStatus, ExecChunk, ExecResult, SpawnConfig
 from godel_ray.raykit import heads
-from tests.helpers import ECHO_CHILD, process_gone
+from godel_ray.raykit.gateway import AgentGateway
+from godel_ray.settings import LIMITS
+from tests.helpers import ECHO_CHILD, ECHO_SELF, gone_or_blocked_writing, process_gone, wait_for
 
 pytestmark = pytest.mark.ray
 T = TypeVar("T")
 DEADLINE_S = 60.0
+BIG_OUTPUT = 12_000_000  # bytes a command prints: under max_output_bytes, over max_message_bytes
 
 
 class Harness:
@@ -108,6 +112,39 @@ def test_exec_streams_output_before_the_command_ends(h: Harness) -> None:
     end_at, last = arrivals[-1]
     assert last.result is not None and last.result.exit_code == 0
     assert first_at < end_at - 0.5  # the first line came while the command was still sleeping
+    h.kill(agent.id)
+
+
+def test_a_slow_reader_gets_bounded_chunks_every_byte_and_the_result_before_its_event(h: Harness) -> None:
+    """Runtime -> Ray streaming generator -> AgentActor -> process: a reader that stalls until the
+    command exited or blocks on its pipe gets every byte, in chunks within ``exec_chunk_bytes``, the
+    result last, and ``command.finished`` only after the result reached it."""
+    agent = h.spawn()
+    since = h.runtime.last_event_seq
+
+    async def go() -> tuple[list[ExecChunk], list[str]]:
+        chunks: list[ExecChunk] = []
+        seen_at_result: list[str] = []
+        async for chunk in h.runtime.exec_stream(agent.id, f"{ECHO_SELF} > writer.pid; exec head -c {BIG_OUTPUT} "
+                                                 "/dev/zero"):
+            if not chunks:
+                ref = (h.root / agent.id / "writer.pid").read_text()
+                await asyncio.to_thread(wait_for, partial(gone_or_blocked_writing, ref), "the writer to stall",
+                                        DEADLINE_S, 0.05)
+            if chunk.result is not None:
+                seen_at_result = [e.type for e in h.runtime.recent_events(since) if e.agent_id == agent.id]
+            chunks.append(chunk)
+        return chunks, seen_at_result
+
+    chunks, seen_at_result = h.run(go())
+    assert all(c.result is None for c in chunks[:-1]) and chunks[-1].result is not None
+    assert chunks[-1].result.exit_code == 0 and not chunks[-1].result.truncated
+    sizes = [len(c.data.encode()) for c in chunks[:-1]]
+    assert max(sizes) <= LIMITS.exec_chunk_bytes and sum(sizes) == BIG_OUTPUT
+    assert seen_at_result == ["command.started"]  # the result came first
+    events = [e for e in h.runtime.recent_events(since) if e.agent_id == agent.id]
+    assert [e.type for e in events] == ["command.started", "command.finished"]
+    assert events[0].seq < events[1].seq and events[1].data["exit_code"] == "0"
     h.kill(agent.id)
 
 
@@ -299,6 +336,50 @@ def test_an_agent_whose_process_dies_is_failed_with_the_reason(h: Harness) -> No
     with pytest.raises(AgentNotRunning, match="failed"):
         h.exec(agent.id, "true")
     assert h.kill(agent.id).status == AgentStatus.FAILED  # killing a dead agent is a no-op
+
+
+def test_a_direct_call_is_checked_by_the_actor_itself(h: Harness) -> None:
+    """A proxy's one hop: the actor refuses another epoch (StaleEpoch) and a fenced copy (AgentMoved)
+    before the command starts; the refused commands never reach the journal or the workdir."""
+    agent = h.spawn()
+    actor = AgentGateway(agent.id, h.run(h.runtime.agent_actor(agent.id, agent.epoch)))
+    assert actor.run("echo direct", None, agent.epoch).get().stdout == "direct\n"
+    assert collect(list(actor.exec("echo streamed", None, agent.epoch))).stdout == "streamed\n"
+    with pytest.raises(StaleEpoch):
+        actor.run("touch stale", None, agent.epoch + 1).get()
+    with pytest.raises(StaleEpoch):
+        h.run(h.runtime.agent_actor(agent.id, agent.epoch + 1))
+    h.run(h.runtime.fence(agent.id, agent.epoch + 1))  # restored elsewhere at a newer epoch
+    with pytest.raises(AgentMoved):
+        actor.run("touch fenced", None, agent.epoch).get()
+    with pytest.raises(AgentMoved):
+        h.exec(agent.id, "touch fenced-too")  # through the runtime as well
+    assert [e.command for e in actor.journal().get()] == ["echo direct", "echo streamed"]
+    assert sorted(p.name for p in (h.root / agent.id).iterdir()) == []
+    h.kill(agent.id)
+
+
+def test_collect_mode_is_the_stream_collected_with_the_same_limits(
+        ray_client: heads.RayHead, tmp_path: Path) -> None:
+    """``exec`` (one reply from the actor) and ``exec_stream`` agree, truncation and journal included."""
+    loop = asyncio.new_event_loop()
+    small = LIMITS.model_copy(update={"max_output_bytes": 1000})
+    runtime = AgentRuntime("site-small", str(tmp_path), limits=small)
+    h = Harness(loop, runtime, tmp_path)
+    try:
+        agent = h.spawn()
+        command = "head -c 3000 /dev/zero | tr '\\0' a; echo oops >&2; exit 4"
+        collected = h.run(runtime.exec(agent.id, command))
+        streamed = h.exec(agent.id, command)
+        assert collected.truncated and len(collected.stdout + collected.stderr) == 1000
+        assert (collected.stdout, collected.stderr, collected.exit_code, collected.truncated) == (
+            streamed.stdout, streamed.stderr, streamed.exit_code, streamed.truncated)
+        assert [(e.command, e.exit_code) for e in h.run(runtime.journal(agent.id))] == [(command, 4)] * 2
+        finished = [e for e in runtime.recent_events() if e.type == "command.finished"]
+        assert [e.data["exit_code"] for e in finished] == ["4", "4"]
+    finally:
+        loop.run_until_complete(runtime.close())
+        loop.close()
 
 
 def _poll(h: Harness, call: Callable[[], Awaitable[T]], ok: Callable[[T], bool]) -> T:

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +41,7 @@ from godel_ray.rpc.gen import federation_pb2 as pb
 from godel_ray.rpc.gen import federation_pb2_grpc as pb_grpc
 from godel_ray.rpc.server import SERVICE_NAME, build_server
 from godel_ray.settings import LIMITS, Limits
+from tests.helpers import ECHO_SELF, gone_or_blocked_writing, wait_for
 
 pytestmark = pytest.mark.ray
 T = TypeVar("T")
@@ -170,6 +172,44 @@ def test_exec_streams_and_reports_timeout(site: Site) -> None:
         await site.client.kill(agent.id)
 
     site.run(scenario())
+
+
+def test_a_slow_reader_gets_bounded_messages_every_byte_and_the_result_last(site: Site) -> None:
+    """Through gRPC: a reader stalling until the command exited or blocks on its pipe gets every byte,
+    in messages within ``exec_chunk_bytes``, the result last; the command's events follow, in order."""
+    big = 12_000_000  # under max_output_bytes, over max_message_bytes
+
+    async def scenario() -> None:
+        agent, _ = await site.client.spawn(SpawnConfig(labels=_label()))
+        since = site.runtime.last_event_seq
+        command = f"{ECHO_SELF} > writer.pid; exec head -c {big} /dev/zero"
+        chunks = []
+        async for chunk in site.client.exec_stream(agent.id, command):
+            if not chunks:
+                ref = (Path(site.runtime.workdir_root) / agent.id / "writer.pid").read_text()
+                await asyncio.to_thread(wait_for, partial(gone_or_blocked_writing, ref), "the writer to stall",
+                                        CALL_DEADLINE_S, 0.05)
+            chunks.append(chunk)
+        assert all(c.result is None for c in chunks[:-1]) and chunks[-1].result is not None
+        assert chunks[-1].result.exit_code == 0 and not chunks[-1].result.truncated
+        sizes = [len(c.data.encode()) for c in chunks[:-1]]
+        assert max(sizes) <= LIMITS.exec_chunk_bytes and sum(sizes) == big
+
+        async def command_events() -> list[FederationEvent]:
+            out: list[FederationEvent] = []
+            async for event in site.client.events(since):
+                if event.agent_id == agent.id and event.type.startswith("command."):
+                    out.append(event)
+                    if event.type == "command.finished":
+                        return out
+            raise AssertionError("event stream ended")
+
+        events = await asyncio.wait_for(command_events(), CALL_DEADLINE_S)
+        assert [e.type for e in events] == ["command.started", "command.finished"]
+        assert events[0].seq < events[1].seq and events[1].data["exit_code"] == "0"
+        await site.client.kill(agent.id)
+
+    site.run(scenario(), timeout_s=2 * CALL_DEADLINE_S)
 
 
 # --- authentication -----------------------------------------------------------------------------

@@ -120,6 +120,42 @@ def test_same_location_after_a_moved_error_is_sent_again() -> None:
     assert route.located(HERE) == Send(HERE)
 
 
+LOCAL = Location("local", 5)
+
+
+def test_a_local_agent_is_sent_to_directly() -> None:
+    assert AgentRoute(LOCAL).start() == Send(LOCAL, direct=True)
+    assert AgentRoute(HERE).start() == Send(HERE, direct=False), "a remote agent goes through its cluster"
+    route = AgentRoute(None)
+    route.start()
+    assert route.located(LOCAL) == Send(LOCAL, direct=True)
+
+
+@pytest.mark.parametrize("error", [AgentMoved("moved"), StaleEpoch("stale"), AgentNotFound("gone"),
+                                   ClusterUnavailable("actor died"), ClusterUnavailable("actor unreachable")])
+def test_a_refused_direct_send_reroutes_then_goes_through_the_cluster(error: GodelError) -> None:
+    route = AgentRoute(LOCAL)
+    route.start()
+    assert route.failed(error, started=False, direct=True) == Reroute(), "no cluster to drop: the actor refused"
+    assert route.located(LOCAL) == Send(LOCAL, direct=False), "the same place: the cluster answers exactly"
+    assert route.failed(AgentMoved("moved"), started=False) == Reroute()
+    assert route.located(Location("local", 6)) == Send(Location("local", 6), direct=False)
+
+
+def test_a_direct_send_is_never_sent_again_once_output_started() -> None:
+    route = AgentRoute(LOCAL)
+    route.start()
+    died = ClusterUnavailable("actor died")
+    assert route.failed(died, started=True, direct=True) == Raise(died)
+
+
+def test_a_direct_send_that_fails_otherwise_is_raised() -> None:
+    route = AgentRoute(LOCAL)
+    route.start()
+    ended = AgentNotRunning("terminated")
+    assert route.failed(ended, started=False, direct=True) == Raise(ended)
+
+
 # --------------------------------------------------------------- paging the event log
 
 
@@ -199,6 +235,14 @@ class World:
                 raise AgentMoved(f"{agent_id} moved", agent_id=agent_id)
 
         class Cluster:
+            def agent_actor(self, agent_id: str, epoch: int) -> FakeCall:
+                world.calls.append(f"agent_actor {cluster_id}@{epoch}")
+
+                def look_up() -> FakeActor:
+                    check(epoch, agent_id)
+                    return FakeActor(world, agent_id, epoch)
+                return FakeCall(look_up)
+
             def exec(self, agent_id: str, command: str, *, timeout_s: float | None, epoch: int) -> FakeCall:
                 world.calls.append(f"exec {cluster_id}@{epoch}")
 
@@ -217,6 +261,35 @@ class World:
                 return FakeStream([ExecChunk(data="out"), ExecChunk(result=ExecResult(exit_code=0))], None)
 
         return Cluster()
+
+
+class FakeActor:
+    """Stands in for an AgentActor's gateway: serves ``agent_id`` at ``epoch`` until it moved."""
+
+    def __init__(self, world: World, agent_id: str, epoch: int) -> None:
+        self.world, self.agent_id, self.epoch = world, agent_id, epoch
+
+    def _check(self, epoch: int) -> None:
+        if self.world.placed[self.agent_id] != ("local", self.epoch):
+            raise AgentMoved(f"{self.agent_id} moved", agent_id=self.agent_id)
+        if epoch != self.epoch:
+            raise StaleEpoch("stale")
+
+    def run(self, command: str, timeout_s: float | None, epoch: int) -> FakeCall:
+        self.world.calls.append(f"run actor@{self.epoch}")
+
+        def run() -> ExecResult:
+            self._check(epoch)
+            return ExecResult(exit_code=0, stdout=f"{command} on actor@{self.epoch}")
+        return FakeCall(run)
+
+    def exec(self, command: str, timeout_s: float | None, epoch: int) -> FakeStream:
+        self.world.calls.append(f"stream actor@{self.epoch}")
+        try:
+            self._check(epoch)
+        except GodelError as exc:
+            return FakeStream([], exc)
+        return FakeStream([ExecChunk(data="out"), ExecChunk(result=ExecResult(exit_code=0))], None)
 
 
 def _proxy(world: World) -> Any:
@@ -268,6 +341,42 @@ def test_both_shells_raise_when_the_cluster_is_down_and_the_agent_still_there(fl
         else:
             asyncio.run(proxy.aio().exec("ag-1", "ls"))
     assert world.calls == ["exec east@3", "locate ag-1"]
+
+
+@pytest.mark.usefixtures("attached")
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_both_shells_exec_on_a_local_agents_actor_and_reroute_a_stale_one(flavour: str) -> None:
+    world = World()
+    world.placed["ag-2"] = LOCAL
+    proxy = _proxy(world)
+    proxy._session.locations["ag-2"] = LOCAL
+    proxy._session.agent_gateway = lambda agent_id, handle: handle
+    aio = proxy.aio()
+
+    def exec_() -> str:
+        if flavour == "sync":
+            return str(proxy.exec("ag-2", "ls").stdout)
+        return str(asyncio.run(aio.exec("ag-2", "ls")).stdout)
+
+    def stream() -> list[ExecChunk]:
+        if flavour == "sync":
+            return list(proxy.exec_stream("ag-2", "ls"))
+
+        async def run() -> list[ExecChunk]:
+            return [c async for c in aio.exec_stream("ag-2", "ls")]
+        return asyncio.run(run())
+
+    assert exec_() == "ls on actor@5" and exec_() == "ls on actor@5"
+    assert [c.data for c in stream()] == ["out", ""]
+    assert world.calls == ["agent_actor local@5", "run actor@5", "run actor@5", "stream actor@5"], \
+        "looked up once, then straight to the actor"
+    world.calls.clear()
+    world.placed["ag-2"] = Location("local", 6)  # moved away and back: the cached actor is stale
+    assert exec_() == "ls on local"
+    assert world.calls == ["run actor@5", "locate ag-2", "exec local@6"], "refused, re-resolved, sent via the cluster"
+    world.calls.clear()
+    assert exec_() == "ls on actor@6"
+    assert world.calls == ["agent_actor local@6", "run actor@6"]
 
 
 def test_the_client_imports_neither_ray_nor_grpc() -> None:

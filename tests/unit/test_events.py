@@ -94,3 +94,29 @@ def test_the_window_is_bounded_by_size_too() -> None:
 def test_an_empty_log() -> None:
     log = EventLog(capacity=2)
     assert log.since(0) == [] and log.first_seq == 1 and log.last_seq == 0 and len(log) == 0
+
+
+def test_deferred_events_keep_their_place_and_wake_readers_once() -> None:
+    async def go() -> None:
+        log = EventLog()
+        log.append(ev("a"))
+        waiter = asyncio.create_task(log.wait_since(1, timeout_s=30))
+        await asyncio.sleep(0)
+        log.defer(lambda: ev("b"))
+        log.defer(lambda: ev("c"))
+        assert not waiter.done()  # nothing appended yet: the loop has not turned
+        got = await waiter  # the loop turned: both at once, in order
+        assert [(e.seq, e.type) for e in got] == [(2, "b"), (3, "c")]
+        log.defer(lambda: ev("d"))
+        log.append(ev("e"))  # an append takes the deferred ones first
+        assert [e.type for e in log.since(3)] == ["d", "e"]
+        log.defer(lambda: ev("f"))
+        assert log.last_seq == 6 and log.since(5)[0].type == "f"  # and so does every read
+
+    asyncio.run(go())
+
+
+def test_defer_without_a_running_loop_appends_at_once() -> None:
+    log = EventLog()
+    log.defer(lambda: ev("x"))
+    assert [e.type for e in log.since(0)] == ["x"]

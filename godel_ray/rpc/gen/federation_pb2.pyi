@@ -37,6 +37,13 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_CLUSTER: _ClassVar[EventKind]
     EVENT_KIND_MIGRATION: _ClassVar[EventKind]
 
+class BusyPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BUSY_POLICY_UNSPECIFIED: _ClassVar[BusyPolicy]
+    BUSY_POLICY_WAIT: _ClassVar[BusyPolicy]
+    BUSY_POLICY_INTERRUPT: _ClassVar[BusyPolicy]
+    BUSY_POLICY_LIVE_PROCESS: _ClassVar[BusyPolicy]
+
 class Isolation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ISOLATION_UNSPECIFIED: _ClassVar[Isolation]
@@ -60,6 +67,10 @@ EVENT_KIND_AGENT: EventKind
 EVENT_KIND_COMMAND: EventKind
 EVENT_KIND_CLUSTER: EventKind
 EVENT_KIND_MIGRATION: EventKind
+BUSY_POLICY_UNSPECIFIED: BusyPolicy
+BUSY_POLICY_WAIT: BusyPolicy
+BUSY_POLICY_INTERRUPT: BusyPolicy
+BUSY_POLICY_LIVE_PROCESS: BusyPolicy
 ISOLATION_UNSPECIFIED: Isolation
 ISOLATION_SANDBOX: Isolation
 ISOLATION_NONE: Isolation
@@ -218,6 +229,16 @@ class ExecuteCommandResponse(_message.Message):
     result: ExecResult
     def __init__(self, chunk: _Optional[_Union[OutputChunk, _Mapping]] = ..., result: _Optional[_Union[ExecResult, _Mapping]] = ...) -> None: ...
 
+class ExecResponse(_message.Message):
+    __slots__ = ("result", "stdout", "stderr")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    result: ExecResult
+    stdout: bytes
+    stderr: bytes
+    def __init__(self, result: _Optional[_Union[ExecResult, _Mapping]] = ..., stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ...) -> None: ...
+
 class GetAgentStatusRequest(_message.Message):
     __slots__ = ("agent_id",)
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -354,17 +375,25 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, capacity: _Optional[_Union[SiteCapacity, _Mapping]] = ..., received_at: _Optional[float] = ...) -> None: ...
 
 class ExportAgentRequest(_message.Message):
-    __slots__ = ("agent_id", "epoch", "freeze")
+    __slots__ = ("agent_id", "epoch", "freeze", "busy", "busy_timeout_s", "interrupt_grace_s", "target_cluster_id")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     FREEZE_FIELD_NUMBER: _ClassVar[int]
+    BUSY_FIELD_NUMBER: _ClassVar[int]
+    BUSY_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPT_GRACE_S_FIELD_NUMBER: _ClassVar[int]
+    TARGET_CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     epoch: int
     freeze: bool
-    def __init__(self, agent_id: _Optional[str] = ..., epoch: _Optional[int] = ..., freeze: _Optional[bool] = ...) -> None: ...
+    busy: BusyPolicy
+    busy_timeout_s: float
+    interrupt_grace_s: float
+    target_cluster_id: str
+    def __init__(self, agent_id: _Optional[str] = ..., epoch: _Optional[int] = ..., freeze: _Optional[bool] = ..., busy: _Optional[_Union[BusyPolicy, str]] = ..., busy_timeout_s: _Optional[float] = ..., interrupt_grace_s: _Optional[float] = ..., target_cluster_id: _Optional[str] = ...) -> None: ...
 
 class JournalEntry(_message.Message):
-    __slots__ = ("seq", "command", "exit_code", "finished", "started_at", "duration_s", "timed_out")
+    __slots__ = ("seq", "command", "exit_code", "finished", "started_at", "duration_s", "timed_out", "interrupted", "interrupt_reason")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -372,6 +401,8 @@ class JournalEntry(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
     TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPTED_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPT_REASON_FIELD_NUMBER: _ClassVar[int]
     seq: int
     command: str
     exit_code: int
@@ -379,10 +410,12 @@ class JournalEntry(_message.Message):
     started_at: float
     duration_s: float
     timed_out: bool
-    def __init__(self, seq: _Optional[int] = ..., command: _Optional[str] = ..., exit_code: _Optional[int] = ..., finished: _Optional[bool] = ..., started_at: _Optional[float] = ..., duration_s: _Optional[float] = ..., timed_out: _Optional[bool] = ...) -> None: ...
+    interrupted: bool
+    interrupt_reason: str
+    def __init__(self, seq: _Optional[int] = ..., command: _Optional[str] = ..., exit_code: _Optional[int] = ..., finished: _Optional[bool] = ..., started_at: _Optional[float] = ..., duration_s: _Optional[float] = ..., timed_out: _Optional[bool] = ..., interrupted: _Optional[bool] = ..., interrupt_reason: _Optional[str] = ...) -> None: ...
 
 class SnapshotHeader(_message.Message):
-    __slots__ = ("agent", "journal", "archive_size", "sha256", "taken_at", "format_version", "journal_entries")
+    __slots__ = ("agent", "journal", "archive_size", "sha256", "taken_at", "format_version", "journal_entries", "frozen_at")
     AGENT_FIELD_NUMBER: _ClassVar[int]
     JOURNAL_FIELD_NUMBER: _ClassVar[int]
     ARCHIVE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -390,6 +423,7 @@ class SnapshotHeader(_message.Message):
     TAKEN_AT_FIELD_NUMBER: _ClassVar[int]
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     JOURNAL_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_AT_FIELD_NUMBER: _ClassVar[int]
     agent: Agent
     journal: _containers.RepeatedCompositeFieldContainer[JournalEntry]
     archive_size: int
@@ -397,7 +431,8 @@ class SnapshotHeader(_message.Message):
     taken_at: float
     format_version: int
     journal_entries: int
-    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ..., journal: _Optional[_Iterable[_Union[JournalEntry, _Mapping]]] = ..., archive_size: _Optional[int] = ..., sha256: _Optional[str] = ..., taken_at: _Optional[float] = ..., format_version: _Optional[int] = ..., journal_entries: _Optional[int] = ...) -> None: ...
+    frozen_at: float
+    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ..., journal: _Optional[_Iterable[_Union[JournalEntry, _Mapping]]] = ..., archive_size: _Optional[int] = ..., sha256: _Optional[str] = ..., taken_at: _Optional[float] = ..., format_version: _Optional[int] = ..., journal_entries: _Optional[int] = ..., frozen_at: _Optional[float] = ...) -> None: ...
 
 class SnapshotChunk(_message.Message):
     __slots__ = ("header", "data", "journal_entry")

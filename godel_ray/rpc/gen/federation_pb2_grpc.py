@@ -49,6 +49,11 @@ class ClusterFederationStub:
                 request_serializer=godel_dot_federation_dot_v1_dot_federation__pb2.ExecuteCommandRequest.SerializeToString,
                 response_deserializer=godel_dot_federation_dot_v1_dot_federation__pb2.ExecuteCommandResponse.FromString,
                 _registered_method=True)
+        self.Exec = channel.unary_unary(
+                '/godel.federation.v1.ClusterFederation/Exec',
+                request_serializer=godel_dot_federation_dot_v1_dot_federation__pb2.ExecuteCommandRequest.SerializeToString,
+                response_deserializer=godel_dot_federation_dot_v1_dot_federation__pb2.ExecResponse.FromString,
+                _registered_method=True)
         self.GetAgentStatus = channel.unary_unary(
                 '/godel.federation.v1.ClusterFederation/GetAgentStatus',
                 request_serializer=godel_dot_federation_dot_v1_dot_federation__pb2.GetAgentStatusRequest.SerializeToString,
@@ -103,6 +108,13 @@ class ClusterFederationServicer:
 
     def ExecuteCommand(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Exec(self, request, context):
+        """The same command, collected: one reply (what a caller that wants only the result uses).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -167,6 +179,11 @@ def add_ClusterFederationServicer_to_server(servicer, server):
                     servicer.ExecuteCommand,
                     request_deserializer=godel_dot_federation_dot_v1_dot_federation__pb2.ExecuteCommandRequest.FromString,
                     response_serializer=godel_dot_federation_dot_v1_dot_federation__pb2.ExecuteCommandResponse.SerializeToString,
+            ),
+            'Exec': grpc.unary_unary_rpc_method_handler(
+                    servicer.Exec,
+                    request_deserializer=godel_dot_federation_dot_v1_dot_federation__pb2.ExecuteCommandRequest.FromString,
+                    response_serializer=godel_dot_federation_dot_v1_dot_federation__pb2.ExecResponse.SerializeToString,
             ),
             'GetAgentStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAgentStatus,
@@ -285,6 +302,33 @@ class ClusterFederation:
             '/godel.federation.v1.ClusterFederation/ExecuteCommand',
             godel_dot_federation_dot_v1_dot_federation__pb2.ExecuteCommandRequest.SerializeToString,
             godel_dot_federation_dot_v1_dot_federation__pb2.ExecuteCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exec(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/godel.federation.v1.ClusterFederation/Exec',
+            godel_dot_federation_dot_v1_dot_federation__pb2.ExecuteCommandRequest.SerializeToString,
+            godel_dot_federation_dot_v1_dot_federation__pb2.ExecResponse.FromString,
             options,
             channel_credentials,
             insecure,
