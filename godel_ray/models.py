@@ -223,6 +223,46 @@ class AgentSnapshot(_Model):
         return len(self.archive)
 
 
+class TransferMode(str, Enum):
+    """What one workdir stream carries (protocol v2, ``agents.transfer``)."""
+
+    FULL = "full"  # the whole working directory; the source keeps running (pre-copy, round 1)
+    CHANGES = "changes"  # what changed since the last stream's manifest; the source keeps running
+    FINAL = "final"  # what changed since the last manifest, with the agent and its journal: source frozen
+
+
+class TransferHeader(_Model):
+    """First piece of a workdir stream. ``agent`` and ``journal`` only in a FINAL stream."""
+
+    format_version: int = SNAPSHOT_FORMAT_VERSION
+    mode: TransferMode
+    agent: Agent | None = None
+    journal: list[JournalEntry] = Field(default_factory=list)
+
+
+class TransferTrailer(_Model):
+    """Last piece of a workdir stream: what the sender yielded (checked by the receiver), the paths
+    gone since the manifest the stream was cut against, and what changed while it was sent."""
+
+    sha256: str
+    size_bytes: int = 0
+    deleted: list[str] = Field(default_factory=list)
+    dirty_bytes: int = 0  # changed since this stream's own manifest: the next pre-copy round's size
+
+
+TransferPiece = TransferHeader | bytes | TransferTrailer
+"""A workdir stream is: one ``TransferHeader``, data chunks (``bytes``, a few MiB each, one plain tar
+stream together), one ``TransferTrailer``."""
+
+
+class TransferReport(_Model):
+    """What a receiver applied from one stream."""
+
+    bytes_moved: int = 0
+    dirty_bytes: int = 0
+    members: int = 0
+
+
 class ClusterCapabilities(_Model):
     gpu: bool = False
     gpu_types: list[str] = Field(default_factory=list)
@@ -495,6 +535,11 @@ __all__ = [
     "RestartPolicy",
     "SiteCapacity",
     "SpawnConfig",
+    "TransferHeader",
+    "TransferMode",
+    "TransferPiece",
+    "TransferReport",
+    "TransferTrailer",
     "new_agent_id",
     "new_migration_id",
     "now_s",
