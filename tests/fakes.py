@@ -24,7 +24,13 @@ from godel_ray.models import (
     FederationEvent,
     SiteCapacity,
     SpawnConfig,
+    TransferHeader,
+    TransferMode,
+    TransferReport,
+    TransferTrailer,
 )
+
+PAYLOAD = b"x" * 100  # every fake workdir stream carries these bytes
 
 
 class FakeCall:
@@ -49,6 +55,7 @@ class FakeCluster:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.health = ClusterHealthState(cluster_id=cluster_id)
         self._arrivals: asyncio.Condition | None = None
+        self.inbound: dict[str, int] = {}  # receive_open'ed streams: bytes pushed so far
 
     def gate(self, method: str) -> asyncio.Event:
         """Hold every ``method`` call until the returned event is set."""
@@ -98,6 +105,24 @@ class FakeCluster:
                           epoch=kwargs.get("epoch", 1))
             self.agents[agent_id] = agent
             return agent, True
+        if method == "prepare":
+            agent = args[0]
+            there = self.agents.get(agent.id)
+            if there is not None and not there.status.is_final:
+                raise AlreadyExists(f"agent {agent.id} exists on {self.id}")
+            self.agents[agent.id] = agent.model_copy(update={"status": AgentStatus.PENDING, "cluster_id": self.id})
+            return self.agents[agent.id]
+        if method == "receive_open":
+            self._live(args[0], kwargs.get("epoch", 0))
+            self.inbound[args[0]] = 0
+            return args[0]
+        if method == "push":
+            if isinstance(args[1], bytes):
+                self.inbound[args[0]] += len(args[1])
+            return None
+        if method == "receive_close":
+            moved = self.inbound.pop(args[0], 0)
+            return TransferReport(bytes_moved=0 if args[1:] and args[1] else moved)
         if method == "import_":
             snapshot: AgentSnapshot = args[0]
             agent = snapshot.agent.model_copy(update={"status": AgentStatus.RUNNING, "cluster_id": self.id})
@@ -110,6 +135,14 @@ class FakeCluster:
             return AgentSnapshot(agent=agent, archive=b"x" * 100, sha256="0" * 64)
         if method == "status":
             return agent
+        if method == "freeze":
+            self.agents[agent.id] = agent.model_copy(update={"status": AgentStatus.MIGRATING})
+            return self.agents[agent.id]
+        if method == "send":
+            return agent
+        if method == "activate":
+            self.agents[agent.id] = agent.model_copy(update={"status": AgentStatus.RUNNING})
+            return self.agents[agent.id]
         if method == "resume":
             self.agents[agent.id] = agent.model_copy(update={"status": AgentStatus.RUNNING})
             return self.agents[agent.id]
@@ -122,6 +155,24 @@ class FakeCluster:
         raise AssertionError(f"FakeCluster: unexpected {method}")
 
 
+class FakeStream:
+    """What ``ClusterGateway.send`` returns: ``refs()`` yields the pieces themselves (no object store)."""
+
+    def __init__(self, cluster: FakeCluster, agent_id: str, mode: TransferMode, epoch: int) -> None:
+        self.cluster, self.agent_id, self.mode, self.epoch = cluster, agent_id, mode, epoch
+        self.cancelled = False
+
+    async def refs(self) -> Any:
+        agent = await self.cluster.handle("send", self.agent_id, mode=self.mode, epoch=self.epoch)
+        final = self.mode is TransferMode.FINAL
+        yield TransferHeader(mode=self.mode, agent=agent if final else None)
+        yield PAYLOAD
+        yield TransferTrailer(sha256="0" * 64, size_bytes=len(PAYLOAD))
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class FakeGateway:
     """``ClusterGateway``'s surface over a ``FakeCluster``."""
 
@@ -129,6 +180,9 @@ class FakeGateway:
         self.cluster_id = cluster.id
         self.cluster = cluster
         self.handle = cluster
+
+    def send(self, agent_id: str, mode: TransferMode, *, epoch: int = 0) -> FakeStream:
+        return FakeStream(self.cluster, agent_id, mode, epoch)
 
     def __getattr__(self, method: str) -> Callable[..., FakeCall]:
         def call(*args: Any, **kwargs: Any) -> FakeCall:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -47,6 +48,7 @@ from godel_ray.errors import (
     AlreadyExists,
     DeadlineExceeded,
     GodelError,
+    InvalidArgument,
     ResourceExhausted,
     StaleEpoch,
 )
@@ -62,6 +64,11 @@ from godel_ray.models import (
     JournalEntry,
     SiteCapacity,
     SpawnConfig,
+    TransferHeader,
+    TransferMode,
+    TransferPiece,
+    TransferReport,
+    TransferTrailer,
     new_agent_id,
     now_s,
 )
@@ -138,7 +145,7 @@ class AgentRuntime:
     # --- creation ----------------------------------------------------------------------------
 
     async def _create(self, agent: Agent, archive: bytes | None = None, sha256: str = "",
-                      journal: list[JournalEntry] | None = None) -> Agent:
+                      journal: list[JournalEntry] | None = None, importing: bool = False) -> Agent:
         """Create and start the actor for ``agent``; on any failure nothing is left behind."""
         if self._closed:
             raise AgentNotRunning(f"the agent runtime of cluster {self.name} is closed")
@@ -161,7 +168,7 @@ class AgentRuntime:
             self._table.put(entry)
             try:
                 started = await self._table.ask(entry, lambda a: a.adopt(agent, self.workdir_root, archive, journal,
-                                                                   sha256), self._ready_timeout_s)
+                                                                   sha256, importing), self._ready_timeout_s)
             except GodelError as exc:  # the member died meanwhile: start a fresh actor
                 log.warning("agent %s: warm-pool actor unusable (%s); starting a fresh one", agent.id, exc)
                 member.kill()
@@ -185,7 +192,7 @@ class AgentRuntime:
         self._table.put(entry)  # reserves a max_agents slot while the actor starts
         try:
             entry.actor = create_agent_actor(agent, self.workdir_root, archive, journal, sha256=sha256,
-                                             accelerator_type=accel, limits=self._limits)
+                                             accelerator_type=accel, limits=self._limits, importing=importing)
             try:
                 started = await self._table.ask(entry, AgentGateway.start, self._ready_timeout_s)
             except DeadlineExceeded:
@@ -384,6 +391,88 @@ class AgentRuntime:
             self._idempotency.setdefault(agent.config.idempotency_key, agent.id)
         self._emit(EventType.AGENT_IMPORTED, agent.id, epoch=agent.epoch, bytes=snapshot.size_bytes)
         return created
+
+    # --- protocol v2: prepare, freeze, workdir streams, activate ----------------------------------
+
+    async def prepare(self, agent: Agent) -> Agent:
+        """Create ``agent`` (its id, config and the epoch it will run at) importing: an actor with its
+        resources held (from the warm pool when one fits) and an empty staging directory; PENDING,
+        serving nothing until ``activate``."""
+        validate_agent_id(agent.id)
+        validate_spawn_config(agent.config, self._limits)
+        prepared = await self._create(agent, importing=True)
+        if agent.config.idempotency_key:
+            self._idempotency.setdefault(agent.config.idempotency_key, agent.id)
+        self._emit(EventType.AGENT_STATUS, agent.id, status=prepared.status.value, reason="importing",
+                   epoch=agent.epoch)
+        return prepared
+
+    async def freeze(self, agent_id: str, *, epoch: int = 0) -> Agent:
+        """The running command finishes; new commands wait (``resume`` undoes it)."""
+        entry, _ = self._table.live(agent_id, epoch)
+        self._table.set_agent(entry, await self._table.ask(entry, AgentGateway.freeze))
+        return entry.agent
+
+    async def send(self, agent_id: str, mode: TransferMode, *, epoch: int = 0) -> AsyncIterator[TransferPiece]:
+        """The agent's workdir stream (``AgentActor.send``), piece by piece."""
+        entry, actor = self._table.live(agent_id, epoch)
+        stream = actor.send(mode)
+        moved = 0
+        finished = False
+        try:
+            async for piece in stream:
+                if isinstance(piece, bytes):
+                    moved += len(piece)
+                finished = isinstance(piece, TransferTrailer)
+                yield piece
+        except (rayapi.ActorUnreachable, rayapi.ActorDied) as exc:
+            finished = True
+            raise self._table.failure(entry, exc) from None
+        finally:
+            if not finished:
+                stream.cancel()
+        self._emit(EventType.AGENT_EXPORTED, agent_id, bytes=moved, mode=mode.value)
+
+    async def receive(self, agent_id: str, pieces: AsyncIterator[TransferPiece], *, epoch: int = 0
+                      ) -> TransferReport:
+        """Apply one workdir stream to the importing ``agent_id``'s staging directory. Data pieces
+        are regrouped into ``limits.transfer_chunk_bytes`` calls (a gRPC stream brings them smaller)."""
+        entry = self._table.entry(agent_id, epoch)
+        if entry.actor is None or entry.agent.status is not AgentStatus.PENDING:
+            raise AgentNotRunning(f"agent {agent_id} is not being imported on cluster {self.name} "
+                                  f"({entry.agent.status.value})", agent_id=agent_id)
+        it = aiter(pieces)
+        header = await anext(it, None)
+        if not isinstance(header, TransferHeader):
+            raise InvalidArgument("a workdir stream must begin with its header")
+        await self._table.ask(entry, functools.partial(AgentGateway.receive_begin, header=header))
+        buffer = bytearray()
+        report: TransferReport | None = None
+        async for piece in it:
+            if isinstance(piece, bytes | bytearray | memoryview):
+                buffer += piece
+                if len(buffer) >= self._limits.transfer_chunk_bytes:
+                    data, buffer = bytes(buffer), bytearray()
+                    await self._table.ask(entry, functools.partial(AgentGateway.receive_chunk, data=data))
+            elif isinstance(piece, TransferTrailer):
+                if buffer:
+                    data = bytes(buffer)
+                    await self._table.ask(entry, functools.partial(AgentGateway.receive_chunk, data=data))
+                report = await self._table.ask(entry, functools.partial(AgentGateway.receive_end, trailer=piece))
+                break
+            else:
+                raise InvalidArgument(f"a workdir stream carried a {type(piece).__name__} after its header")
+        if report is None:
+            raise InvalidArgument("the workdir stream ended without its trailer")
+        return report
+
+    async def activate(self, agent_id: str, *, epoch: int = 0) -> Agent:
+        """The importing copy's staging becomes its workdir; it runs at its epoch."""
+        entry = self._table.entry(agent_id, epoch)
+        started = await self._table.ask(entry, AgentGateway.activate, self._ready_timeout_s)
+        self._table.set_agent(entry, started)
+        self._emit(EventType.AGENT_IMPORTED, agent_id, epoch=started.epoch, streamed=True)
+        return entry.agent
 
     async def resume(self, agent_id: str, *, epoch: int = 0) -> Agent:
         entry, _ = self._table.live(agent_id, epoch)

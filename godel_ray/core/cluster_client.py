@@ -15,6 +15,18 @@ Semantics shared by both implementations:
 - ``import_`` recreates ``snapshot.agent`` (same id, the epoch it carries) with its files and
   journal; a hostile or corrupt archive raises ``SnapshotRejected`` and leaves nothing behind.
 - ``spawn`` with an ``idempotency_key`` already seen returns the same agent and ``created=False``.
+
+Protocol v2 (live migration, ``core.live_migration``), the bytes as streams, never one value:
+- ``prepare(agent)`` (target) creates ``agent`` at the epoch it carries in an importing state:
+  resources held, an empty staging directory, PENDING, serving no command;
+- ``freeze`` (source): the running command finishes, new ones wait (``resume`` undoes it);
+- ``send(agent_id, mode)`` (source) yields one workdir stream: a ``TransferHeader``, ``bytes`` chunks
+  (one plain tar stream together), a ``TransferTrailer`` (sha256, deleted paths, dirty bytes).
+  FULL: the whole tree, the agent keeps running; CHANGES: since the last stream's manifest; FINAL:
+  the same plus the agent and its journal, frozen only;
+- ``receive(agent_id, pieces)`` (target) applies such a stream to the staging directory as it
+  arrives (member checks, checksum at the end) and reports what it moved;
+- ``activate`` (target): staging becomes the workdir, the copy runs at its epoch.
 """
 
 from __future__ import annotations
@@ -32,6 +44,9 @@ from godel_ray.models import (
     FederationEvent,
     SiteCapacity,
     SpawnConfig,
+    TransferMode,
+    TransferPiece,
+    TransferReport,
 )
 
 KILL_REASON_MIGRATED = "migrated"
@@ -64,6 +79,17 @@ class ClusterClient(Protocol):
     async def import_(self, snapshot: AgentSnapshot) -> Agent: ...
 
     async def resume(self, agent_id: str, *, epoch: int = 0) -> Agent: ...
+
+    async def prepare(self, agent: Agent) -> Agent: ...
+
+    async def freeze(self, agent_id: str, *, epoch: int = 0) -> Agent: ...
+
+    def send(self, agent_id: str, mode: TransferMode, *, epoch: int = 0) -> AsyncIterator[TransferPiece]: ...
+
+    async def receive(self, agent_id: str, pieces: AsyncIterator[TransferPiece], *, epoch: int = 0
+                      ) -> TransferReport: ...
+
+    async def activate(self, agent_id: str, *, epoch: int = 0) -> Agent: ...
 
     async def close(self) -> None: ...
 

@@ -109,6 +109,10 @@ class LiveMigrationMachine:
       round and the delta.
     * ``recover`` after a balancer restart, from any persisted phase: committed in the store (or
       CLEANING_UP) -> KillSource; otherwise the rollback above (VALIDATING: nothing to undo).
+    * ``abort`` when the shell itself cannot carry on (a store error, a bug): before the commit
+      point the same rollback as a failed step (DeleteTarget once prepared, Resume once frozen:
+      the source never stays frozen); during a rollback, the undo steps still awaited, again;
+      after the commit point it COMPLETES with the reason noted (the source is fenced by epoch).
     """
 
     def __init__(self, migration: Migration, now: float, *, delta_round_bytes: int = DELTA_ROUND_BYTES,
@@ -190,6 +194,21 @@ class LiveMigrationMachine:
             return self._finish(MigrationPhase.ROLLED_BACK, now)
         return self._roll_back(now, stamp=phase is not MigrationPhase.ROLLING_BACK)
 
+    def abort(self, reason: str, now: float) -> list[LiveAction]:
+        """The shell could not go on (``reason``): the actions that leave no copy frozen or half made."""
+        if self.done:
+            return []
+        self._note(f"aborted: {reason}")
+        if self.committed:
+            return self._finish(MigrationPhase.COMPLETED, now)
+        if self.migration.phase is MigrationPhase.ROLLING_BACK:
+            pending = [a for a in self._rollback_actions() if a.step in self._awaiting]
+            if not pending:
+                return self._finish(MigrationPhase.ROLLED_BACK, now)
+            self._awaiting = {a.step for a in pending}
+            return list(pending)
+        return self._roll_back(now)
+
     # --- internals --------------------------------------------------------------------------
 
     def _action(self, phase: MigrationPhase) -> LiveAction:
@@ -214,13 +233,17 @@ class LiveMigrationMachine:
         self._awaiting = {action.step}
         return [action]
 
-    def _roll_back(self, now: float, *, stamp: bool = True) -> list[LiveAction]:
+    def _rollback_actions(self) -> list[LiveAction]:
         m = self.migration
         actions: list[LiveAction] = []
         if self._reached(MigrationPhase.PREPARING):
             actions.append(DeleteTarget(m.agent_id, m.target, m.epoch_to))
         if self._reached(MigrationPhase.FREEZING):
             actions.append(Resume(m.agent_id, m.source))
+        return actions
+
+    def _roll_back(self, now: float, *, stamp: bool = True) -> list[LiveAction]:
+        actions = self._rollback_actions()
         if stamp:
             self._set_phase(MigrationPhase.ROLLING_BACK, now)
         if not actions:

@@ -53,8 +53,11 @@ from godel_ray.models import (
     FederationEvent,
     SiteCapacity,
     SpawnConfig,
+    TransferMode,
+    TransferPiece,
+    TransferReport,
 )
-from godel_ray.rpc import convert
+from godel_ray.rpc import convert, workdir_wire
 from godel_ray.rpc.auth import bearer_metadata
 from godel_ray.rpc.errors import rpc_errors
 from godel_ray.rpc.gen import federation_pb2 as pb
@@ -84,6 +87,7 @@ SNAPSHOT_MIN_BYTES_PER_S = 4 * 1024 * 1024  # slowest transfer rate a snapshot d
 # shorter than that gives up on work the site still finishes (an orphan agent, a kill reported failed).
 SPAWN_DEADLINE_S = 90.0
 KILL_DEADLINE_S = 45.0
+FREEZE_DEADLINE_S = 600.0  # a freeze waits for the running command to finish
 MAX_SKIPPED_EVENT_KINDS_LOGGED = 32  # distinct (kind, type) pairs logged per client; a hostile site gets no more
 
 _plaintext_token_warned: set[str] = set()  # endpoints warned about, once per process
@@ -363,6 +367,51 @@ class GrpcClusterClient:
             lambda: self._stub().ResumeAgent(request, timeout=self.call_timeout_s, metadata=self._metadata),
             retry=False)
         return convert.agent_from_pb(response.agent, self.cluster_id)
+
+    # --- protocol v2 --------------------------------------------------------------------------------
+
+    async def prepare(self, agent: Agent) -> Agent:
+        request = pb.PrepareAgentRequest(agent=convert.agent_to_pb(agent))
+        response: pb.PrepareAgentResponse = await self._unary(
+            lambda: self._stub().PrepareAgent(request, timeout=max(self.call_timeout_s, SPAWN_DEADLINE_S),
+                                              metadata=self._metadata), retry=False)
+        return convert.agent_from_pb(response.agent, self.cluster_id)
+
+    async def freeze(self, agent_id: str, *, epoch: int = 0) -> Agent:
+        request = pb.AgentRef(agent_id=agent_id, epoch=epoch)
+        response: pb.AgentReply = await self._unary(  # the freeze waits for the running command
+            lambda: self._stub().FreezeAgent(request, timeout=FREEZE_DEADLINE_S, metadata=self._metadata),
+            retry=False)
+        return convert.agent_from_pb(response.agent, self.cluster_id)
+
+    async def activate(self, agent_id: str, *, epoch: int = 0) -> Agent:
+        request = pb.AgentRef(agent_id=agent_id, epoch=epoch)
+        response: pb.AgentReply = await self._unary(
+            lambda: self._stub().ActivateAgent(request, timeout=max(self.call_timeout_s, SPAWN_DEADLINE_S),
+                                               metadata=self._metadata), retry=False)
+        return convert.agent_from_pb(response.agent, self.cluster_id)
+
+    def _stream_deadline_s(self) -> float:
+        return self.call_timeout_s + EXEC_DEADLINE_MARGIN_S + LIMITS.max_snapshot_bytes / SNAPSHOT_MIN_BYTES_PER_S
+
+    async def send(self, agent_id: str, mode: TransferMode, *, epoch: int = 0) -> AsyncIterator[TransferPiece]:
+        request = pb.ExportAgentRequest(agent_id=agent_id, epoch=epoch, mode=workdir_wire.mode_to_pb(mode))
+        call = self._stub().ExportAgent(request, timeout=self._stream_deadline_s(), metadata=self._metadata)
+        try:
+            with rpc_errors(self._name, self._tls):
+                async for piece in workdir_wire.pieces_from_pb(call.__aiter__(), LIMITS, self.cluster_id):
+                    yield piece
+        finally:
+            call.cancel()
+
+    async def receive(self, agent_id: str, pieces: AsyncIterator[TransferPiece], *, epoch: int = 0
+                      ) -> TransferReport:
+        messages = workdir_wire.pieces_to_pb(pieces, agent_id, epoch)
+        response: pb.ImportAgentResponse = await self._unary(
+            lambda: self._stub().ImportAgent(messages, timeout=self._stream_deadline_s(), metadata=self._metadata),
+            retry=False)
+        return TransferReport(bytes_moved=response.bytes_moved, dirty_bytes=response.dirty_bytes,
+                              members=response.members)
 
     async def close(self) -> None:
         channel, self._channel, self._stub_obj = self._channel, None, None

@@ -62,6 +62,11 @@ from godel_ray.models import (
     OutputStream,
     SiteCapacity,
     SpawnConfig,
+    TransferHeader,
+    TransferMode,
+    TransferPiece,
+    TransferReport,
+    TransferTrailer,
     new_agent_id,
     now_s,
 )
@@ -272,6 +277,42 @@ class HollowRuntime:
     async def resume(self, agent_id: str, *, epoch: int = 0) -> Agent:
         record = self._live(agent_id, epoch)
         record.frozen = False
+        return record.agent
+
+    # --- protocol v2: no files, so every workdir stream is empty ------------------------------------
+
+    async def prepare(self, agent: Agent) -> Agent:
+        validate_agent_id(agent.id)
+        validate_spawn_config(agent.config)
+        self._create(agent)
+        record = self._records[agent.id]
+        self._set_status(record, AgentStatus.PENDING, "importing")
+        return record.agent
+
+    async def freeze(self, agent_id: str, *, epoch: int = 0) -> Agent:
+        record = self._live(agent_id, epoch)
+        record.frozen = True
+        return record.agent
+
+    async def send(self, agent_id: str, mode: TransferMode, *, epoch: int = 0) -> AsyncIterator[TransferPiece]:
+        record = self._live(agent_id, epoch)
+        final = mode is TransferMode.FINAL
+        yield TransferHeader(mode=mode, agent=record.agent if final else None)
+        yield TransferTrailer(sha256=EMPTY_SHA256)
+
+    async def receive(self, agent_id: str, pieces: AsyncIterator[TransferPiece], *, epoch: int = 0
+                      ) -> TransferReport:
+        self._record(agent_id, epoch)
+        moved = 0
+        async for piece in pieces:
+            if isinstance(piece, bytes):
+                moved += len(piece)
+        return TransferReport(bytes_moved=moved)
+
+    async def activate(self, agent_id: str, *, epoch: int = 0) -> Agent:
+        record = self._live(agent_id, epoch)
+        self._set_status(record, AgentStatus.RUNNING)
+        self._emit(EventType.AGENT_IMPORTED, agent_id, epoch=record.agent.epoch, bytes=0)
         return record.agent
 
     async def close(self) -> None:
