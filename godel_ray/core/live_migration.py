@@ -1,12 +1,12 @@
 """Live migration, protocol version 2, as a pure state machine (no ray, no grpc, no clock).
 
 validate -> prepare -> pre-copy (rounds) -> freeze -> delta -> activate -> commit -> kill source.
-Version 1 (``core.migration.MigrationMachine``) freezes first and copies everything frozen; here
-the target is prepared and the bulk of the bytes move while the source keeps running, so the
-downtime is the freeze, the delta and the activation only. The shell (``control.migrator``)
-executes each action in order and reports each outcome with ``handle``, exactly as for version 1
-(the same ``StepSucceeded``/``StepFailed`` events and ``Finish``/``Commit``/``KillSource``/
-``Resume``/``DeleteTarget`` actions).
+Version 1 (gone) froze first and copied everything frozen; here the target is prepared and the
+bulk of the bytes move while the source keeps running, so the downtime is the freeze, the delta
+and the activation only. The shell (``control.migrator``)
+executes each action in order and reports each outcome with ``handle`` (the ``StepSucceeded``/
+``StepFailed`` events and the ``Freeze``/``Commit``/``KillSource``/``Resume``/``DeleteTarget``/``Finish``
+actions of ``core.migration``).
 """
 
 from __future__ import annotations
