@@ -48,6 +48,7 @@ from godel_ray.models import (
 from godel_ray.raykit import rayapi
 
 T = TypeVar("T")
+STREAM_AHEAD_PIECES = 4  # a workdir stream's generator pauses when this many pieces wait unconsumed
 
 
 class Call(Generic[T]):
@@ -204,7 +205,8 @@ class ClusterGateway:
 
     def send(self, agent_id: str, mode: TransferMode, *, epoch: int = 0) -> Stream[TransferPiece]:
         """The agent's workdir stream, one object per piece (iterate ``refs()`` to pass them on unread)."""
-        return Stream(self.what, lambda: self.handle.send.options(num_returns="streaming").remote(
+        return Stream(self.what, lambda: self.handle.send.options(
+            num_returns="streaming", _generator_backpressure_num_objects=STREAM_AHEAD_PIECES).remote(
             agent_id, mode, epoch=epoch))
 
     def receive_open(self, agent_id: str, *, epoch: int = 0) -> Call[str]:
@@ -276,7 +278,8 @@ class AgentGateway:
         return Call(self.what, lambda: self.handle.info.remote())
 
     def send(self, mode: TransferMode) -> Stream[TransferPiece]:
-        return Stream(self.what, lambda: self.handle.send.options(num_returns="streaming").remote(mode))
+        return Stream(self.what, lambda: self.handle.send.options(
+            num_returns="streaming", _generator_backpressure_num_objects=STREAM_AHEAD_PIECES).remote(mode))
 
     def receive_begin(self, header: TransferHeader) -> Call[None]:
         return Call(self.what, lambda: self.handle.receive_begin.remote(header))
