@@ -14,12 +14,12 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 from godel_ray.agents import snapshot as snap
 from godel_ray.agents.transfer import apply_stream, unpack_stream
 from godel_ray.errors import FailedPrecondition
-from godel_ray.models import TransferHeader, TransferMode, TransferReport, TransferTrailer
+from godel_ray.models import TransferHeader, TransferMode, TransferPiece, TransferReport, TransferTrailer
 from godel_ray.settings import Limits
 
 INBOX_CHUNKS = 2  # chunks queued ahead of the writer
@@ -101,4 +101,23 @@ class Inbox:
             pass
 
 
-__all__ = ["INBOX_CHUNKS", "Inbox"]
+async def regrouped(pieces: AsyncIterator[TransferPiece], chunk_bytes: int) -> AsyncIterator[TransferPiece]:
+    """The same stream with its data joined into pieces of at least ``chunk_bytes`` (but the last):
+    a gRPC stream brings them in message-sized pieces, and each piece is one call to the agent."""
+    buffer = bytearray()
+    async for piece in pieces:
+        if isinstance(piece, bytes | bytearray | memoryview):
+            buffer += piece
+            if len(buffer) >= chunk_bytes:
+                yield bytes(buffer)
+                buffer = bytearray()
+            continue
+        if buffer:
+            yield bytes(buffer)
+            buffer = bytearray()
+        yield piece
+    if buffer:
+        yield bytes(buffer)
+
+
+__all__ = ["INBOX_CHUNKS", "Inbox", "regrouped"]

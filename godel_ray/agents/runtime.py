@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator
 from godel_ray.agents import snapshot as snap
 from godel_ray.agents.actor import create_agent_actor
 from godel_ray.agents.capacity import NodeResources, placement_problem, site_capacity, wants
+from godel_ray.agents.inbox import regrouped
 from godel_ray.agents.pool import WarmPool, pool_sizes
 from godel_ray.agents.resource_cache import ResourceCache
 from godel_ray.agents.table import AgentEntry, AgentTable, record
@@ -395,9 +396,8 @@ class AgentRuntime:
     # --- protocol v2: prepare, freeze, workdir streams, activate ----------------------------------
 
     async def prepare(self, agent: Agent) -> Agent:
-        """Create ``agent`` (its id, config and the epoch it will run at) importing: an actor with its
-        resources held (from the warm pool when one fits) and an empty staging directory; PENDING,
-        serving nothing until ``activate``."""
+        """Create ``agent`` (id, config, the epoch it will run at) importing: its actor holds its
+        resources (warm pool first), an empty staging directory; PENDING until ``activate``."""
         validate_agent_id(agent.id)
         validate_spawn_config(agent.config, self._limits)
         prepared = await self._create(agent, importing=True)
@@ -435,36 +435,22 @@ class AgentRuntime:
 
     async def receive(self, agent_id: str, pieces: AsyncIterator[TransferPiece], *, epoch: int = 0
                       ) -> TransferReport:
-        """Apply one workdir stream to the importing ``agent_id``'s staging directory. Data pieces
-        are regrouped into ``limits.transfer_chunk_bytes`` calls (a gRPC stream brings them smaller)."""
+        """Apply one workdir stream to the importing ``agent_id``'s staging, a call per regrouped chunk."""
         entry = self._table.entry(agent_id, epoch)
         if entry.actor is None or entry.agent.status is not AgentStatus.PENDING:
-            raise AgentNotRunning(f"agent {agent_id} is not being imported on cluster {self.name} "
-                                  f"({entry.agent.status.value})", agent_id=agent_id)
-        it = aiter(pieces)
+            raise AgentNotRunning(f"agent {agent_id} is not importing here ({entry.agent.status.value})", agent_id=agent_id)
+        it = aiter(regrouped(pieces, self._limits.transfer_chunk_bytes))
         header = await anext(it, None)
         if not isinstance(header, TransferHeader):
             raise InvalidArgument("a workdir stream must begin with its header")
         await self._table.ask(entry, functools.partial(AgentGateway.receive_begin, header=header))
-        buffer = bytearray()
-        report: TransferReport | None = None
         async for piece in it:
-            if isinstance(piece, bytes | bytearray | memoryview):
-                buffer += piece
-                if len(buffer) >= self._limits.transfer_chunk_bytes:
-                    data, buffer = bytes(buffer), bytearray()
-                    await self._table.ask(entry, functools.partial(AgentGateway.receive_chunk, data=data))
-            elif isinstance(piece, TransferTrailer):
-                if buffer:
-                    data = bytes(buffer)
-                    await self._table.ask(entry, functools.partial(AgentGateway.receive_chunk, data=data))
-                report = await self._table.ask(entry, functools.partial(AgentGateway.receive_end, trailer=piece))
-                break
-            else:
+            if isinstance(piece, TransferTrailer):
+                return await self._table.ask(entry, functools.partial(AgentGateway.receive_end, trailer=piece))
+            if not isinstance(piece, bytes):
                 raise InvalidArgument(f"a workdir stream carried a {type(piece).__name__} after its header")
-        if report is None:
-            raise InvalidArgument("the workdir stream ended without its trailer")
-        return report
+            await self._table.ask(entry, functools.partial(AgentGateway.receive_chunk, data=piece))
+        raise InvalidArgument("the workdir stream ended without its trailer")
 
     async def activate(self, agent_id: str, *, epoch: int = 0) -> Agent:
         """The importing copy's staging becomes its workdir; it runs at its epoch."""
