@@ -91,12 +91,19 @@ def test_local_to_remote_with_a_running_and_a_waiting_command(plane: Plane) -> N
     assert first_chunk.wait(60), "the streaming command never started"
     started = proxy.migrate(agent.id, "west", wait=False)
     assert started.source == "local" and started.target == "west" and started.finished_at is None
-    # the freeze waits for the streaming command: a command sent now waits and is served by the new copy
+    # the freeze waits for the streaming command (busy: WAIT, the source serves until idle); once it
+    # ended the source freezes, and a command sent from then on waits and is served by the new copy
     wait_for(lambda: phase_of(proxy, started.id) == MigrationPhase.FREEZING.value, "the freeze", poll_s=0.02)
+    (Path(local_pwd) / "go").touch()  # the running command ends: the freeze completes
+
+    def frozen_or_moved() -> bool:
+        now = proxy.status(agent.id)
+        return now.status is AgentStatus.MIGRATING or now.cluster_id == "west"
+
+    wait_for(frozen_or_moved, "the source to freeze", poll_s=0.02)
     waiting: list[ExecResult] = []
     sender = threading.Thread(target=lambda: waiting.append(proxy.exec(agent.id, "pwd; cat notes.txt")))
     sender.start()
-    (Path(local_pwd) / "go").touch()  # the running command ends: the freeze completes
 
     done = wait_for(lambda: finished(proxy, started.id), "the migration to finish")
     streamer.join(60)
