@@ -271,7 +271,7 @@ def bench_migration(fed: Federation, opt: Options) -> list[Row]:
                             note="the v2 wire format alone: plain tar made as sent, unpacked as it arrives"))
             for source, target in (("local", SITES[0]), (SITES[1], "local")):
                 name = f"migrate {size} MB {source} -> {target}"
-                thr, down, err = _migrate(fed, source, target, size, n)
+                thr, down, err, precopy, phases = _migrate(fed, source, target, size, n)
                 floor = grpc_rates if source != "local" or target != "local" else ray_rates
                 if err:
                     rows.append(Row(f"{name} throughput", "MB/s", floor_name="gRPC stream", floor_samples=floor,
@@ -279,7 +279,11 @@ def bench_migration(fed: Federation, opt: Options) -> list[Row]:
                     continue
                 rows.append(Row(f"{name} throughput", "MB/s", thr, "gRPC stream", floor, higher_is_better=True,
                                 target=Target("ratio_max", 2.0),
-                                note="duration from the migration record (validate..commit..kill)"))
+                                note=f"duration from the migration record (validate..commit..kill); phases {phases}"))
+                if precopy:
+                    rows.append(Row(f"{name} pre-copy phase", "MB/s", precopy, "gRPC stream", floor,
+                                    higher_is_better=True, target=Target("ratio_max", 2.0),
+                                    note="bytes streamed / time in the pre-copy phase (source running)"))
                 rows.append(Row(f"{name} downtime", "s", down, note="freeze -> commit, from the record"))
     finally:
         grpc_server.close()
@@ -305,8 +309,10 @@ def _tar_stream(size_mb: int, n: int) -> list[float]:
 
 
 def _migrate(fed: Federation, source: str, target: str, size_mb: int, n: int
-             ) -> tuple[list[float], list[float], str]:
-    rates, downtimes = [], []
+             ) -> tuple[list[float], list[float], str, list[float], str]:
+    """(end-to-end MB/s, downtimes, why unavailable, pre-copy phase MB/s, the last move's phases)."""
+    rates, downtimes, precopy = [], [], []
+    phases = ""
     for _ in range(n):
         agent = fed.spawn(source)
         try:
@@ -314,17 +320,22 @@ def _migrate(fed: Federation, source: str, target: str, size_mb: int, n: int
             try:
                 m = fed.proxy.migrate(agent.id, target)
             except FailedPrecondition as exc:
-                return [], [], f"n/a (not available: {str(exc)[:60]})"
+                return [], [], f"n/a (not available: {str(exc)[:60]})", [], ""
             except GodelError as exc:
-                return [], [], f"n/a (failed: {str(exc)[:60]})"
+                return [], [], f"n/a (failed: {str(exc)[:60]})", [], ""
             if m.error or m.finished_at is None:
-                return [], [], f"n/a (failed: {m.error[:60]})"
+                return [], [], f"n/a (failed: {m.error[:60]})", [], ""
             rates.append(m.bytes_moved / 1e6 / max(1e-6, m.finished_at - m.started_at))
             if m.downtime_s is not None:
                 downtimes.append(m.downtime_s)
+            spans = [(a.phase.value, b.at - a.at) for a, b in zip(m.phases, m.phases[1:], strict=False)]
+            phases = ", ".join(f"{name} {span:.2f}s" for name, span in spans)
+            copying = sum(span for name, span in spans if name == "precopying")
+            if copying > 0:
+                precopy.append(size_mb * 1.048576 / copying)
         finally:
             fed.kill(agent.id)
-    return rates, downtimes, ""
+    return rates, downtimes, "", precopy, phases
 
 
 # --- CLI -----------------------------------------------------------------------------------------

@@ -205,6 +205,16 @@ class JournalEntry(_Model):
     interrupt_reason: str = ""
 
 
+class FreezeReport(_Model):
+    """What a freeze did (``AgentActor.freeze`` up to ``ClusterClient.freeze``): the agent as it is now
+    (migrating), when it froze (its clock; a busy agent serves commands until idle, so this may be
+    well after the request), and the journal entry of the command it interrupted (INTERRUPT only)."""
+
+    agent: Agent
+    frozen_at: float | None = None
+    interrupted_seq: int | None = None
+
+
 SNAPSHOT_FORMAT_VERSION = 2
 """1: the journal inside the snapshot header; 2: the journal as its own section after the header."""
 
@@ -227,6 +237,46 @@ class AgentSnapshot(_Model):
     @property
     def size_bytes(self) -> int:
         return len(self.archive)
+
+
+class TransferMode(str, Enum):
+    """What one workdir stream carries (protocol v2, ``agents.transfer``)."""
+
+    FULL = "full"  # the whole working directory; the source keeps running (pre-copy, round 1)
+    CHANGES = "changes"  # what changed since the last stream's manifest; the source keeps running
+    FINAL = "final"  # what changed since the last manifest, with the agent and its journal: source frozen
+
+
+class TransferHeader(_Model):
+    """First piece of a workdir stream. ``agent`` and ``journal`` only in a FINAL stream."""
+
+    format_version: int = SNAPSHOT_FORMAT_VERSION
+    mode: TransferMode
+    agent: Agent | None = None
+    journal: list[JournalEntry] = Field(default_factory=list)
+
+
+class TransferTrailer(_Model):
+    """Last piece of a workdir stream: what the sender yielded (checked by the receiver), the paths
+    gone since the manifest the stream was cut against, and what changed while it was sent."""
+
+    sha256: str
+    size_bytes: int = 0
+    deleted: list[str] = Field(default_factory=list)
+    dirty_bytes: int = 0  # changed since this stream's own manifest: the next pre-copy round's size
+
+
+TransferPiece = TransferHeader | bytes | TransferTrailer
+"""A workdir stream is: one ``TransferHeader``, data chunks (``bytes``, a few MiB each, one plain tar
+stream together), one ``TransferTrailer``."""
+
+
+class TransferReport(_Model):
+    """What a receiver applied from one stream."""
+
+    bytes_moved: int = 0
+    dirty_bytes: int = 0
+    members: int = 0
 
 
 class ClusterCapabilities(_Model):
@@ -456,6 +506,7 @@ __all__ = [
     "ExecResult",
     "FederationEvent",
     "FreezeOptions",
+    "FreezeReport",
     "HealthSettings",
     "Isolation",
     "JournalEntry",
@@ -469,6 +520,11 @@ __all__ = [
     "RestartPolicy",
     "SiteCapacity",
     "SpawnConfig",
+    "TransferHeader",
+    "TransferMode",
+    "TransferPiece",
+    "TransferReport",
+    "TransferTrailer",
     "new_agent_id",
     "new_migration_id",
     "now_s",

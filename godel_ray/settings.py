@@ -93,6 +93,21 @@ class SandboxPolicy(BaseModel):
     cgroups: bool = Field(default_factory=_cgroups_from_env)  # a cgroup per command where one can be made
 
 
+TRANSFER_CHUNK_ENV = "GODEL_TRANSFER_CHUNK_BYTES"
+DEFAULT_TRANSFER_CHUNK_BYTES = 4 * 1024 * 1024
+MIN_TRANSFER_CHUNK_BYTES = 4096
+
+
+def _transfer_chunk_from_env() -> int:
+    """``$GODEL_TRANSFER_CHUNK_BYTES`` (at least 4 KiB), else 4 MiB: small chunks slow a move down
+    (tests use that to write during a pre-copy)."""
+    raw = os.environ.get(TRANSFER_CHUNK_ENV, "").strip()
+    try:
+        return max(MIN_TRANSFER_CHUNK_BYTES, int(raw)) if raw else DEFAULT_TRANSFER_CHUNK_BYTES
+    except ValueError:
+        return DEFAULT_TRANSFER_CHUNK_BYTES
+
+
 class Limits(BaseModel):
     """Input limits enforced on every request (site and control plane alike), and the sandbox."""
 
@@ -112,7 +127,8 @@ class Limits(BaseModel):
     max_command_timeout_s: float = 24 * 3600.0
     default_command_timeout_s: float = 3600.0
     max_snapshot_bytes: int = 1024 * 1024 * 1024
-    snapshot_chunk_bytes: int = 1024 * 1024
+    snapshot_chunk_bytes: int = 1024 * 1024  # one gRPC message of a snapshot or workdir stream
+    transfer_chunk_bytes: int = Field(default_factory=_transfer_chunk_from_env)  # one object of a workdir stream
     # The journal travels as its own section (one message per entry, never inside the header): its
     # entries and the bytes of their commands are bounded on their own, far above the message limit.
     max_snapshot_journal_entries: int = 1_000_000

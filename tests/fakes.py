@@ -23,9 +23,16 @@ from godel_ray.models import (
     ClusterChanges,
     ClusterHealthState,
     FederationEvent,
+    FreezeReport,
     SiteCapacity,
     SpawnConfig,
+    TransferHeader,
+    TransferMode,
+    TransferReport,
+    TransferTrailer,
 )
+
+PAYLOAD = b"x" * 100  # every fake workdir stream carries these bytes
 
 
 class FakeCall:
@@ -54,6 +61,8 @@ class FakeCluster:
         self.reconnects = 0
         self.news = asyncio.Event()  # set: a waiting ``wait_changes`` answers
         self._arrivals: asyncio.Condition | None = None
+        self.inbound: dict[str, int] = {}  # receive_open'ed streams: bytes pushed so far
+        self.frozen_at: float | None = None  # what a freeze reports as the moment it froze
 
     def gate(self, method: str) -> asyncio.Event:
         """Hold every ``method`` call until the returned event is set."""
@@ -108,6 +117,24 @@ class FakeCluster:
                           epoch=kwargs.get("epoch", 1))
             self.agents[agent_id] = agent
             return agent, True
+        if method == "prepare":
+            agent = args[0]
+            there = self.agents.get(agent.id)
+            if there is not None and not there.status.is_final:
+                raise AlreadyExists(f"agent {agent.id} exists on {self.id}")
+            self.agents[agent.id] = agent.model_copy(update={"status": AgentStatus.PENDING, "cluster_id": self.id})
+            return self.agents[agent.id]
+        if method == "receive_open":
+            self._live(args[0], kwargs.get("epoch", 0))
+            self.inbound[args[0]] = 0
+            return args[0]
+        if method == "push":
+            if isinstance(args[1], bytes):
+                self.inbound[args[0]] += len(args[1])
+            return None
+        if method == "receive_close":
+            moved = self.inbound.pop(args[0], 0)
+            return TransferReport(bytes_moved=0 if args[1:] and args[1] else moved)
         if method == "import_":
             snapshot: AgentSnapshot = args[0]
             agent = snapshot.agent.model_copy(update={"status": AgentStatus.RUNNING, "cluster_id": self.id})
@@ -120,6 +147,14 @@ class FakeCluster:
             return AgentSnapshot(agent=agent, archive=b"x" * 100, sha256="0" * 64)
         if method == "status":
             return agent
+        if method == "freeze":
+            self.agents[agent.id] = agent.model_copy(update={"status": AgentStatus.MIGRATING})
+            return FreezeReport(agent=self.agents[agent.id], frozen_at=self.frozen_at)
+        if method == "send":
+            return agent
+        if method == "activate":
+            self.agents[agent.id] = agent.model_copy(update={"status": AgentStatus.RUNNING})
+            return self.agents[agent.id]
         if method == "resume":
             self.agents[agent.id] = agent.model_copy(update={"status": AgentStatus.RUNNING})
             return self.agents[agent.id]
@@ -132,6 +167,24 @@ class FakeCluster:
         raise AssertionError(f"FakeCluster: unexpected {method}")
 
 
+class FakeStream:
+    """What ``ClusterGateway.send`` returns: ``refs()`` yields the pieces themselves (no object store)."""
+
+    def __init__(self, cluster: FakeCluster, agent_id: str, mode: TransferMode, epoch: int) -> None:
+        self.cluster, self.agent_id, self.mode, self.epoch = cluster, agent_id, mode, epoch
+        self.cancelled = False
+
+    async def refs(self) -> Any:
+        agent = await self.cluster.handle("send", self.agent_id, mode=self.mode, epoch=self.epoch)
+        final = self.mode is TransferMode.FINAL
+        yield TransferHeader(mode=self.mode, agent=agent if final else None)
+        yield PAYLOAD
+        yield TransferTrailer(sha256="0" * 64, size_bytes=len(PAYLOAD))
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class FakeGateway:
     """``ClusterGateway``'s surface over a ``FakeCluster``."""
 
@@ -139,6 +192,9 @@ class FakeGateway:
         self.cluster_id = cluster.id
         self.cluster = cluster
         self.handle = cluster
+
+    def send(self, agent_id: str, mode: TransferMode, *, epoch: int = 0) -> FakeStream:
+        return FakeStream(self.cluster, agent_id, mode, epoch)
 
     def __getattr__(self, method: str) -> Callable[..., FakeCall]:
         def call(*args: Any, **kwargs: Any) -> FakeCall:

@@ -25,6 +25,9 @@ Invariants:
   order, until the runtime collects them (``command_events``, batched off the hot path);
 - a command that hit a sandbox limit leaves the agent running, with ``status_reason`` naming the
   command and the limit; every such note and the final status count as a change (``wait_change``).
+- an *importing* actor (protocol v2's prepared target) stays PENDING, serving no command, with an
+  empty staging directory that workdir streams are applied to (``receive_*``), one at a time, in
+  order; ``activate`` renames the staging directory to the workdir and only then runs it.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ from typing import Any
 from godel_ray.agents import sandbox as sbx
 from godel_ray.agents import snapshot as snap
 from godel_ray.agents.criu import live_process_refusal
+from godel_ray.agents.inbox import Inbox
 from godel_ray.agents.process import ProcessControl, kill_process_group, release_agent_cgroup, run_streaming
+from godel_ray.agents.transfer import WorkdirStream, dirty_bytes
 from godel_ray.agents.workdir import remove_tree
 from godel_ray.core.cluster_client import KILL_REASON_MIGRATED, collect
 from godel_ray.core.gpu import GPU_TYPE_RESOURCE_UNITS, gpu_type_resource
@@ -61,8 +66,14 @@ from godel_ray.models import (
     ExecChunk,
     ExecResult,
     FreezeOptions,
+    FreezeReport,
     Isolation,
     JournalEntry,
+    TransferHeader,
+    TransferMode,
+    TransferPiece,
+    TransferReport,
+    TransferTrailer,
     now_s,
 )
 from godel_ray.raykit import rayapi
@@ -83,8 +94,12 @@ class AgentActor:
 
     def __init__(self, agent: Agent, workdir_root: str, archive: bytes | None = None,
                  journal: list[JournalEntry] | None = None, sha256: str = "",
-                 limits: Limits = LIMITS, pooled: bool = False) -> None:
+                 limits: Limits = LIMITS, pooled: bool = False, importing: bool = False) -> None:
         self._agent = agent.model_copy(deep=True)
+        self._importing = importing  # a prepared migration target: staging only until ``activate``
+        self._workdir_root = workdir_root
+        self._manifest: dict[str, Any] | None = None  # what the last stream sent (the base of a delta)
+        self._inbox: Inbox | None = None
         self._pooled = pooled  # a warm-pool member: idle until ``adopt`` gives it an identity
         self._adopted = False
         self._workdir = os.path.join(workdir_root, agent.id)
@@ -116,6 +131,10 @@ class AgentActor:
         """Create (or restore) the working directory and start the lifetime clock. Idempotent."""
         if self._pooled and not self._adopted:
             raise FailedPrecondition(f"actor {self._agent.id} is an idle warm-pool member: adopt it first")
+        if self._importing:
+            if self._agent.status == AgentStatus.PENDING:
+                await asyncio.to_thread(self._fresh_staging)
+            return self.info()
         if self._agent.status == AgentStatus.PENDING:
             if self._archive is not None:
                 archive, self._archive = self._archive, None
@@ -131,7 +150,8 @@ class AgentActor:
         return self.info()
 
     async def adopt(self, agent: Agent, workdir_root: str, archive: bytes | None = None,
-                    journal: list[JournalEntry] | None = None, sha256: str = "") -> Agent:
+                    journal: list[JournalEntry] | None = None, sha256: str = "", importing: bool = False
+                    ) -> Agent:
         """Give a warm-pool member its identity (id, config, env, workdir, epoch), then ``start``.
 
         Only once, only on a pool member that was never started: a second adopt is refused, so
@@ -143,6 +163,8 @@ class AgentActor:
         self._adopted = True
         self._agent = agent.model_copy(deep=True)
         self._workdir = os.path.join(workdir_root, agent.id)
+        self._workdir_root = workdir_root
+        self._importing = importing
         self._archive = archive
         self._sha256 = sha256
         self._journal = list(journal or [])
@@ -350,8 +372,9 @@ class AgentActor:
 
     # --- freeze / resume / terminate ---------------------------------------------------------
 
-    async def freeze(self, options: FreezeOptions | None = None) -> Agent:
-        """Freeze the agent for a move; return once it is frozen (no command runs, new ones wait).
+    async def freeze(self, options: FreezeOptions | None = None) -> FreezeReport:
+        """Freeze the agent for a move; return once it is frozen (no command runs, new ones wait),
+        with when it froze and the journal entry of the command it interrupted (if any).
 
         LIVE_PROCESS: at once when idle, else ``LiveProcessUnavailable`` with the reason (CRIU is
         not used yet: ``agents.criu``), nothing frozen. WAIT (the default): at the first idle moment, when no command runs and none waits; until
@@ -362,13 +385,14 @@ class AgentActor:
         options = options or FreezeOptions()
         self._check_running()
         if not self._unfrozen.is_set():
-            return self.info()
+            return self._freeze_report(None)
         if options.busy is BusyPolicy.LIVE_PROCESS and not self._idle():
             reason = await asyncio.to_thread(live_process_refusal)
             raise LiveProcessUnavailable(
                 f"agent {self._agent.id} cannot move with its running command: {reason}. Nothing was frozen; "
                 "move it when idle (the default) or interrupt the command (--interrupt)",
                 agent_id=self._agent.id, reason=reason)
+        interrupted: int | None = None
         if options.busy is BusyPolicy.INTERRUPT:
             self._moving_to = options.target
             self._hold_commands()
@@ -378,12 +402,17 @@ class AgentActor:
                 running.interrupt(f"interrupted to move agent {self._agent.id} to {where}", options.grace_s)
             async with self._lock:  # the interrupted command has been reaped
                 pass
+            if running is not None and self._journal and self._journal[-1].interrupted:
+                interrupted = self._journal[-1].seq
         else:
             await self._until_idle(options.busy_timeout_s)
             self._hold_commands()  # no await since the idle check: nothing slipped in
             self._moving_to = options.target
         self._frozen_at = now_s()
-        return self.info()
+        return self._freeze_report(interrupted)
+
+    def _freeze_report(self, interrupted_seq: int | None) -> FreezeReport:
+        return FreezeReport(agent=self.info(), frozen_at=self._frozen_at, interrupted_seq=interrupted_seq)
 
     def _hold_commands(self) -> None:
         self._unfrozen.clear()
@@ -437,8 +466,92 @@ class AgentActor:
         for pgid in self._pgids:  # background children the commands left behind
             kill_process_group(pgid, SIGKILL)
         await asyncio.to_thread(release_agent_cgroup, self._agent.id)  # once those processes are gone
+        if self._inbox is not None:
+            self._inbox.abort()
+            self._inbox = None
+        if self._importing:
+            await asyncio.to_thread(remove_tree, self._staging)
+            return self.info()  # the workdir at this path, if any, is not this copy's
         await asyncio.to_thread(remove_tree, self._workdir)  # read-only dirs too: a re-import needs the path
         return self.info()
+
+    # --- workdir streams (protocol v2) -------------------------------------------------------
+
+    @property
+    def _staging(self) -> str:
+        return os.path.join(self._workdir_root, f".staging-{self._agent.id}")
+
+    def _fresh_staging(self) -> None:
+        remove_tree(self._staging)  # left by an earlier attempt that did not finish
+        os.makedirs(self._staging, mode=0o700)
+
+    async def send(self, mode: TransferMode) -> AsyncIterator[TransferPiece]:
+        """Stream the workdir: a header, the tar in ``limits.transfer_chunk_bytes`` chunks, a trailer.
+
+        FULL: the whole tree, commands keep running. CHANGES: what changed since the last stream's
+        manifest. FINAL: the same, with the agent and its journal; only while frozen (``freeze``).
+        """
+        self._check_running_or_frozen()
+        if mode is TransferMode.FINAL and self._agent.status is not AgentStatus.MIGRATING:
+            raise FailedPrecondition(f"agent {self._agent.id} must be frozen before its final delta")
+        if mode is not TransferMode.FULL and self._manifest is None:
+            raise FailedPrecondition(f"agent {self._agent.id}: a delta needs a full stream first")
+        final = mode is TransferMode.FINAL
+        stream = WorkdirStream(self._workdir, max_bytes=self._limits.max_snapshot_bytes,
+                               chunk_bytes=self._limits.transfer_chunk_bytes,
+                               since=None if mode is TransferMode.FULL else self._manifest)
+        yield TransferHeader(mode=mode, agent=self.info() if final else None,
+                             journal=self.journal() if final else [])
+        chunks = iter(stream)
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield chunk
+        self._manifest = stream.manifest
+        dirty = 0 if final else await asyncio.to_thread(dirty_bytes, self._workdir, stream.manifest)
+        yield TransferTrailer(sha256=stream.sha256, size_bytes=stream.size, deleted=stream.deleted,
+                              dirty_bytes=dirty)
+
+    def _check_importing(self) -> None:
+        if not self._importing or self._agent.status is not AgentStatus.PENDING:
+            raise FailedPrecondition(f"agent {self._agent.id} here is not a prepared migration target "
+                                     f"({self._agent.status.value})", agent_id=self._agent.id)
+
+    async def receive_begin(self, header: TransferHeader) -> None:
+        """Open the stream ``header`` starts: its chunks are applied to staging as they come."""
+        self._check_importing()
+        if self._inbox is not None:
+            self._inbox.abort()
+        self._inbox = Inbox(header, self._staging, self._limits)
+        if header.mode is TransferMode.FINAL and header.agent is not None:
+            self._journal = list(header.journal)
+            self._agent.started_at = header.agent.started_at or self._agent.started_at
+
+    async def receive_chunk(self, data: bytes) -> None:
+        self._check_importing()
+        if self._inbox is None:
+            raise FailedPrecondition(f"agent {self._agent.id}: a chunk came before its stream's header")
+        await self._inbox.put(data)
+
+    async def receive_end(self, trailer: TransferTrailer) -> TransferReport:
+        """Close the stream: wait until it is applied and checked; what it moved."""
+        self._check_importing()
+        inbox, self._inbox = self._inbox, None
+        if inbox is None:
+            raise FailedPrecondition(f"agent {self._agent.id}: a stream ended that never began")
+        return await inbox.finish(trailer)
+
+    async def activate(self) -> Agent:
+        """The staging directory becomes the workdir; the agent runs (its lifetime clock resumes)."""
+        self._check_importing()
+        if self._inbox is not None:
+            raise FailedPrecondition(f"agent {self._agent.id}: a stream is still being received")
+        await asyncio.to_thread(self._promote_staging)
+        self._importing = False
+        return await self.start()
+
+    def _promote_staging(self) -> None:
+        remove_tree(self._workdir)  # an older copy's leftovers at this path
+        os.rename(self._staging, self._workdir)
+        os.chmod(self._workdir, 0o700)
 
     # --- state -----------------------------------------------------------------------------
 
@@ -497,18 +610,19 @@ def actor_options(agent: Agent, accelerator_type: str | None = None) -> dict[str
 def create_agent_actor(agent: Agent, workdir_root: str, archive: bytes | None = None,
                        journal: list[JournalEntry] | None = None, *, sha256: str = "",
                        accelerator_type: str | None = None, limits: Limits = LIMITS,
-                       pooled: bool = False) -> AgentGateway:
+                       pooled: bool = False, importing: bool = False) -> AgentGateway:
     """Create the actor for ``agent`` (options from ``actor_options``); return its typed gateway.
 
     ``accelerator_type`` is the GPU type exactly as the cluster advertises it (the runtime resolves
     "A100" to "nvidia-a100", see ``core.gpu``); it defaults to ``agent.config.gpu_type``. Call
     ``start`` on the gateway and await it: that is where the workdir is created or restored from
     ``archive``. With ``pooled`` the actor is a warm-pool member: ``agent`` is a placeholder and
-    ``adopt`` (not ``start``) later gives it its real identity. Ray errors are GodelErrors.
+    ``adopt`` (not ``start``) later gives it its real identity. With ``importing`` it is a prepared
+migration target (see ``AgentActor``). Ray errors are GodelErrors.
     """
     with rayapi.mapped(f"agent {agent.id}"):
         handle = rayapi.remote_actor(AgentActor, actor_options(agent, accelerator_type),
-                                     agent, workdir_root, archive, journal, sha256, limits, pooled)
+                                     agent, workdir_root, archive, journal, sha256, limits, pooled, importing)
     return AgentGateway(agent.id, handle)
 
 

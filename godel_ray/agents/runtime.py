@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -37,6 +38,7 @@ from godel_ray.agents import snapshot as snap
 from godel_ray.agents.actor import create_agent_actor
 from godel_ray.agents.admission import StartGate
 from godel_ray.agents.capacity import NodeResources, placement_problem, site_capacity, wants
+from godel_ray.agents.inbox import regrouped
 from godel_ray.agents.pool import WarmPool, pool_sizes
 from godel_ray.agents.resource_cache import ResourceCache
 from godel_ray.agents.table import AgentEntry, AgentTable, record
@@ -56,6 +58,7 @@ from godel_ray.errors import (
     CommandInterrupted,
     DeadlineExceeded,
     GodelError,
+    InvalidArgument,
     ResourceExhausted,
     StaleEpoch,
 )
@@ -70,9 +73,15 @@ from godel_ray.models import (
     ExecResult,
     FederationEvent,
     FreezeOptions,
+    FreezeReport,
     JournalEntry,
     SiteCapacity,
     SpawnConfig,
+    TransferHeader,
+    TransferMode,
+    TransferPiece,
+    TransferReport,
+    TransferTrailer,
     new_agent_id,
     now_s,
 )
@@ -154,14 +163,14 @@ class AgentRuntime:
     # --- creation ----------------------------------------------------------------------------
 
     async def _create(self, agent: Agent, archive: bytes | None = None, sha256: str = "",
-                      journal: list[JournalEntry] | None = None) -> Agent:
+                      journal: list[JournalEntry] | None = None, importing: bool = False) -> Agent:
         """Create and start the actor for ``agent``; on any failure nothing is left behind. The warm
         pool refills only once starts have stopped for a moment (``WarmPool.starting``)."""
         with self.pool.starting():
-            return await self._start_agent(agent, archive, sha256, journal)
+            return await self._start_agent(agent, archive, sha256, journal, importing)
 
     async def _start_agent(self, agent: Agent, archive: bytes | None, sha256: str,
-                           journal: list[JournalEntry] | None) -> Agent:
+                           journal: list[JournalEntry] | None, importing: bool) -> Agent:
         if self._closed:
             raise AgentNotRunning(f"the agent runtime of cluster {self.name} is closed")
         previous = self._table.get(agent.id)
@@ -183,7 +192,7 @@ class AgentRuntime:
             self._table.put(entry)
             try:
                 started = await self._table.ask(entry, lambda a: a.adopt(agent, self.workdir_root, archive, journal,
-                                                                   sha256), self._ready_timeout_s)
+                                                                   sha256, importing), self._ready_timeout_s)
             except GodelError as exc:  # the member died meanwhile: start a fresh actor
                 log.warning("agent %s: warm-pool actor unusable (%s); starting a fresh one", agent.id, exc)
                 member.kill()
@@ -209,7 +218,8 @@ class AgentRuntime:
             # at most about as many cold starts at once as the cluster has cores; the rest wait in order
             async with self._starts.admitted(int(total.get("CPU", 1.0)), self._admission_timeout_s):
                 entry.actor = create_agent_actor(agent, self.workdir_root, archive, journal, sha256=sha256,
-                                                 accelerator_type=accel, limits=self._limits)
+                                                 accelerator_type=accel, limits=self._limits,
+                                                 importing=importing)
                 try:
                     started = await self._table.ask(entry, AgentGateway.start, self._ready_timeout_s)
                 except DeadlineExceeded:
@@ -443,11 +453,10 @@ class AgentRuntime:
         async for event in self._log.follow(since_seq):
             yield event
 
-    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False,
-                     freeze_options: FreezeOptions | None = None) -> AgentSnapshot:
+    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot:
         entry, _ = self._table.live(agent_id, epoch)
-        if freeze:  # AgentBusy when it never became idle: nothing frozen, nothing to undo
-            self._table.set_agent(entry, await self._table.ask(entry, lambda a: a.freeze(freeze_options)))
+        if freeze:  # the running command finishes first (AgentBusy past the default busy timeout: nothing frozen)
+            self._table.set_agent(entry, (await self._table.ask(entry, AgentGateway.freeze)).agent)
         try:
             snapshot = await self._table.ask(entry, AgentGateway.export)
         except BaseException:
@@ -472,6 +481,75 @@ class AgentRuntime:
             self._idempotency.setdefault(agent.config.idempotency_key, agent.id)
         self._emit(EventType.AGENT_IMPORTED, agent.id, epoch=agent.epoch, bytes=snapshot.size_bytes)
         return created
+
+    # --- protocol v2: prepare, freeze, workdir streams, activate ----------------------------------
+
+    async def prepare(self, agent: Agent) -> Agent:
+        """Create ``agent`` (id, config, the epoch it will run at) importing: its actor holds its
+        resources (warm pool first), an empty staging directory; PENDING until ``activate``."""
+        validate_agent_id(agent.id)
+        validate_spawn_config(agent.config, self._limits)
+        prepared = await self._create(agent, importing=True)
+        if agent.config.idempotency_key:
+            self._idempotency.setdefault(agent.config.idempotency_key, agent.id)
+        self._emit(EventType.AGENT_STATUS, agent.id, status=prepared.status.value, reason="importing",
+                   epoch=agent.epoch)
+        return prepared
+
+    async def freeze(self, agent_id: str, *, epoch: int = 0, options: FreezeOptions | None = None) -> FreezeReport:
+        """Freeze as ``options`` say (``AgentActor.freeze``: WAIT for idle, or INTERRUPT the running
+        command); new commands wait (``resume`` undoes it). AgentBusy/LiveProcessUnavailable: nothing frozen."""
+        entry, _ = self._table.live(agent_id, epoch)
+        report = await self._table.ask(entry, lambda a: a.freeze(options))
+        self._table.set_agent(entry, report.agent)
+        return report.model_copy(update={"agent": entry.agent})
+
+    async def send(self, agent_id: str, mode: TransferMode, *, epoch: int = 0) -> AsyncIterator[TransferPiece]:
+        """The agent's workdir stream (``AgentActor.send``), piece by piece."""
+        entry, actor = self._table.live(agent_id, epoch)
+        stream = actor.send(mode)
+        moved = 0
+        finished = False
+        try:
+            async for piece in stream:
+                if isinstance(piece, bytes):
+                    moved += len(piece)
+                finished = isinstance(piece, TransferTrailer)
+                yield piece
+        except (rayapi.ActorUnreachable, rayapi.ActorDied) as exc:
+            finished = True
+            raise self._table.failure(entry, exc) from None
+        finally:
+            if not finished:
+                stream.cancel()
+        self._emit(EventType.AGENT_EXPORTED, agent_id, bytes=moved, mode=mode.value)
+
+    async def receive(self, agent_id: str, pieces: AsyncIterator[TransferPiece], *, epoch: int = 0
+                      ) -> TransferReport:
+        """Apply one workdir stream to the importing ``agent_id``'s staging, a call per regrouped chunk."""
+        entry = self._table.entry(agent_id, epoch)
+        if entry.actor is None or entry.agent.status is not AgentStatus.PENDING:
+            raise AgentNotRunning(f"agent {agent_id} is not importing here ({entry.agent.status.value})", agent_id=agent_id)
+        it = aiter(regrouped(pieces, self._limits.transfer_chunk_bytes))
+        header = await anext(it, None)
+        if not isinstance(header, TransferHeader):
+            raise InvalidArgument("a workdir stream must begin with its header")
+        await self._table.ask(entry, functools.partial(AgentGateway.receive_begin, header=header))
+        async for piece in it:
+            if isinstance(piece, TransferTrailer):
+                return await self._table.ask(entry, functools.partial(AgentGateway.receive_end, trailer=piece))
+            if not isinstance(piece, bytes):
+                raise InvalidArgument(f"a workdir stream carried a {type(piece).__name__} after its header")
+            await self._table.ask(entry, functools.partial(AgentGateway.receive_chunk, data=piece))
+        raise InvalidArgument("the workdir stream ended without its trailer")
+
+    async def activate(self, agent_id: str, *, epoch: int = 0) -> Agent:
+        """The importing copy's staging becomes its workdir; it runs at its epoch."""
+        entry = self._table.entry(agent_id, epoch)
+        started = await self._table.ask(entry, AgentGateway.activate, self._ready_timeout_s)
+        self._table.set_agent(entry, started)
+        self._emit(EventType.AGENT_IMPORTED, agent_id, epoch=started.epoch, streamed=True)
+        return entry.agent
 
     async def resume(self, agent_id: str, *, epoch: int = 0) -> Agent:
         entry, _ = self._table.live(agent_id, epoch)

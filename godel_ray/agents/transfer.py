@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import posixpath
 import stat
 import tarfile
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from godel_ray.agents import snapshot as snap
+from godel_ray.agents.workdir import remove_tree
 from godel_ray.errors import InvalidArgument, SnapshotRejected
 from godel_ray.settings import LIMITS, Limits
 
@@ -65,7 +67,10 @@ class WorkdirStream:
 
     Invariants: the chunks, concatenated (and decompressed when ``codec`` is zstd), are one valid
     tar stream whose uncompressed size is at most ``max_bytes``; ``sha256`` is over the bytes as
-    yielded (compressed when compressed); iterating twice is refused.
+    yielded (compressed when compressed); iterating twice is refused. With ``since`` (a delta) the
+    stream holds only the members new or changed since that manifest (by size, mtime_ns, ctime_ns,
+    inode and kind, or torn then), ``deleted`` lists the manifest's paths that are gone, and
+    ``manifest`` still describes the whole tree as it is now (the base of the next delta).
     """
 
     path: str
@@ -77,6 +82,8 @@ class WorkdirStream:
     size: int = 0  # bytes yielded
     tar_bytes: int = 0  # uncompressed tar bytes
     manifest: dict[str, FileState] = field(default_factory=dict)
+    since: dict[str, FileState] | None = None  # a delta: only what changed since this manifest
+    deleted: list[str] = field(default_factory=list)  # a delta: paths of ``since`` gone now (after the stream)
     _started: bool = False
 
     def __post_init__(self) -> None:
@@ -113,8 +120,11 @@ class WorkdirStream:
         with tarfile.TarFile(fileobj=io.BytesIO(), mode="w", format=tarfile.PAX_FORMAT) as tar:
             for full, arcname in _members(root):
                 try:
-                    info = tar.gettarinfo(full, arcname)
                     st = os.lstat(full)
+                    if self.since is not None and not changed(self.since.get(arcname), st):
+                        self.manifest[arcname] = self.since[arcname]
+                        continue
+                    info = tar.gettarinfo(full, arcname)  # only for a member sent: hard links point to one sent
                 except FileNotFoundError:
                     continue  # vanished while walked (the source keeps running): the delta sees it
                 header = info.tobuf(tarfile.PAX_FORMAT, tar.encoding, tar.errors)
@@ -125,8 +135,10 @@ class WorkdirStream:
                 torn = False
                 if info.isreg():
                     torn = yield from self._data(full, info.size)
-                self.manifest[arcname] = FileState(size=info.size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns,
+                self.manifest[arcname] = FileState(size=st.st_size if info.islnk() else info.size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns,
                                                    inode=st.st_ino, kind=kind, torn=torn)
+        if self.since is not None:
+            self.deleted = sorted(set(self.since) - set(self.manifest))
         end = 2 * _BLOCK
         pad = (-(self.tar_bytes + end)) % _RECORD
         self._count(end + pad)
@@ -191,6 +203,36 @@ class WorkdirStream:
             yield compressor.flush()
 
         yield from self._rechunk(compressed())  # zstd emits in its own blocks: cut them to chunk_bytes again
+
+
+def _kind(mode: int) -> str:
+    return "dir" if stat.S_ISDIR(mode) else "link" if stat.S_ISLNK(mode) else "file"
+
+
+def changed(before: FileState | None, st: os.stat_result) -> bool:
+    """Whether a path now at ``st`` differs from what a manifest recorded (None: not there then)."""
+    if before is None or before.torn:
+        return True
+    kind = "file" if before.kind == "hardlink" else before.kind
+    return ((before.size if kind == "file" else 0, before.mtime_ns, before.ctime_ns, before.inode, kind)
+            != (st.st_size if kind == "file" else 0, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, _kind(st.st_mode)))
+
+
+def dirty_bytes(path: str, manifest: dict[str, FileState]) -> int:
+    """About how many bytes a delta against ``manifest`` would carry now: changed and new files'
+    sizes plus a block per changed or vanished entry (a stat walk, no data read)."""
+    root = os.path.realpath(path)
+    total = 0
+    seen: set[str] = set()
+    for full, arcname in _members(root):
+        seen.add(arcname)
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            continue
+        if changed(manifest.get(arcname), st):
+            total += _BLOCK + (st.st_size if stat.S_ISREG(st.st_mode) else 0)
+    return total + _BLOCK * len(set(manifest) - seen)
 
 
 def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
@@ -300,4 +342,57 @@ def unpack_stream(chunks: Iterable[bytes], dest: str, *, expected_sha256: Callab
     return snap.unpack_into(dest, walk)
 
 
-__all__ = ["CODECS", "STREAM_CHUNK_BYTES", "Codec", "FileState", "WorkdirStream", "unpack_stream"]
+def apply_stream(chunks: Iterable[bytes], root: str, *, expected_sha256: Callable[[], str],
+                 deleted: Callable[[], list[str]], codec: Codec = "none",
+                 max_bytes: int = LIMITS.max_snapshot_bytes, limits: Limits = LIMITS,
+                 deadline: float | None = None) -> snap.ArchiveSummary:
+    """Apply a delta stream to the existing tree ``root`` (a staging directory): each member, with
+    ``snapshot``'s checks, replaces what is at its path; then, once the stream ended and its checksum
+    matched, the ``deleted`` paths go. A fault raises ``SnapshotRejected`` and leaves ``root``
+    partly updated: a staging directory is never activated after a failed delta (the move rolls back).
+    """
+    root = os.path.realpath(root)
+    if not os.path.isdir(root):
+        raise SnapshotRejected(f"cannot apply a delta to {root}: no such directory")
+    reader = _ChunkReader(chunks, codec)
+
+    def extract(tar: tarfile.TarFile, member: tarfile.TarInfo, norm: str) -> None:
+        if norm == ".":
+            return
+        snap._check_resolved(root, norm, member)
+        target = os.path.join(root, norm)
+        try:
+            mode: int | None = os.lstat(target).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and not (member.isdir() and stat.S_ISDIR(mode)):
+            remove_tree(target)  # a file, a link, or an entry of another kind: replaced whole
+        member.name = norm
+        if member.islnk():
+            member.linkname = posixpath.normpath(member.linkname)
+        tar.extract(member, path=root, set_attrs=True, filter="data")
+
+    try:
+        summary = snap.walk_tar(reader, max_bytes, extract, limits, deadline)
+    except SnapshotRejected:
+        raise
+    except Exception as exc:  # zstd errors and the like: the stream is corrupt
+        raise SnapshotRejected(f"snapshot stream is corrupt: {exc}") from exc
+    reader.drain()
+    expected = (expected_sha256() or "").lower()
+    if reader.sha256 != expected:
+        raise SnapshotRejected("delta checksum mismatch: the stream was corrupted or altered in transit "
+                               f"(got {reader.sha256[:16]}..., sender says {expected[:16] or '(none)'}...)")
+    for name in deleted():
+        norm = posixpath.normpath(name)
+        if not name or "\x00" in name or name.startswith("/") or ".." in norm.split("/") or norm == ".":
+            raise SnapshotRejected(f"delta deletes {name!r}: not a path inside the working directory")
+        parent = os.path.realpath(os.path.join(root, posixpath.dirname(norm)))
+        if not snap._inside(root, parent):
+            raise SnapshotRejected(f"delta deletes {name!r} through a link that leaves the working directory")
+        remove_tree(os.path.join(parent, posixpath.basename(norm)))
+    return summary
+
+
+__all__ = ["CODECS", "STREAM_CHUNK_BYTES", "Codec", "FileState", "WorkdirStream", "apply_stream", "changed",
+           "dirty_bytes", "unpack_stream"]

@@ -9,7 +9,7 @@ actor. Each public method routes to the one owner of what it asks about; no owne
     AgentOps           kill (the kill wins), status, journal, explain
     Reconciler         start-up reconciliation, orphan sweep, event ingestion
     Checkpoints        one checkpoint format, write path and restore path
-    MigrationExecutor  live migration (``godel_ray.core.migration`` decides)
+    MigrationExecutor  live migration (``godel_ray.core.live_migration`` decides)
     Failover           periodic checkpoints, restore after a cluster's death, stale copies
 
 The store is read once, when the balancer takes the control-plane lease (``control/lease.py``);

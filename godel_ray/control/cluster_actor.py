@@ -62,15 +62,20 @@ from godel_ray.models import (
     ExecResult,
     FederationEvent,
     FreezeOptions,
+    FreezeReport,
     JournalEntry,
     SiteCapacity,
     SpawnConfig,
+    TransferMode,
+    TransferPiece,
+    TransferReport,
 )
 from godel_ray.raykit import metrics
 
 log = logging.getLogger(__name__)
 
 LOCAL_HEARTBEAT_TIMEOUT_S = 10.0  # local's "heartbeat" reads Ray's resources in-process: not a network probe
+INBOUND_PIECES = 2  # pieces of an inbound workdir stream queued ahead of the client (backpressure)
 EVENT_RETRY_DELAY_S = 1.0  # after the event stream failed in a way the client did not retry
 CHANNEL_RETRY_DELAY_S = 1.0  # after watching the channel's state failed
 LOCAL_WORKDIR_NAME = "local"  # under ``settings.work_dir``: the ``local`` cluster's agents' workdirs
@@ -139,6 +144,7 @@ class ClusterActor:
         self.reconnects = 0  # returns from offline
         self._told = self._telling(self.tracker.state)
         self._changed = asyncio.Event()  # set (and replaced) at every buffered event or health change
+        self._inbound: dict[str, tuple[asyncio.Queue[TransferPiece | None], asyncio.Task[TransferReport]]] = {}
 
     def _stored_site_seq(self) -> int:
         # The runtime of ``local`` lives in this process and starts from 0 after a restart; a site
@@ -422,10 +428,9 @@ class ClusterActor:
                           labels: dict[str, str] | None = None) -> list[Agent]:
         return [self._mine(a) for a in await self.client.list_agents(status, labels)]
 
-    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False,
-                     freeze_options: FreezeOptions | None = None) -> AgentSnapshot:
+    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot:
         self._check_fence(agent_id, epoch)
-        return await self.client.export(agent_id, epoch=epoch, freeze=freeze, freeze_options=freeze_options)
+        return await self.client.export(agent_id, epoch=epoch, freeze=freeze)
 
     async def import_(self, snapshot: AgentSnapshot) -> Agent:
         agent = self._mine(await self.client.import_(snapshot))
@@ -435,6 +440,72 @@ class ClusterActor:
     async def resume(self, agent_id: str, *, epoch: int = 0) -> Agent:
         self._check_fence(agent_id, epoch)
         return self._mine(await self.client.resume(agent_id, epoch=epoch))
+
+    # --- protocol v2: workdir streams piece by piece --------------------------------------------
+
+    async def prepare(self, agent: Agent) -> Agent:
+        agent = self._mine(await self.client.prepare(agent))
+        self._refresh_soon()
+        return agent
+
+    async def freeze(self, agent_id: str, *, epoch: int = 0, options: FreezeOptions | None = None) -> FreezeReport:
+        self._check_fence(agent_id, epoch)
+        report = await self.client.freeze(agent_id, epoch=epoch, options=options)
+        return report.model_copy(update={"agent": self._mine(report.agent)})
+
+    async def send(self, agent_id: str, mode: TransferMode, *, epoch: int = 0) -> AsyncIterator[TransferPiece]:
+        """The agent's workdir stream; called as a Ray streaming generator, each piece one object."""
+        self._check_fence(agent_id, epoch)
+        async for piece in self.client.send(agent_id, mode, epoch=epoch):
+            yield piece
+
+    async def receive_open(self, agent_id: str, *, epoch: int = 0) -> str:
+        """Start applying an inbound stream to the importing ``agent_id``; ``push`` feeds it piece by
+        piece (at most ``INBOUND_PIECES`` queued), ``receive_close`` waits for the result."""
+        pieces: asyncio.Queue[TransferPiece | None] = asyncio.Queue(maxsize=INBOUND_PIECES)
+
+        async def stream() -> AsyncIterator[TransferPiece]:
+            while (piece := await pieces.get()) is not None:
+                yield piece
+
+        stream_id = uuid.uuid4().hex
+        task = asyncio.create_task(self.client.receive(agent_id, stream(), epoch=epoch),
+                                   name=f"receive-{agent_id}-{stream_id[:8]}")
+        self._inbound[stream_id] = (pieces, task)
+        return stream_id
+
+    async def _feed(self, stream_id: str, piece: TransferPiece | None) -> None:
+        inbound = self._inbound.get(stream_id)
+        if inbound is None:
+            raise FailedPrecondition(f"no inbound stream {stream_id[:8]} on cluster {self.cluster.id}")
+        pieces, task = inbound
+        put = asyncio.ensure_future(pieces.put(piece))
+        await asyncio.wait({put, task}, return_when=asyncio.FIRST_COMPLETED)
+        if put.done():
+            return
+        put.cancel()
+        self._inbound.pop(stream_id, None)
+        await task  # raises the receiver's fault
+        raise FailedPrecondition(f"cluster {self.cluster.id} finished the stream before its end")
+
+    async def push(self, stream_id: str, piece: TransferPiece) -> None:
+        await self._feed(stream_id, piece)
+
+    async def receive_close(self, stream_id: str, abort: bool = False) -> TransferReport:
+        """The stream is complete (its trailer was pushed): what the cluster applied. ``abort`` drops it."""
+        if abort:
+            inbound = self._inbound.pop(stream_id, None)
+            if inbound is not None:
+                inbound[1].cancel()
+            return TransferReport()
+        await self._feed(stream_id, None)
+        _, task = self._inbound.pop(stream_id)
+        return await task
+
+    async def activate(self, agent_id: str, *, epoch: int = 0) -> Agent:
+        agent = self._mine(await self.client.activate(agent_id, epoch=epoch))
+        self._refresh_soon()
+        return agent
 
     async def journal(self, agent_id: str) -> list[JournalEntry]:
         """The agent's command journal (local only: remote journals are mirrored from events)."""

@@ -1,21 +1,24 @@
-"""``MigrationExecutor``: the shell that carries out ``MigrationMachine``'s actions for the balancer.
+"""``MigrationExecutor``: the shell that carries out ``LiveMigrationMachine``'s actions for the balancer.
 
-The machine (``godel_ray.core.migration``) decides; this class performs each action against the
-source and target ClusterActors, reports the outcome back, and persists the ``Migration`` record
-and a ``migration.<phase>`` event after every step. What each action does here:
+The machine (``godel_ray.core.live_migration``, protocol v2) decides; this class performs each
+action against the source and target ClusterActors, reports the outcome back, and persists the
+``Migration`` record and a ``migration.<phase>`` event after every step. What each action does here:
 
-    Freeze + Export  source ``export(agent_id, epoch=epoch_from, freeze=True, freeze_options=...)``:
-                     one call; the snapshot travels BY VALUE to the balancer (Freeze is reported
-                     when it returns, with the snapshot's ``frozen_at``, Export right after with the
-                     bytes). The record's ``busy`` says what the freeze does with a running
-                     command: WAIT freezes at the first idle moment (``AgentBusy`` after
-                     ``busy_timeout_s``: rolled back, nothing frozen), INTERRUPT stops it
-    Transfer         ``rayapi.put`` of the snapshot (agent at ``epoch_to``) in the balancer: the
-                     balancer owns the object-store copy, so the source's death cannot take it along
-    Import           target ``import_(ref)``: Ray resolves the ObjectRef on the target's side
-    Verify           target ``status``: same id, ``epoch_to``, running
+    Prepare          target ``prepare(agent at epoch_to)``: an importing copy, resources held, empty
+                     staging (a cold worker start happens here, outside the downtime)
+    PreCopy(round)   ``stream``: source ``send(FULL)`` (round 1) or ``send(CHANGES)`` as a Ray
+                     streaming generator; each piece's object ref is pushed to the target's
+                     ``receive`` as it appears (Ray resolves it there): the bytes go source ->
+                     object store -> target, a few chunks in flight; this process holds refs only
+    Freeze           source ``freeze(options)``, one action on its own (``_freeze``): the record's
+                     ``busy`` says what it does with a running command: WAIT freezes at the first
+                     idle moment (``AgentBusy`` after ``busy_timeout_s``: rolled back, nothing
+                     frozen), INTERRUPT stops it; it reports ``frozen_at`` and ``interrupted_seq``
+    Delta            ``stream`` of ``send(FINAL)``: what changed since the last manifest, deletions,
+                     and the agent's journal
+    Activate         target ``activate``: staging becomes the workdir; it answers as running at epoch_to
     Commit           the agent row with the target cluster and ``epoch_to``: THE commit point,
-                     written only over the migrating row begin wrote (compare-and-set, in memory
+                     written only over the migrating row ``begin`` wrote (compare-and-set, in memory
                      and in the store): a kill that raced the move wins, the commit fails and
                      the move rolls back (the target copy is deleted), so no copy survives
     KillSource       source ``kill(epoch=epoch_from, reason=migrated)``: its waiting commands fail
@@ -23,43 +26,41 @@ and a ``migration.<phase>`` event after every step. What each action does here:
     Resume           rollback: source ``resume``
     DeleteTarget     rollback: target ``kill(epoch=epoch_to)`` (no copy there counts as done)
 
-The cooldown is recorded on every attempt that passed validation (state store ``meta``, kept in
-memory). The target's capacity is held in the ledger from ``begin`` until the commit switches the
-agent's own hold there, or released when the move rolls back.
-``downtime_s`` is the machine's (``godel_ray.core.migration``: freeze requested -> commit succeeded);
-this shell reports each step's outcome with the time it happened and never rewrites it.
+A step that raises anything but a cancellation is a failed step; the shell itself failing (a store
+error while persisting) is ``machine.abort``: the same rollback, so the source is resumed, never
+left frozen. The cooldown is recorded on every attempt that passed validation (state store
+``meta``, kept in memory). The target's capacity is held in the ledger from ``begin`` until the
+commit switches the agent's own hold there, or released when the move rolls back.
+``downtime_s`` is the machine's (source frozen, or else freeze requested -> commit succeeded); never rewritten here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from godel_ray.control.agent_table import AgentTable
 from godel_ray.control.eventlog import Emit
 from godel_ray.control.ledger import CapacityLedger, Demand
 from godel_ray.control.store import Store
 from godel_ray.core.cluster_client import KILL_REASON_MIGRATED
+from godel_ray.core.live_migration import Activate, Delta, LiveAction, LiveMigrationMachine, PreCopy, Prepare
 from godel_ray.core.migration import (
-    Action,
     Commit,
     DeleteTarget,
     Event,
-    Export,
     Finish,
     Freeze,
-    Import,
     KillSource,
-    MigrationMachine,
     Resume,
     StepFailed,
     StepSucceeded,
-    Transfer,
-    Verify,
     validate_migration,
 )
 from godel_ray.core.placement import ClusterView
@@ -75,16 +76,18 @@ from godel_ray.models import (
     DEFAULT_INTERRUPT_GRACE_S,
     LOCAL_CLUSTER_ID,
     Agent,
-    AgentSnapshot,
     AgentStatus,
     BusyPolicy,
     EventKind,
     EventType,
     FreezeOptions,
+    FreezeReport,
     Migration,
     MigrationPhase,
+    TransferMode,
+    TransferReport,
 )
-from godel_ray.raykit import metrics, rayapi
+from godel_ray.raykit import metrics
 from godel_ray.settings import busy_timeout_from_env
 
 if TYPE_CHECKING:
@@ -94,9 +97,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIGRATION_COOLDOWN_S = 30.0  # between two attempts to move the same agent
-EXPORT_TIMEOUT_S = 600.0  # the workdir is packed (plus the freeze's own wait: busy_timeout_s or the grace)
-IMPORT_TIMEOUT_S = 600.0  # a new actor may need a fresh worker process, then the workdir is unpacked
-STEP_TIMEOUT_S = 30.0  # verify, kill, resume
+FREEZE_TIMEOUT_S = 60.0  # the freeze itself, on top of its own wait: busy_timeout_s or the grace
+PREPARE_TIMEOUT_S = 600.0  # a new actor may need a fresh worker process
+PIECE_TIMEOUT_S = 300.0  # one piece of a workdir stream reaching the target (it waits for the source's)
+APPLY_TIMEOUT_S = 600.0  # the target finishing a stream once its last piece arrived
+STEP_TIMEOUT_S = 30.0  # activate, kill, resume
 COOLDOWN_ENV = "GODEL_MIGRATION_COOLDOWN_S"
 
 
@@ -134,15 +139,17 @@ class MigrationExecutor:
 
     Invariants: at most one migration per agent at a time (``in_progress``); the record is
     persisted after every step, so ``migrations()`` shows the live phase; the agent row changes
-    cluster only at Commit, and only over the migrating row (a racing kill wins); the snapshot's
-    object-store copy is owned by this process; the target's capacity is held from ``begin`` on.
+    cluster only at Commit, and only over the migrating row (a racing kill wins); no whole
+    snapshot passes through this process (it forwards object refs of a workdir stream's pieces);
+    the target's capacity is held from ``begin`` on; a source this shell froze is resumed on every
+    path that does not reach the commit.
     """
 
     def __init__(self, store: Store, table: AgentTable, gateway: Callable[[str], ClusterGateway],
                  emit: Emit, *, ledger: CapacityLedger, views: Callable[[str], ClusterView | None],
                  cooldown_s: float = MIGRATION_COOLDOWN_S, clock: Callable[[], float] = time.time,
-                 put: Callable[[object], Any] = rayapi.put, local_id: str = LOCAL_CLUSTER_ID,
-                 busy_timeout_s: float | None = None, interrupt_grace_s: float = DEFAULT_INTERRUPT_GRACE_S) -> None:
+                 local_id: str = LOCAL_CLUSTER_ID, busy_timeout_s: float | None = None,
+                 interrupt_grace_s: float = DEFAULT_INTERRUPT_GRACE_S) -> None:
         self._store = store
         self._table = table
         self._gateway = gateway
@@ -153,7 +160,6 @@ class MigrationExecutor:
         self.busy_timeout_s = busy_timeout_s if busy_timeout_s is not None else busy_timeout_from_env()
         self.interrupt_grace_s = interrupt_grace_s
         self._clock = clock
-        self._put = put
         self._local_id = local_id
         self._last_attempt: dict[str, float] = {}
         self.in_progress: set[str] = set()
@@ -243,7 +249,7 @@ class MigrationExecutor:
     async def run(self, migration: Migration, previous: Agent) -> Migration:
         """Carry the migration to COMPLETED or ROLLED_BACK. ``previous`` is the agent row before
         ``begin`` (restored on rollback). Never raises for a failed step: the record says why."""
-        machine = MigrationMachine(migration, self._clock())
+        machine = LiveMigrationMachine(migration, self._clock())
         self.in_progress.add(migration.agent_id)
         return await self._drive(machine, machine.start(self._clock()), _Run(previous=previous))
 
@@ -261,99 +267,142 @@ class MigrationExecutor:
             previous = row if committed else row.model_copy(update={
                 "status": AgentStatus.RUNNING, "status_reason": "", "cluster_id": migration.source,
                 "epoch": migration.epoch_from})
-            machine = MigrationMachine(migration, self._clock())
+            machine = LiveMigrationMachine(migration, self._clock())
             self.in_progress.add(migration.agent_id)
             actions = machine.recover(self._clock(), committed_in_store=committed)
             out.append(await self._drive(machine, actions, _Run(previous=previous)))
         return out
 
-    async def _drive(self, machine: MigrationMachine, actions: list[Action], state: _Run) -> Migration:
+    async def _drive(self, machine: LiveMigrationMachine, actions: list[LiveAction], state: _Run) -> Migration:
         try:
-            self._persist(machine)
-            while actions:
-                action = actions.pop(0)
-                if isinstance(action, Finish):
-                    self._finish(machine, action.outcome, state)
-                    break
-                event = await self._execute(action, machine.migration, state)
-                actions.extend(machine.handle(event, self._clock()))
+            try:
                 self._persist(machine)
+                await self._steps(machine, actions, state)
+            except Exception as exc:
+                log.exception("migration %s: aborted", machine.migration.id)
+                await self._steps(machine, machine.abort(f"{type(exc).__name__}: {exc}"[:300], self._clock()),
+                                  state, strict=False)
         except BaseException as exc:
-            # A bug or a cancellation mid-protocol: leave the record truthful, never a silent loss.
+            # A cancellation mid-protocol (the balancer stops): leave the record truthful, never a
+            # silent loss; recovery after the restart resumes or rolls back from the persisted phase.
             if not machine.done:
                 machine.migration.error = f"{machine.migration.error}; aborted: {exc!r}".lstrip("; ")
                 if not machine.committed:
-                    self._restore_row(state.previous)
+                    self._quietly(lambda: self._restore_row(state.previous))
                     self._release_target(machine.migration)
-                self._store.put_migration(machine.migration)
+                self._quietly(lambda: self._store.put_migration(machine.migration))
             raise
         finally:
             self.in_progress.discard(machine.migration.agent_id)
         return machine.migration
 
-    async def _execute(self, action: Action, m: Migration, state: _Run) -> Event:
+    async def _steps(self, machine: LiveMigrationMachine, actions: list[LiveAction], state: _Run, *,
+                     strict: bool = True) -> None:
+        """Execute ``actions`` and what the machine answers, until Finish. ``strict=False`` (an
+        abort): a store that keeps failing is logged, and the rollback goes on regardless."""
+        actions = list(actions)
+        while actions:
+            action = actions.pop(0)
+            if isinstance(action, Finish):
+                if strict:
+                    self._finish(machine, action.outcome, state)
+                else:
+                    self._quietly(functools.partial(self._finish, machine, action.outcome, state))
+                return
+            event = await self._execute(action, machine.migration, state)
+            actions.extend(machine.handle(event, self._clock()))
+            if strict:
+                self._persist(machine)
+            else:
+                self._quietly(lambda: self._persist(machine))
+
+    def _quietly(self, write: Callable[[], object]) -> None:
         try:
-            bytes_moved = await self._perform(action, m, state)
-        except (GodelError, OSError, ValueError) as exc:
+            write()
+        except Exception:
+            log.exception("migration: a write failed while rolling back; going on")
+
+    async def _execute(self, action: LiveAction, m: Migration, state: _Run) -> Event:
+        try:
+            moved, dirty = await self._perform(action, m, state)
+        except Exception as exc:  # noqa: BLE001 - any failure of a step (a store error too) is that step's
             log.warning("migration %s: %s failed: %s", m.id, action.step, exc)
             return StepFailed(action.step, f"{type(exc).__name__}: {exc}"[:500])
-        if isinstance(action, Freeze) and state.snapshot is not None:
-            return StepSucceeded(action.step, bytes_moved, frozen_at=state.snapshot.frozen_at,
-                                 interrupted_seq=_interrupted_seq(state.snapshot, m))
-        return StepSucceeded(action.step, bytes_moved)
+        if isinstance(action, Freeze) and state.frozen is not None:
+            return StepSucceeded(action.step, moved, dirty, frozen_at=state.frozen.frozen_at,
+                                 interrupted_seq=state.frozen.interrupted_seq)
+        return StepSucceeded(action.step, moved, dirty)
 
-    async def _perform(self, action: Action, m: Migration, state: _Run) -> int:
-        """Do ``action``; return the bytes it moved (0 when none). Raise to report a failure."""
+    async def _perform(self, action: LiveAction, m: Migration, state: _Run) -> tuple[int, int]:
+        """Do ``action``; return (bytes moved, bytes still dirty). Raise to report a failure."""
+        if isinstance(action, Prepare):
+            agent = state.previous.model_copy(update={
+                "epoch": action.epoch_to, "cluster_id": action.cluster_id, "status": AgentStatus.PENDING,
+                "status_reason": "importing", "node_id": "", "gpu_ids": []})
+            await self._gateway(action.cluster_id).prepare(agent).result(PREPARE_TIMEOUT_S)
+            return 0, 0
+        if isinstance(action, PreCopy):
+            report = await self._stream(m, TransferMode.FULL if action.round == 1 else TransferMode.CHANGES)
+            return report.bytes_moved, report.dirty_bytes
         if isinstance(action, Freeze):
-            options = FreezeOptions(busy=m.busy, busy_timeout_s=m.busy_timeout_s, grace_s=self.interrupt_grace_s,
-                                    target=m.target)
-            wait_s = self.interrupt_grace_s if m.busy is BusyPolicy.INTERRUPT else m.busy_timeout_s
-            state.snapshot = await self._gateway(action.cluster_id).export(
-                action.agent_id, epoch=m.epoch_from, freeze=True, freeze_options=options
-            ).result(EXPORT_TIMEOUT_S + wait_s)
-            return 0
-        if isinstance(action, Export):
-            if state.snapshot is None:
-                raise ValueError("no snapshot came back from the source")
-            return state.snapshot.size_bytes
-        if isinstance(action, Transfer):
-            snapshot = state.snapshot
-            if snapshot is None:
-                raise ValueError("no snapshot to transfer")
-            moved = snapshot.model_copy(update={"agent": snapshot.agent.model_copy(
-                update={"epoch": m.epoch_to, "cluster_id": m.target})})
-            state.ref = await asyncio.to_thread(self._put, moved)
-            state.snapshot, state.size = None, snapshot.size_bytes  # the object store holds it now
-            return state.size
-        if isinstance(action, Import):
-            await self._gateway(action.cluster_id).import_(state.ref).result(IMPORT_TIMEOUT_S)
-            state.ref = None  # nothing needs the object any more: let Ray free it
-            return state.size
-        if isinstance(action, Verify):
-            there = await self._gateway(action.cluster_id).status(action.agent_id).result(STEP_TIMEOUT_S)
+            state.frozen = await self._freeze(action, m)
+            return 0, 0
+        if isinstance(action, Delta):
+            report = await self._stream(m, TransferMode.FINAL)
+            return report.bytes_moved, 0
+        if isinstance(action, Activate):
+            there = await self._gateway(action.cluster_id).activate(action.agent_id, epoch=action.epoch_to
+                                                                     ).result(PREPARE_TIMEOUT_S)
             if (there.id, there.epoch, there.status) != (action.agent_id, action.epoch_to, AgentStatus.RUNNING):
-                raise ValueError(f"the imported copy answers id={there.id} epoch={there.epoch} "
-                                 f"status={there.status.value}, expected epoch {action.epoch_to} running")
+                raise FailedPrecondition(f"the activated copy answers id={there.id} epoch={there.epoch} "
+                                         f"status={there.status.value}, expected epoch {action.epoch_to} running")
             state.verified = there
-            return 0
+            return 0, 0
         if isinstance(action, Commit):
             self._commit(action, state, home_after_move(state.previous, m))
-            return 0
+            return 0, 0
         if isinstance(action, KillSource):
             await self._gateway(action.cluster_id).kill(action.agent_id, epoch=action.epoch_from,
                                                         reason=KILL_REASON_MIGRATED).result(STEP_TIMEOUT_S)
-            return 0
+            return 0, 0
         if isinstance(action, Resume):
             await self._gateway(action.cluster_id).resume(action.agent_id, epoch=m.epoch_from).result(STEP_TIMEOUT_S)
-            return 0
+            return 0, 0
         if isinstance(action, DeleteTarget):
             try:
                 await self._gateway(action.cluster_id).kill(action.agent_id, epoch=action.epoch_to,
                                                             reason="migration rolled back").result(STEP_TIMEOUT_S)
             except (AgentNotFound, StaleEpoch):
                 pass  # no partial copy at epoch_to there: nothing to delete
-            return 0
+            return 0, 0
         raise ValueError(f"unknown migration action {action!r}")
+
+    async def _freeze(self, action: Freeze, m: Migration) -> FreezeReport:
+        """The freeze, one action on its own, as the record's ``busy`` says (WAIT: at the first idle
+        moment; INTERRUPT: the running command is stopped); new commands wait from then on. The call
+        may take the freeze's own wait (``busy_timeout_s`` or the grace) plus ``FREEZE_TIMEOUT_S``."""
+        options = FreezeOptions(busy=m.busy, busy_timeout_s=m.busy_timeout_s, grace_s=self.interrupt_grace_s,
+                                target=m.target)
+        wait_s = self.interrupt_grace_s if m.busy is BusyPolicy.INTERRUPT else m.busy_timeout_s
+        return await self._gateway(action.cluster_id).freeze(
+            action.agent_id, epoch=m.epoch_from, options=options).result(FREEZE_TIMEOUT_S + wait_s)
+
+    async def _stream(self, m: Migration, mode: TransferMode) -> TransferReport:
+        """One workdir stream, source -> target, as a pipeline of chunk objects: each piece the
+        source's streaming generator yields is pushed, as an object ref, to the target (Ray
+        resolves it there); this process never reads a piece."""
+        target = self._gateway(m.target)
+        stream_id = await target.receive_open(m.agent_id, epoch=m.epoch_to).result(STEP_TIMEOUT_S)
+        source = self._gateway(m.source).send(m.agent_id, mode, epoch=m.epoch_from)
+        try:
+            async for ref in source.refs():
+                await target.push(stream_id, ref).result(PIECE_TIMEOUT_S)
+            return await target.receive_close(stream_id).result(APPLY_TIMEOUT_S)
+        except BaseException:
+            source.cancel()
+            with contextlib.suppress(GodelError):
+                await target.receive_close(stream_id, abort=True).result(STEP_TIMEOUT_S)
+            raise
 
     def _commit(self, action: Commit, state: _Run, home: str) -> None:
         """THE commit point: the agent row now names the target and ``epoch_to`` -- written only
@@ -379,7 +428,7 @@ class MigrationExecutor:
         if row is None or row.cluster_id != m.target or row.status.is_final:
             self._ledger.release(m.target, m.agent_id, self._clock())
 
-    def _persist(self, machine: MigrationMachine) -> None:
+    def _persist(self, machine: LiveMigrationMachine) -> None:
         m = machine.migration
         self._store.put_migration(m)
         stamp = m.phases[-1]
@@ -389,8 +438,8 @@ class MigrationExecutor:
             data["error"] = m.error[:300]
         self._emit(EventKind.MIGRATION, f"migration.{stamp.phase.value}", cluster, m.agent_id, **data)
 
-    def _finish(self, machine: MigrationMachine, outcome: MigrationPhase, state: _Run) -> None:
-        m = machine.migration  # downtime_s: as the machine defined it (core.migration), never rewritten here
+    def _finish(self, machine: LiveMigrationMachine, outcome: MigrationPhase, state: _Run) -> None:
+        m = machine.migration  # downtime_s: as the machine defined it (core.live_migration), never rewritten here
         if outcome is MigrationPhase.ROLLED_BACK:
             self._restore_row(state.previous)
             self._release_target(m)
@@ -404,22 +453,13 @@ class MigrationExecutor:
             task.cancel()
 
 
-def _interrupted_seq(snapshot: AgentSnapshot, m: Migration) -> int | None:
-    """The command this move's freeze interrupted: the last journal entry marked so (INTERRUPT only)."""
-    if m.busy is not BusyPolicy.INTERRUPT or not snapshot.journal or not snapshot.journal[-1].interrupted:
-        return None
-    return snapshot.journal[-1].seq
-
-
 class _Run:
     """What one migration carries between its steps."""
 
     def __init__(self, previous: Agent) -> None:
         self.previous = previous
-        self.snapshot: AgentSnapshot | None = None
-        self.ref: Any = None
-        self.size = 0
         self.verified: Agent | None = None
+        self.frozen: FreezeReport | None = None  # the freeze's report (when the source froze, what it stopped)
 
 
 __all__ = ["AUTOMATIC_MOVE_REASONS", "COOLDOWN_ENV", "LIVE_MOVE_REASONS", "MIGRATION_COOLDOWN_S", "MigrationExecutor", "cooldown_from_env", "home_after_move"]

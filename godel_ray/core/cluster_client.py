@@ -10,15 +10,29 @@ Semantics shared by both implementations:
 - ``exec_stream`` yields ``ExecChunk`` output pieces as they are produced; the last chunk carries
   ``result``. ``exec`` is the same command collected where it runs, answered in one reply (same
   output limits, same journal). Commands on one agent run one at a time in arrival order.
-- ``export(freeze=True)`` freezes the agent first; ``freeze_options`` say how a running command is
-  treated (``BusyPolicy``): WAIT freezes at the first idle moment (commands are served until then;
-  ``AgentBusy`` past the deadline, nothing frozen), INTERRUPT stops it (its caller gets
-  ``CommandInterrupted``). Once frozen, new commands wait. The snapshot's ``frozen_at`` says when.
+- ``export(freeze=True)`` freezes the agent first (a checkpoint: the running command finishes, with
+  the default busy timeout). Once frozen, new commands wait. The snapshot's ``frozen_at`` says when.
   ``resume`` unfreezes (rollback); ``kill(reason="migrated")`` ends the copy and every waiting
   command fails with ``AgentMoved`` (the caller re-resolves the location and retries).
 - ``import_`` recreates ``snapshot.agent`` (same id, the epoch it carries) with its files and
   journal; a hostile or corrupt archive raises ``SnapshotRejected`` and leaves nothing behind.
 - ``spawn`` with an ``idempotency_key`` already seen returns the same agent and ``created=False``.
+
+Protocol v2 (live migration, ``core.live_migration``), the bytes as streams, never one value:
+- ``prepare(agent)`` (target) creates ``agent`` at the epoch it carries in an importing state:
+  resources held, an empty staging directory, PENDING, serving no command;
+- ``freeze(options)`` (source): ``options`` say how a running command is treated (``BusyPolicy``):
+  WAIT freezes at the first idle moment (commands are served until then; ``AgentBusy`` past
+  ``busy_timeout_s``, nothing frozen), INTERRUPT stops it (its caller gets ``CommandInterrupted``),
+  LIVE_PROCESS refuses with the reason while one runs. New commands wait from then on (``resume``
+  undoes it). The ``FreezeReport`` says when it froze and which journal entry it interrupted;
+- ``send(agent_id, mode)`` (source) yields one workdir stream: a ``TransferHeader``, ``bytes`` chunks
+  (one plain tar stream together), a ``TransferTrailer`` (sha256, deleted paths, dirty bytes).
+  FULL: the whole tree, the agent keeps running; CHANGES: since the last stream's manifest; FINAL:
+  the same plus the agent and its journal, frozen only;
+- ``receive(agent_id, pieces)`` (target) applies such a stream to the staging directory as it
+  arrives (member checks, checksum at the end) and reports what it moved;
+- ``activate`` (target): staging becomes the workdir, the copy runs at its epoch.
 """
 
 from __future__ import annotations
@@ -35,8 +49,12 @@ from godel_ray.models import (
     ExecResult,
     FederationEvent,
     FreezeOptions,
+    FreezeReport,
     SiteCapacity,
     SpawnConfig,
+    TransferMode,
+    TransferPiece,
+    TransferReport,
 )
 
 KILL_REASON_MIGRATED = "migrated"
@@ -69,12 +87,23 @@ class ClusterClient(Protocol):
 
     def events(self, since_seq: int = 0) -> AsyncIterator[FederationEvent]: ...
 
-    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False,
-                     freeze_options: FreezeOptions | None = None) -> AgentSnapshot: ...
+    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot: ...
 
     async def import_(self, snapshot: AgentSnapshot) -> Agent: ...
 
     async def resume(self, agent_id: str, *, epoch: int = 0) -> Agent: ...
+
+    async def prepare(self, agent: Agent) -> Agent: ...
+
+    async def freeze(self, agent_id: str, *, epoch: int = 0, options: FreezeOptions | None = None
+                     ) -> FreezeReport: ...
+
+    def send(self, agent_id: str, mode: TransferMode, *, epoch: int = 0) -> AsyncIterator[TransferPiece]: ...
+
+    async def receive(self, agent_id: str, pieces: AsyncIterator[TransferPiece], *, epoch: int = 0
+                      ) -> TransferReport: ...
+
+    async def activate(self, agent_id: str, *, epoch: int = 0) -> Agent: ...
 
     async def close(self) -> None: ...
 

@@ -1,12 +1,12 @@
 """Live migration, protocol version 2, as a pure state machine (no ray, no grpc, no clock).
 
 validate -> prepare -> pre-copy (rounds) -> freeze -> delta -> activate -> commit -> kill source.
-Version 1 (``core.migration.MigrationMachine``) freezes first and copies everything frozen; here
-the target is prepared and the bulk of the bytes move while the source keeps running, so the
-downtime is the freeze, the delta and the activation only. The shell (``control.migrator``)
-executes each action in order and reports each outcome with ``handle``, exactly as for version 1
-(the same ``StepSucceeded``/``StepFailed`` events and ``Finish``/``Commit``/``KillSource``/
-``Resume``/``DeleteTarget`` actions).
+Version 1 (gone) froze first and copied everything frozen; here the target is prepared and the
+bulk of the bytes move while the source keeps running, so the downtime is the freeze, the delta
+and the activation only. The shell (``control.migrator``)
+executes each action in order and reports each outcome with ``handle`` (the ``StepSucceeded``/
+``StepFailed`` events and the ``Freeze``/``Commit``/``KillSource``/``Resume``/``DeleteTarget``/``Finish``
+actions of ``core.migration``).
 """
 
 from __future__ import annotations
@@ -105,10 +105,17 @@ class LiveMigrationMachine:
     * AFTER the commit point nothing rolls back: a failed ``KillSource`` is noted and the
       migration COMPLETES; the stale source is fenced by its older epoch.
     * An event that is not the one awaited raises ``FailedPrecondition``; nothing changes.
-    * ``downtime_s`` = Commit succeeded - Freeze requested; ``bytes_moved`` sums every pre-copy
-      round and the delta.
+    * ``downtime_s`` = Commit succeeded - the moment the source froze: ``frozen_at`` when the
+      freeze reported it (a busy agent keeps serving commands until it is idle, so that wait is not
+      downtime), else the freeze request (FREEZING entered); the Freeze success also records
+      ``interrupted_seq`` (INTERRUPT: the stopped command's journal entry). ``bytes_moved`` sums
+      every pre-copy round and the delta.
     * ``recover`` after a balancer restart, from any persisted phase: committed in the store (or
       CLEANING_UP) -> KillSource; otherwise the rollback above (VALIDATING: nothing to undo).
+    * ``abort`` when the shell itself cannot carry on (a store error, a bug): before the commit
+      point the same rollback as a failed step (DeleteTarget once prepared, Resume once frozen:
+      the source never stays frozen); during a rollback, the undo steps still awaited, again;
+      after the commit point it COMPLETES with the reason noted (the source is fenced by epoch).
     """
 
     def __init__(self, migration: Migration, now: float, *, delta_round_bytes: int = DELTA_ROUND_BYTES,
@@ -170,6 +177,9 @@ class LiveMigrationMachine:
             if event.dirty_bytes > self.delta_round_bytes and self.round < self.max_rounds:
                 return self._advance(MigrationPhase.PRECOPYING, now)
             return self._advance(MigrationPhase.FREEZING, now)
+        if phase is MigrationPhase.FREEZING:
+            self.migration.frozen_at = event.frozen_at
+            self.migration.interrupted_seq = event.interrupted_seq
         next_phase = _NEXT[phase]
         if next_phase is MigrationPhase.CLEANING_UP:
             self._record_downtime(now)
@@ -189,6 +199,21 @@ class LiveMigrationMachine:
         if phase is MigrationPhase.VALIDATING:
             return self._finish(MigrationPhase.ROLLED_BACK, now)
         return self._roll_back(now, stamp=phase is not MigrationPhase.ROLLING_BACK)
+
+    def abort(self, reason: str, now: float) -> list[LiveAction]:
+        """The shell could not go on (``reason``): the actions that leave no copy frozen or half made."""
+        if self.done:
+            return []
+        self._note(f"aborted: {reason}")
+        if self.committed:
+            return self._finish(MigrationPhase.COMPLETED, now)
+        if self.migration.phase is MigrationPhase.ROLLING_BACK:
+            pending = [a for a in self._rollback_actions() if a.step in self._awaiting]
+            if not pending:
+                return self._finish(MigrationPhase.ROLLED_BACK, now)
+            self._awaiting = {a.step for a in pending}
+            return list(pending)
+        return self._roll_back(now)
 
     # --- internals --------------------------------------------------------------------------
 
@@ -214,13 +239,17 @@ class LiveMigrationMachine:
         self._awaiting = {action.step}
         return [action]
 
-    def _roll_back(self, now: float, *, stamp: bool = True) -> list[LiveAction]:
+    def _rollback_actions(self) -> list[LiveAction]:
         m = self.migration
         actions: list[LiveAction] = []
         if self._reached(MigrationPhase.PREPARING):
             actions.append(DeleteTarget(m.agent_id, m.target, m.epoch_to))
         if self._reached(MigrationPhase.FREEZING):
             actions.append(Resume(m.agent_id, m.source))
+        return actions
+
+    def _roll_back(self, now: float, *, stamp: bool = True) -> list[LiveAction]:
+        actions = self._rollback_actions()
         if stamp:
             self._set_phase(MigrationPhase.ROLLING_BACK, now)
         if not actions:
@@ -241,9 +270,11 @@ class LiveMigrationMachine:
     def _reached(self, phase: MigrationPhase) -> bool:
         return any(stamp.phase is phase for stamp in self.migration.phases)
 
-    def _record_downtime(self, now: float) -> None:
-        frozen = [s.at for s in self.migration.phases if s.phase is MigrationPhase.FREEZING]
-        self.migration.downtime_s = now - frozen[0] if frozen else None
+    def _record_downtime(self, committed_at: float) -> None:
+        requested = [s.at for s in self.migration.phases if s.phase is MigrationPhase.FREEZING]
+        frozen_at = self.migration.frozen_at if self.migration.frozen_at is not None else (
+            requested[0] if requested else None)
+        self.migration.downtime_s = None if frozen_at is None else max(0.0, committed_at - frozen_at)
 
     def _note(self, message: str) -> None:
         m = self.migration

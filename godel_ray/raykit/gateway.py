@@ -37,15 +37,22 @@ from godel_ray.models import (
     ExecResult,
     FederationEvent,
     FreezeOptions,
+    FreezeReport,
     JournalEntry,
     Migration,
     PlacementDecision,
     SiteCapacity,
     SpawnConfig,
+    TransferHeader,
+    TransferMode,
+    TransferPiece,
+    TransferReport,
+    TransferTrailer,
 )
 from godel_ray.raykit import rayapi
 
 T = TypeVar("T")
+STREAM_AHEAD_PIECES = 4  # a workdir stream's generator pauses when this many pieces wait unconsumed
 
 
 class Call(Generic[T]):
@@ -104,6 +111,12 @@ class Stream(Generic[T]):
             async for ref in self._gen:
                 value: T = await ref
                 yield value
+
+    async def refs(self) -> AsyncIterator[Any]:
+        """Each piece's object ref as soon as it exists, never its value (to pass it on unread)."""
+        with rayapi.mapped(self._what):
+            async for ref in self._gen:
+                yield ref
 
     def cancel(self) -> None:
         """Stop the generator on the actor (the caller went away mid-stream); best effort."""
@@ -177,10 +190,8 @@ class ClusterGateway:
                     ) -> Call[list[Agent]]:
         return Call(self.what, lambda: self.handle.list_agents.remote(status, labels))
 
-    def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False,
-               freeze_options: FreezeOptions | None = None) -> Call[AgentSnapshot]:
-        return Call(self.what, lambda: self.handle.export.remote(agent_id, epoch=epoch, freeze=freeze,
-                                                                 freeze_options=freeze_options))
+    def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> Call[AgentSnapshot]:
+        return Call(self.what, lambda: self.handle.export.remote(agent_id, epoch=epoch, freeze=freeze))
 
     def import_(self, snapshot: AgentSnapshot | Any) -> Call[Agent]:
         """``snapshot`` is the snapshot or an object ref to it (then Ray resolves it on the actor)."""
@@ -195,6 +206,35 @@ class ClusterGateway:
     def fence(self, agent_id: str, epoch: int) -> Call[None]:
         """The agent lives at ``epoch`` elsewhere now: the cluster refuses its older copies' commands."""
         return Call(self.what, lambda: self.handle.fence.remote(agent_id, epoch))
+
+    # protocol v2 (live migration): prepare, freeze, workdir streams, activate
+    def prepare(self, agent: Agent) -> Call[Agent]:
+        """Create ``agent`` here in an importing state (resources held, empty staging)."""
+        return Call(self.what, lambda: self.handle.prepare.remote(agent))
+
+    def freeze(self, agent_id: str, *, epoch: int = 0, options: FreezeOptions | None = None) -> Call[FreezeReport]:
+        return Call(self.what, lambda: self.handle.freeze.remote(agent_id, epoch=epoch, options=options))
+
+    def send(self, agent_id: str, mode: TransferMode, *, epoch: int = 0) -> Stream[TransferPiece]:
+        """The agent's workdir stream, one object per piece (iterate ``refs()`` to pass them on unread)."""
+        return Stream(self.what, lambda: self.handle.send.options(
+            num_returns="streaming", _generator_backpressure_num_objects=STREAM_AHEAD_PIECES).remote(
+            agent_id, mode, epoch=epoch))
+
+    def receive_open(self, agent_id: str, *, epoch: int = 0) -> Call[str]:
+        """Open an inbound stream for the importing ``agent_id``; returns its id for ``push``/``receive_close``."""
+        return Call(self.what, lambda: self.handle.receive_open.remote(agent_id, epoch=epoch))
+
+    def push(self, stream_id: str, piece: Any) -> Call[None]:
+        """One piece of an inbound stream: a value, or an object ref (Ray resolves it on the actor)."""
+        return Call(self.what, lambda: self.handle.push.remote(stream_id, piece))
+
+    def receive_close(self, stream_id: str, abort: bool = False) -> Call[TransferReport]:
+        """The pushed stream is complete: what was applied. ``abort``: drop it (the sender failed)."""
+        return Call(self.what, lambda: self.handle.receive_close.remote(stream_id, abort))
+
+    def activate(self, agent_id: str, *, epoch: int = 0) -> Call[Agent]:
+        return Call(self.what, lambda: self.handle.activate.remote(agent_id, epoch=epoch))
 
 
 class AgentGateway:
@@ -223,8 +263,9 @@ class AgentGateway:
         return Call(self.what, lambda: self.handle.start.remote())
 
     def adopt(self, agent: Agent, workdir_root: str, archive: bytes | None = None,
-              journal: list[JournalEntry] | None = None, sha256: str = "") -> Call[Agent]:
-        return Call(self.what, lambda: self.handle.adopt.remote(agent, workdir_root, archive, journal, sha256))
+              journal: list[JournalEntry] | None = None, sha256: str = "", importing: bool = False) -> Call[Agent]:
+        return Call(self.what, lambda: self.handle.adopt.remote(agent, workdir_root, archive, journal, sha256,
+                                                               importing))
 
     def origin(self) -> Call[dict[str, int | bool]]:
         return Call(self.what, lambda: self.handle.origin.remote())
@@ -244,7 +285,7 @@ class AgentGateway:
     def fence(self, epoch: int) -> Call[None]:
         return Call(self.what, lambda: self.handle.fence.remote(epoch))
 
-    def freeze(self, options: FreezeOptions | None = None) -> Call[Agent]:
+    def freeze(self, options: FreezeOptions | None = None) -> Call[FreezeReport]:
         return Call(self.what, lambda: self.handle.freeze.remote(options))
 
     def resume(self) -> Call[Agent]:
@@ -258,6 +299,22 @@ class AgentGateway:
 
     def info(self) -> Call[Agent]:
         return Call(self.what, lambda: self.handle.info.remote())
+
+    def send(self, mode: TransferMode) -> Stream[TransferPiece]:
+        return Stream(self.what, lambda: self.handle.send.options(
+            num_returns="streaming", _generator_backpressure_num_objects=STREAM_AHEAD_PIECES).remote(mode))
+
+    def receive_begin(self, header: TransferHeader) -> Call[None]:
+        return Call(self.what, lambda: self.handle.receive_begin.remote(header))
+
+    def receive_chunk(self, data: bytes) -> Call[None]:
+        return Call(self.what, lambda: self.handle.receive_chunk.remote(data))
+
+    def receive_end(self, trailer: TransferTrailer) -> Call[TransferReport]:
+        return Call(self.what, lambda: self.handle.receive_end.remote(trailer))
+
+    def activate(self) -> Call[Agent]:
+        return Call(self.what, lambda: self.handle.activate.remote())
 
     def journal(self) -> Call[list[JournalEntry]]:
         return Call(self.what, lambda: self.handle.journal.remote())

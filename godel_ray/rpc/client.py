@@ -53,10 +53,14 @@ from godel_ray.models import (
     ExecResult,
     FederationEvent,
     FreezeOptions,
+    FreezeReport,
     SiteCapacity,
     SpawnConfig,
+    TransferMode,
+    TransferPiece,
+    TransferReport,
 )
-from godel_ray.rpc import convert
+from godel_ray.rpc import convert, workdir_wire
 from godel_ray.rpc.auth import bearer_metadata
 from godel_ray.rpc.errors import rpc_errors
 from godel_ray.rpc.gen import federation_pb2 as pb
@@ -345,13 +349,11 @@ class GrpcClusterClient:
         log.warning("site %s: skipping event %d that cannot be read (%s); the stream goes on. Events of this "
                     "kind and type are skipped without a log from now on%s", self._name, message.seq, exc, more)
 
-    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False,
-                     freeze_options: FreezeOptions | None = None) -> AgentSnapshot:
-        request = convert.export_request_to_pb(agent_id, epoch, freeze, freeze_options)
+    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot:
+        request = pb.ExportAgentRequest(agent_id=agent_id, epoch=epoch, freeze=freeze)
         # The size is unknown until the header arrives: budget for the largest snapshot, plus the
-        # wait for the agent to become idle (or the interrupted command's grace).
-        options = freeze_options or FreezeOptions()
-        busy_s = (options.busy_timeout_s + options.grace_s) if freeze else 0.0
+        # wait for the agent to become idle (the default busy timeout).
+        busy_s = FreezeOptions().busy_timeout_s if freeze else 0.0
         deadline_s = (self.call_timeout_s + EXEC_DEADLINE_MARGIN_S + busy_s
                       + LIMITS.max_snapshot_bytes / SNAPSHOT_MIN_BYTES_PER_S)
         call = self._stub().ExportAgent(request, timeout=deadline_s, metadata=self._metadata)
@@ -381,6 +383,53 @@ class GrpcClusterClient:
             lambda: self._stub().ResumeAgent(request, timeout=self.call_timeout_s, metadata=self._metadata),
             retry=False)
         return convert.agent_from_pb(response.agent, self.cluster_id)
+
+    # --- protocol v2 --------------------------------------------------------------------------------
+
+    async def prepare(self, agent: Agent) -> Agent:
+        request = pb.PrepareAgentRequest(agent=convert.agent_to_pb(agent))
+        response: pb.PrepareAgentResponse = await self._unary(
+            lambda: self._stub().PrepareAgent(request, timeout=max(self.call_timeout_s, SPAWN_DEADLINE_S),
+                                              metadata=self._metadata), retry=False)
+        return convert.agent_from_pb(response.agent, self.cluster_id)
+
+    async def freeze(self, agent_id: str, *, epoch: int = 0, options: FreezeOptions | None = None) -> FreezeReport:
+        request = convert.freeze_request_to_pb(agent_id, epoch, options)
+        wait = options or FreezeOptions()  # the freeze waits for idle (or the interrupted command's grace)
+        deadline_s = self.call_timeout_s + EXEC_DEADLINE_MARGIN_S + wait.busy_timeout_s + wait.grace_s
+        response: pb.FreezeAgentReply = await self._unary(
+            lambda: self._stub().FreezeAgent(request, timeout=deadline_s, metadata=self._metadata),
+            retry=False)
+        return convert.freeze_report_from_pb(response, self.cluster_id)
+
+    async def activate(self, agent_id: str, *, epoch: int = 0) -> Agent:
+        request = pb.AgentRef(agent_id=agent_id, epoch=epoch)
+        response: pb.AgentReply = await self._unary(
+            lambda: self._stub().ActivateAgent(request, timeout=max(self.call_timeout_s, SPAWN_DEADLINE_S),
+                                               metadata=self._metadata), retry=False)
+        return convert.agent_from_pb(response.agent, self.cluster_id)
+
+    def _stream_deadline_s(self) -> float:
+        return self.call_timeout_s + EXEC_DEADLINE_MARGIN_S + LIMITS.max_snapshot_bytes / SNAPSHOT_MIN_BYTES_PER_S
+
+    async def send(self, agent_id: str, mode: TransferMode, *, epoch: int = 0) -> AsyncIterator[TransferPiece]:
+        request = pb.ExportAgentRequest(agent_id=agent_id, epoch=epoch, mode=workdir_wire.mode_to_pb(mode))
+        call = self._stub().ExportAgent(request, timeout=self._stream_deadline_s(), metadata=self._metadata)
+        try:
+            with rpc_errors(self._name, self._tls):
+                async for piece in workdir_wire.pieces_from_pb(call.__aiter__(), LIMITS, self.cluster_id):
+                    yield piece
+        finally:
+            call.cancel()
+
+    async def receive(self, agent_id: str, pieces: AsyncIterator[TransferPiece], *, epoch: int = 0
+                      ) -> TransferReport:
+        messages = workdir_wire.pieces_to_pb(pieces, agent_id, epoch)
+        response: pb.ImportAgentResponse = await self._unary(
+            lambda: self._stub().ImportAgent(messages, timeout=self._stream_deadline_s(), metadata=self._metadata),
+            retry=False)
+        return TransferReport(bytes_moved=response.bytes_moved, dirty_bytes=response.dirty_bytes,
+                              members=response.members)
 
     async def close(self) -> None:
         channel, self._channel, self._stub_obj = self._channel, None, None

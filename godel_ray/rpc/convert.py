@@ -37,6 +37,7 @@ from godel_ray.models import (
     ExecResult,
     FederationEvent,
     FreezeOptions,
+    FreezeReport,
     Isolation,
     JournalEntry,
     NodeCapacity,
@@ -335,9 +336,8 @@ def capacity_from_pb(msg: pb.SiteCapacity) -> SiteCapacity:
 
 # --- snapshots ---------------------------------------------------------------------------------
 
-def export_request_to_pb(agent_id: str, epoch: int, freeze: bool,
-                         options: FreezeOptions | None) -> pb.ExportAgentRequest:
-    request = pb.ExportAgentRequest(agent_id=agent_id, epoch=epoch, freeze=freeze)
+def freeze_request_to_pb(agent_id: str, epoch: int, options: FreezeOptions | None) -> pb.FreezeAgentRequest:
+    request = pb.FreezeAgentRequest(agent_id=agent_id, epoch=epoch)
     if options is not None:
         request.busy = _BUSY_TO_PB[options.busy]
         request.busy_timeout_s = options.busy_timeout_s
@@ -346,15 +346,25 @@ def export_request_to_pb(agent_id: str, epoch: int, freeze: bool,
     return request
 
 
-def freeze_options_from_pb(msg: pb.ExportAgentRequest) -> FreezeOptions | None:
-    """The request's freeze options; None when it sent none (an older caller: the defaults apply)."""
-    if not msg.freeze or msg.busy == pb.BUSY_POLICY_UNSPECIFIED:
+def freeze_options_from_pb(msg: pb.FreezeAgentRequest) -> FreezeOptions | None:
+    """The request's freeze options; None when it sent none (the defaults apply)."""
+    if msg.busy == pb.BUSY_POLICY_UNSPECIFIED:
         return None
     fields: dict[str, Any] = {"busy": _BUSY_FROM_PB.get(msg.busy, BusyPolicy.WAIT), "grace_s": msg.interrupt_grace_s,
                               "target": msg.target_cluster_id}
     if msg.busy_timeout_s > 0:
         fields["busy_timeout_s"] = msg.busy_timeout_s
     return _build(FreezeOptions, "freeze options", **fields)
+
+
+def freeze_report_to_pb(report: FreezeReport) -> pb.FreezeAgentReply:
+    return pb.FreezeAgentReply(agent=agent_to_pb(report.agent), frozen_at=report.frozen_at or 0.0,
+                               interrupted_seq=report.interrupted_seq or 0)
+
+
+def freeze_report_from_pb(msg: pb.FreezeAgentReply, cluster_id: str) -> FreezeReport:
+    return FreezeReport(agent=agent_from_pb(msg.agent, cluster_id), frozen_at=msg.frozen_at or None,
+                        interrupted_seq=msg.interrupted_seq or None)
 
 
 def journal_entry_to_pb(entry: JournalEntry) -> pb.JournalEntry:
@@ -402,8 +412,9 @@ def snapshot_header_to_pb(agent: Agent, journal_entries: int, archive_size: int,
 __all__ = [
     "agent_from_pb", "agent_status_from_pb", "agent_status_to_pb", "agent_to_pb", "capacity_from_pb",
     "capacity_to_pb", "event_from_pb", "event_kind_from_pb", "event_to_pb", "exec_chunk_from_pb",
-    "exec_chunk_to_pb", "exec_result_from_pb", "exec_result_to_pb", "export_request_to_pb", "freeze_options_from_pb",
-    "journal_entry_from_pb", "journal_entry_to_pb", "limits_from_pb", "limits_to_pb", "max_exec_response_bytes",
-    "restart_policy_from_pb", "snapshot_format",
+    "exec_chunk_to_pb", "exec_result_from_pb", "exec_result_to_pb", "freeze_options_from_pb",
+    "freeze_report_from_pb", "freeze_report_to_pb", "freeze_request_to_pb", "journal_entry_from_pb",
+    "journal_entry_to_pb", "limits_from_pb", "limits_to_pb", "max_exec_response_bytes", "restart_policy_from_pb",
+    "snapshot_format",
     "snapshot_from_header", "snapshot_header_to_pb", "spec_from_pb", "spec_to_pb", "stream_from_pb",
 ]

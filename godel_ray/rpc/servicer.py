@@ -8,7 +8,8 @@ fields that travel beside a domain value (an idempotency key, an event cursor).
 Snapshots stream as ``SnapshotChunk``s (format 2): the header first (agent, format version,
 journal length, archive size, sha256), then the journal as its own section, one entry per message
 (a long journal never makes one message too large), then the archive in pieces of
-``LIMITS.snapshot_chunk_bytes``. A format-1 stream (journal inside the header) is still read. An
+``LIMITS.snapshot_chunk_bytes``. Protocol v2's workdir streams travel on the same two RPCs, told
+apart by the header's ``mode`` (``rpc.workdir_wire``). A format-1 stream (journal inside the header) is still read. An
 import is refused with INVALID_ARGUMENT, before the runtime sees anything, when the header is
 missing, not first, or repeated, when the format is newer than this side knows, when the journal
 is out of place, over its limits or shorter than announced, when the announced or received size
@@ -35,7 +36,7 @@ from godel_ray.core.cluster_client import ClusterClient
 from godel_ray.core.validation import validate_idempotency_key
 from godel_ray.errors import InvalidArgument, ResourceExhausted, SnapshotRejected
 from godel_ray.models import AgentSnapshot, AgentStatus, JournalEntry
-from godel_ray.rpc import convert
+from godel_ray.rpc import convert, workdir_wire
 from godel_ray.rpc.errors import status_errors
 from godel_ray.rpc.gen import federation_pb2 as pb
 from godel_ray.rpc.gen import federation_pb2_grpc as pb_grpc
@@ -215,8 +216,13 @@ class ClusterFederationServicer(pb_grpc.ClusterFederationServicer):
     @status_errors
     async def ExportAgent(self, request: pb.ExportAgentRequest, context: Context
                           ) -> AsyncIterator[pb.SnapshotChunk]:
-        snapshot = await self._runtime.export(request.agent_id, epoch=request.epoch, freeze=request.freeze,
-                                              freeze_options=convert.freeze_options_from_pb(request))
+        if request.mode != pb.TRANSFER_MODE_SNAPSHOT:  # a workdir stream (protocol v2)
+            pieces = self._runtime.send(request.agent_id, workdir_wire.mode_from_pb(request.mode),
+                                        epoch=request.epoch)
+            async for message in workdir_wire.pieces_to_pb(pieces, request.agent_id, request.epoch, self._limits):
+                yield message
+            return
+        snapshot = await self._runtime.export(request.agent_id, epoch=request.epoch, freeze=request.freeze)
         for chunk in iter_snapshot_chunks(snapshot, self._limits.snapshot_chunk_bytes):
             yield chunk
 
@@ -231,7 +237,17 @@ class ClusterFederationServicer(pb_grpc.ClusterFederationServicer):
                 max_concurrent_imports=self._limits.max_concurrent_imports)
         self._imports += 1
         try:
-            snapshot = await assemble_snapshot(request_iterator, self._limits, self._cluster_id)
+            it = aiter(request_iterator)
+            first = await anext(it, None)
+            chunks = _chain(first, it)
+            if first is not None and first.WhichOneof("payload") == "header" and \
+                    first.header.mode != pb.TRANSFER_MODE_SNAPSHOT:  # a workdir stream (protocol v2)
+                report = await self._runtime.receive(
+                    first.header.agent_id, workdir_wire.pieces_from_pb(chunks, self._limits, self._cluster_id),
+                    epoch=first.header.epoch)
+                return pb.ImportAgentResponse(bytes_moved=report.bytes_moved, dirty_bytes=report.dirty_bytes,
+                                              members=report.members)
+            snapshot = await assemble_snapshot(chunks, self._limits, self._cluster_id)
             agent = await self._runtime.import_(snapshot)
         finally:
             self._imports -= 1
@@ -241,6 +257,32 @@ class ClusterFederationServicer(pb_grpc.ClusterFederationServicer):
     async def ResumeAgent(self, request: pb.ResumeAgentRequest, context: Context) -> pb.ResumeAgentResponse:
         agent = await self._runtime.resume(request.agent_id, epoch=request.epoch)
         return pb.ResumeAgentResponse(agent=convert.agent_to_pb(agent))
+
+    @status_errors
+    async def PrepareAgent(self, request: pb.PrepareAgentRequest, context: Context) -> pb.PrepareAgentResponse:
+        if not request.HasField("agent") or not request.agent.id:
+            raise InvalidArgument("PrepareAgent needs the agent", field="agent")
+        agent = await self._runtime.prepare(convert.agent_from_pb(request.agent, self._cluster_id))
+        return pb.PrepareAgentResponse(agent=convert.agent_to_pb(agent))
+
+    @status_errors
+    async def FreezeAgent(self, request: pb.FreezeAgentRequest, context: Context) -> pb.FreezeAgentReply:
+        report = await self._runtime.freeze(request.agent_id, epoch=request.epoch,
+                                            options=convert.freeze_options_from_pb(request))
+        return convert.freeze_report_to_pb(report)
+
+    @status_errors
+    async def ActivateAgent(self, request: pb.AgentRef, context: Context) -> pb.AgentReply:
+        agent = await self._runtime.activate(request.agent_id, epoch=request.epoch)
+        return pb.AgentReply(agent=convert.agent_to_pb(agent))
+
+
+async def _chain(first: pb.SnapshotChunk | None, rest: AsyncIterator[pb.SnapshotChunk]
+                 ) -> AsyncIterator[pb.SnapshotChunk]:
+    if first is not None:
+        yield first
+    async for chunk in rest:
+        yield chunk
 
 
 __all__ = ["ClusterFederationServicer", "assemble_snapshot", "iter_snapshot_chunks", "snapshot_chunks"]

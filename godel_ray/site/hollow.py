@@ -60,10 +60,16 @@ from godel_ray.models import (
     ExecResult,
     FederationEvent,
     FreezeOptions,
+    FreezeReport,
     Isolation,
     OutputStream,
     SiteCapacity,
     SpawnConfig,
+    TransferHeader,
+    TransferMode,
+    TransferPiece,
+    TransferReport,
+    TransferTrailer,
     new_agent_id,
     now_s,
 )
@@ -257,9 +263,8 @@ class HollowRuntime:
         async for event in self._log.follow(since_seq):
             yield event
 
-    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False,
-                     freeze_options: FreezeOptions | None = None) -> AgentSnapshot:
-        """No command ever runs here, so a freeze is idle at once whatever ``freeze_options`` say."""
+    async def export(self, agent_id: str, *, epoch: int = 0, freeze: bool = False) -> AgentSnapshot:
+        """No command ever runs here, so a freeze is idle at once."""
         record = self._live(agent_id, epoch)
         record.frozen = record.frozen or freeze
         self._emit(EventType.AGENT_EXPORTED, agent_id, bytes=0, frozen=freeze)
@@ -279,6 +284,43 @@ class HollowRuntime:
     async def resume(self, agent_id: str, *, epoch: int = 0) -> Agent:
         record = self._live(agent_id, epoch)
         record.frozen = False
+        return record.agent
+
+    # --- protocol v2: no files, so every workdir stream is empty ------------------------------------
+
+    async def prepare(self, agent: Agent) -> Agent:
+        validate_agent_id(agent.id)
+        validate_spawn_config(agent.config)
+        self._create(agent)
+        record = self._records[agent.id]
+        self._set_status(record, AgentStatus.PENDING, "importing")
+        return record.agent
+
+    async def freeze(self, agent_id: str, *, epoch: int = 0, options: FreezeOptions | None = None) -> FreezeReport:
+        """No command ever runs here, so a freeze is idle at once whatever ``options`` say."""
+        record = self._live(agent_id, epoch)
+        record.frozen = True
+        return FreezeReport(agent=record.agent, frozen_at=time.time())
+
+    async def send(self, agent_id: str, mode: TransferMode, *, epoch: int = 0) -> AsyncIterator[TransferPiece]:
+        record = self._live(agent_id, epoch)
+        final = mode is TransferMode.FINAL
+        yield TransferHeader(mode=mode, agent=record.agent if final else None)
+        yield TransferTrailer(sha256=EMPTY_SHA256)
+
+    async def receive(self, agent_id: str, pieces: AsyncIterator[TransferPiece], *, epoch: int = 0
+                      ) -> TransferReport:
+        self._record(agent_id, epoch)
+        moved = 0
+        async for piece in pieces:
+            if isinstance(piece, bytes):
+                moved += len(piece)
+        return TransferReport(bytes_moved=moved)
+
+    async def activate(self, agent_id: str, *, epoch: int = 0) -> Agent:
+        record = self._live(agent_id, epoch)
+        self._set_status(record, AgentStatus.RUNNING)
+        self._emit(EventType.AGENT_IMPORTED, agent_id, epoch=record.agent.epoch, bytes=0)
         return record.agent
 
     async def close(self) -> None:

@@ -147,7 +147,8 @@ def test_the_busy_timeout_rolls_back_with_nothing_frozen(plane: Plane) -> None:
 
     assert done.phase is MigrationPhase.ROLLED_BACK and done.frozen_at is None
     assert "AgentBusy" in done.error and "nothing was frozen" in done.error
-    assert MigrationPhase.EXPORTING not in [s.phase for s in done.phases]
+    phases = [s.phase for s in done.phases]
+    assert MigrationPhase.FREEZING in phases and MigrationPhase.DELTA not in phases  # nothing past the freeze
     here = proxy.status(agent.id)
     assert (here.cluster_id, here.status, here.epoch) == ("west", AgentStatus.RUNNING, agent.epoch)
     assert live_copies(plane.sites["east"], agent.id) == []

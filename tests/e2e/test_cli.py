@@ -233,7 +233,7 @@ def test_migrate_with_progress(federation: Federation) -> None:
     proc = cli.ok("cluster", "migrate", agent["id"], "gpu", "--wait")
     lines = proc.stdout.splitlines()
     assert lines[0].startswith(f"migrating {agent['id']}: cpu → gpu")
-    assert any("exporting" in line for line in lines) and any("importing" in line for line in lines)
+    assert any("precopying" in line for line in lines) and any("activating" in line for line in lines)
     assert lines[-1].startswith(f"migrated {agent['id']} cpu → gpu") and "downtime" in lines[-1]
     status = cli.json("agent", "status", agent["id"])
     assert status["cluster_id"] == "gpu" and status["epoch"] == agent["epoch"] + 1

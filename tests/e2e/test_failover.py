@@ -1,4 +1,4 @@
-"""Checkpoints and failover end to end on real sites: the source dies during a migration's export
+"""Checkpoints and failover end to end on real sites: the source dies during a migration's pre-copy
 (rolled back, then restored from its checkpoint elsewhere: exactly once, with its files); a site
 holding a checkpointed agent stops answering (restored elsewhere, loss recorded) and, when it comes
 back, its stale copy is removed."""
@@ -74,20 +74,20 @@ def test_stopped_site_fails_over_and_its_stale_copy_is_removed_on_return(plane: 
     assert proxy.exec(agent.id, "cat notes.txt").stdout == "saved\n"  # still served by the one copy
 
 
-def test_source_dies_during_export_then_restored_from_checkpoint(plane: Plane) -> None:
+def test_source_dies_during_the_pre_copy_then_restored_from_checkpoint(plane: Plane) -> None:
     proxy, beta = plane.proxy, plane.sites["beta"]
     agent = proxy.spawn(SpawnConfig(model="ckpt", cluster="beta", restart_policy=RestartPolicy.CHECKPOINT,
                                     checkpoint_interval_s=2.0))
     assert proxy.exec(agent.id, "echo saved > notes.txt").exit_code == 0
     wait_for(lambda: _checkpointed(proxy, agent.id, 1), "a checkpoint holding notes.txt")
-    assert proxy.exec(agent.id, "head -c 48000000 /dev/urandom > big.bin").exit_code == 0  # a slow export
+    assert proxy.exec(agent.id, "head -c 48000000 /dev/urandom > big.bin").exit_code == 0  # a slow pre-copy
 
     started = proxy.migrate(agent.id, "alpha", wait=False)
-    wait_for(lambda: phase_of(proxy, started.id) == MigrationPhase.FREEZING.value, "the export to start",
+    wait_for(lambda: phase_of(proxy, started.id) == MigrationPhase.PRECOPYING.value, "the pre-copy to start",
              poll_s=0.02)
     beta.kill()
     done = wait_for(lambda: finished(proxy, started.id), "the rollback")
-    assert done.phase is MigrationPhase.ROLLED_BACK and "freeze failed" in done.error
+    assert done.phase is MigrationPhase.ROLLED_BACK and "pre_copy failed" in done.error
     assert not live_copies(plane.sites["alpha"], agent.id)  # no orphan on the target
 
     restored = wait_for(lambda: (a := proxy.status(agent.id)).cluster_id != "beta" and a, "the failover")

@@ -28,7 +28,7 @@ from godel_ray.errors import (
     SnapshotRejected,
     StaleEpoch,
 )
-from godel_ray.models import AgentStatus, ExecChunk, ExecResult, SpawnConfig
+from godel_ray.models import AgentStatus, ExecChunk, ExecResult, SpawnConfig, TransferMode
 from godel_ray.raykit import heads
 from godel_ray.raykit.gateway import AgentGateway
 from godel_ray.settings import LIMITS
@@ -407,3 +407,44 @@ def _alive_agent_actors() -> int:
 
     return len([a for a in state.actors().values()
                 if a["State"] != "DEAD" and "AgentActor" in a["ActorClassName"]])
+
+
+def test_a_streamed_move_pre_copies_while_running_then_applies_the_delta_frozen(h: Harness) -> None:
+    """Protocol v2 on one runtime (a copy under another id): prepare, a FULL stream while the agent
+    runs, changes, freeze, the FINAL delta (files written, deleted, renamed; the journal), activate."""
+    agent = h.spawn(labels={"task": "stream"})
+    h.exec(agent.id, "mkdir d && echo one > d/a && head -c 300000 /dev/urandom > big && echo gone > old "
+                     "&& echo r > before")
+    prepared = h.run(h.runtime.prepare(agent.model_copy(update={"id": "stream-1", "epoch": 2})))
+    assert (prepared.status, prepared.epoch) == (AgentStatus.PENDING, 2)
+    with pytest.raises(AgentNotRunning):
+        h.exec("stream-1", "true")  # a prepared copy serves nothing before it is activated
+    full = h.run(h.runtime.receive("stream-1", h.runtime.send(agent.id, TransferMode.FULL, epoch=1), epoch=2))
+    assert full.bytes_moved > 300_000
+    h.exec(agent.id, "echo two > d/a && rm old && mv before after && mkdir new && echo n > new/f")
+    tree = "find . | LC_ALL=C sort; cat d/a new/f after; sha256sum big"
+    expected = h.exec(agent.id, tree).stdout
+    frozen = h.run(h.runtime.freeze(agent.id, epoch=1))
+    assert frozen.agent.status is AgentStatus.MIGRATING and frozen.frozen_at is not None
+    final = h.run(h.runtime.receive("stream-1", h.runtime.send(agent.id, TransferMode.FINAL, epoch=1), epoch=2))
+    assert 0 < final.bytes_moved < 300_000  # the big file is not sent again
+    active = h.run(h.runtime.activate("stream-1", epoch=2))
+    assert (active.status, active.epoch) == (AgentStatus.RUNNING, 2)
+    assert h.exec("stream-1", tree).stdout == expected
+    journal = [e.command for e in h.run(h.runtime.journal("stream-1"))]
+    assert journal[2:] == [tree, tree] and journal[0].startswith("mkdir d")  # the source's, then this copy's
+    h.kill(agent.id)
+    h.kill("stream-1")
+    assert not (h.root / ".staging-stream-1").exists()
+
+
+def test_a_prepared_copy_killed_before_activation_leaves_no_staging(h: Harness) -> None:
+    agent = h.spawn()
+    h.exec(agent.id, "echo x > f")
+    h.run(h.runtime.prepare(agent.model_copy(update={"id": "stream-2", "epoch": 5})))
+    h.run(h.runtime.receive("stream-2", h.runtime.send(agent.id, TransferMode.FULL), epoch=5))
+    assert (h.root / ".staging-stream-2" / "f").exists()
+    h.kill("stream-2", epoch=5)
+    assert not (h.root / ".staging-stream-2").exists() and not (h.root / "stream-2").exists()
+    assert h.exec(agent.id, "cat f").stdout == "x\n"  # the source never noticed
+    h.kill(agent.id)

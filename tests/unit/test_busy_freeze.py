@@ -81,12 +81,14 @@ async def test_wait_freezes_at_the_first_idle_moment_and_serves_commands_sent_me
     assert (await long).stdout == "released\n"
     served = await sent_during
     frozen = await freeze
-    assert served.stdout == "served\n" and frozen.status is AgentStatus.MIGRATING
+    assert served.stdout == "served\n" and frozen.agent.status is AgentStatus.MIGRATING
+    assert frozen.interrupted_seq is None
     journal = actor.journal()
     assert [e.command for e in journal][1] == "echo served"
     last_finished = max(e.started_at + e.duration_s for e in journal)
     snapshot = await actor.export()
     assert snapshot.frozen_at is not None and snapshot.frozen_at >= last_finished
+    assert frozen.frozen_at == snapshot.frozen_at
     held = asyncio.create_task(run(actor, "echo after"))  # frozen now: waits for resume (or the move)
     await until(lambda: actor._waiting == 1, "the command sent after the freeze to wait")
     assert not held.done() and len(actor.journal()) == 2
@@ -98,8 +100,10 @@ async def test_wait_freezes_at_the_first_idle_moment_and_serves_commands_sent_me
 @in_loop
 async def test_a_freeze_of_an_idle_agent_is_immediate_and_a_second_freeze_returns_at_once(tmp_path: Path) -> None:
     actor = await started_actor(tmp_path)
-    assert (await actor.freeze()).status is AgentStatus.MIGRATING
-    assert (await actor.freeze(FreezeOptions(busy_timeout_s=0.01))).status is AgentStatus.MIGRATING
+    first = await actor.freeze()
+    assert first.agent.status is AgentStatus.MIGRATING and first.frozen_at is not None
+    again = await actor.freeze(FreezeOptions(busy_timeout_s=0.01))
+    assert again.agent.status is AgentStatus.MIGRATING and again.frozen_at == first.frozen_at
     await actor.terminate("done")
 
 
@@ -127,7 +131,7 @@ async def test_interrupt_stops_the_command_marks_its_entry_and_tells_its_caller_
     long = asyncio.create_task(run(actor, blocked_until(tmp_path / "never")))
     await until(lambda: bool(actor.journal()), "the long command to start")
     frozen = await actor.freeze(FreezeOptions(busy=BusyPolicy.INTERRUPT, grace_s=5.0, target="west"))
-    assert frozen.status is AgentStatus.MIGRATING
+    assert frozen.agent.status is AgentStatus.MIGRATING and frozen.interrupted_seq == 1
     with pytest.raises(CommandInterrupted) as info:
         await long
     err = info.value
@@ -188,7 +192,7 @@ def test_live_process_is_refused_with_the_reason_and_nothing_frozen(tmp_path: Pa
         assert (await long).stdout == "released\n"
         # idle: nothing runs that would need CRIU, so the freeze is the ordinary one
         frozen = await actor.freeze(FreezeOptions(busy=BusyPolicy.LIVE_PROCESS, target="west"))
-        assert frozen.status is AgentStatus.MIGRATING
+        assert frozen.agent.status is AgentStatus.MIGRATING
         await actor.terminate("done")
 
     asyncio.run(go())

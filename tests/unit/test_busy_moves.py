@@ -13,7 +13,8 @@ import pytest
 
 from godel_ray.control.drainer import Drainer
 from godel_ray.control.migrator import MigrationExecutor
-from godel_ray.core.migration import MigrationMachine, StepSucceeded, freeze_wait_s
+from godel_ray.core.live_migration import LiveMigrationMachine
+from godel_ray.core.migration import StepSucceeded, freeze_wait_s
 from godel_ray.errors import AgentBusy, InvalidArgument
 from godel_ray.inputs import busy_policy, busy_timeout
 from godel_ray.models import (
@@ -22,6 +23,7 @@ from godel_ray.models import (
     BusyPolicy,
     EventKind,
     FreezeOptions,
+    FreezeReport,
     JournalEntry,
     Migration,
     MigrationPhase,
@@ -36,14 +38,29 @@ T0 = 1000.0
 
 
 def test_downtime_counts_from_when_the_source_froze_not_from_the_request() -> None:
-    m = MigrationMachine(Migration(agent_id="ag-1", source="a", target="b", epoch_from=1), T0)
-    m.start(T0 + 1)  # freeze requested: the agent is busy, it keeps serving commands
+    m = LiveMigrationMachine(Migration(agent_id="ag-1", source="a", target="b", epoch_from=1), T0)
+    m.start(T0)
+    m.handle(StepSucceeded("prepare"), T0)
+    m.handle(StepSucceeded("pre_copy", dirty_bytes=0), T0 + 1)  # freeze requested: the agent is busy, it keeps serving
+    assert m.migration.phase is MigrationPhase.FREEZING
     assert freeze_wait_s(m.migration, T0 + 5) == pytest.approx(4.0)
-    m.handle(StepSucceeded("freeze", frozen_at=T0 + 11, interrupted_seq=None), T0 + 12)
+    m.handle(StepSucceeded("freeze", frozen_at=T0 + 11, interrupted_seq=7), T0 + 12)
     assert m.migration.frozen_at == T0 + 11 and freeze_wait_s(m.migration, T0 + 20) is None
-    for step, at in (("export", 13), ("transfer", 14), ("import", 15), ("verify", 16), ("commit", 17)):
+    assert m.migration.interrupted_seq == 7
+    for step, at in (("delta", 13), ("activate", 14), ("commit", 17)):
         m.handle(StepSucceeded(step), T0 + at)
+    assert m.migration.phase is MigrationPhase.CLEANING_UP
     assert m.migration.downtime_s == pytest.approx(6.0)  # frozen at +11, committed at +17
+
+
+def test_downtime_counts_from_the_freeze_request_when_no_frozen_at_was_reported() -> None:
+    m = LiveMigrationMachine(Migration(agent_id="ag-1", source="a", target="b", epoch_from=1), T0)
+    m.start(T0)
+    m.handle(StepSucceeded("prepare"), T0)
+    m.handle(StepSucceeded("pre_copy", dirty_bytes=0), T0 + 1)  # FREEZING stamped at +1
+    for step, at in (("freeze", 2), ("delta", 3), ("activate", 4), ("commit", 5)):
+        m.handle(StepSucceeded(step), T0 + at)
+    assert m.migration.frozen_at is None and m.migration.downtime_s == pytest.approx(4.0)
 
 
 def test_freeze_wait_is_none_outside_the_freezing_phase() -> None:
@@ -55,7 +72,7 @@ class Harness:
         self.control = Control(tmp_path)
         self.executor = MigrationExecutor(self.control.store, self.control.table, self.control.gateway, self.emit,
                                           ledger=self.control.ledger, views=self.control.clusters.view,
-                                          cooldown_s=0.0, clock=self.control.clock, put=lambda value: value,
+                                          cooldown_s=0.0, clock=self.control.clock,
                                           busy_timeout_s=42.0, interrupt_grace_s=3.0)
         cpus = SiteCapacity(max_agents=10, available_agents=10, total_cpus=8, free_cpus=8)
         for cid in ("src", "dst", "local"):
@@ -66,27 +83,27 @@ class Harness:
     def emit(self, kind: EventKind, type_: str, cluster_id: str, agent_id: str = "", **data: str) -> None:
         pass
 
-    def export_options(self) -> list[FreezeOptions | None]:
-        return [kw.get("freeze_options") for m, kw in self.control.fakes["src"].calls if m == "export"]
+    def freeze_options(self) -> list[FreezeOptions | None]:
+        return [kw.get("options") for m, kw in self.control.fakes["src"].calls if m == "freeze"]
 
 
 def test_the_busy_policy_travels_to_the_source_and_is_recorded(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     done = asyncio.run(h.executor.migrate("ag-1", "dst", busy=BusyPolicy.INTERRUPT))
     assert done.phase is MigrationPhase.COMPLETED and done.busy is BusyPolicy.INTERRUPT
-    assert h.export_options() == [FreezeOptions(busy=BusyPolicy.INTERRUPT, busy_timeout_s=42.0, grace_s=3.0,
+    assert h.freeze_options() == [FreezeOptions(busy=BusyPolicy.INTERRUPT, busy_timeout_s=42.0, grace_s=3.0,
                                                 target="dst")]
     assert h.control.store.migrations("ag-1")[-1].busy is BusyPolicy.INTERRUPT
 
 
 def test_a_busy_timeout_rolls_back_with_the_reason_and_the_source_keeps_running(tmp_path: Path) -> None:
     h = Harness(tmp_path)
-    h.control.fakes["src"].fail["export"] = AgentBusy("agent ag-1 stayed busy for 5 s: nothing was frozen",
+    h.control.fakes["src"].fail["freeze"] = AgentBusy("agent ag-1 stayed busy for 5 s: nothing was frozen",
                                                       agent_id="ag-1")
     done = asyncio.run(h.executor.migrate("ag-1", "dst", busy_timeout_s=5.0))
     assert done.phase is MigrationPhase.ROLLED_BACK and done.busy_timeout_s == 5.0
     assert "AgentBusy" in done.error and "nothing was frozen" in done.error and done.frozen_at is None
-    assert h.export_options() == [FreezeOptions(busy=BusyPolicy.WAIT, busy_timeout_s=5.0, grace_s=3.0,
+    assert h.freeze_options() == [FreezeOptions(busy=BusyPolicy.WAIT, busy_timeout_s=5.0, grace_s=3.0,
                                                 target="dst")]
     row = h.control.store.agent("ag-1")
     assert row is not None and (row.cluster_id, row.status) == ("src", AgentStatus.RUNNING)
@@ -99,9 +116,9 @@ def test_drain_progress_lists_the_agents_whose_move_waits_for_idle(tmp_path: Pat
     drainer = Drainer(h.control.clusters, h.control.table, h.executor, h.emit, clock=h.control.clock)
 
     async def go() -> None:
-        gate = h.control.fakes["src"].gate("export")  # the source is busy: its freeze does not return
+        gate = h.control.fakes["src"].gate("freeze")  # the source is busy: its freeze does not return
         report = await drainer.drain("src", busy=BusyPolicy.WAIT, busy_timeout_s=30.0)
-        await h.control.fakes["src"].reached("export")
+        await h.control.fakes["src"].reached("freeze")
         h.control.now += 7.0
         progress = drainer.progress(report)
         assert report.busy is BusyPolicy.WAIT
@@ -117,9 +134,15 @@ def test_drain_progress_lists_the_agents_whose_move_waits_for_idle(tmp_path: Pat
 
 def test_freeze_options_journal_marks_and_frozen_at_cross_the_wire() -> None:
     options = FreezeOptions(busy=BusyPolicy.INTERRUPT, busy_timeout_s=12.0, grace_s=2.5, target="west")
-    request = convert.export_request_to_pb("ag-1", 3, True, options)
+    request = convert.freeze_request_to_pb("ag-1", 3, options)
+    assert (request.agent_id, request.epoch) == ("ag-1", 3)
     assert convert.freeze_options_from_pb(request) == options
-    assert convert.freeze_options_from_pb(convert.export_request_to_pb("ag-1", 3, True, None)) is None
+    assert convert.freeze_options_from_pb(convert.freeze_request_to_pb("ag-1", 3, None)) is None
+    report = FreezeReport(agent=Agent(id="ag-1", config=SpawnConfig(), cluster_id="west"), frozen_at=T0 + 2,
+                          interrupted_seq=4)
+    assert convert.freeze_report_from_pb(convert.freeze_report_to_pb(report), "west") == report
+    plain = FreezeReport(agent=report.agent)
+    assert convert.freeze_report_from_pb(convert.freeze_report_to_pb(plain), "west") == plain
     entry = JournalEntry(seq=4, command="train", exit_code=143, started_at=T0, interrupted=True,
                          interrupt_reason="interrupted to move agent ag-1 to west")
     assert convert.journal_entry_from_pb(convert.journal_entry_to_pb(entry)) == entry
@@ -192,7 +215,7 @@ def test_interrupt_and_live_process_exclude_each_other() -> None:
     assert move_policy(interrupt=False, live_process=True) is BusyPolicy.LIVE_PROCESS
     with pytest.raises(InvalidArgument, match="exclude each other"):
         move_policy(interrupt=True, live_process=True)
-    request = convert.export_request_to_pb("ag-1", 1, True, FreezeOptions(busy=BusyPolicy.LIVE_PROCESS))
+    request = convert.freeze_request_to_pb("ag-1", 1, FreezeOptions(busy=BusyPolicy.LIVE_PROCESS))
     assert convert.freeze_options_from_pb(request) == FreezeOptions(busy=BusyPolicy.LIVE_PROCESS)
 
 

@@ -22,7 +22,7 @@ class Harness:
         self.events: list[tuple[str, str, dict[str, str]]] = []
         self.executor = MigrationExecutor(self.control.store, self.control.table, self.control.gateway, self.emit,
                                           ledger=self.control.ledger, views=self.control.clusters.view,
-                                          cooldown_s=30.0, clock=self.control.clock, put=lambda value: value)
+                                          cooldown_s=30.0, clock=self.control.clock)
         self.drainer = Drainer(self.control.clusters, self.control.table, self.executor, self.emit)
         cpus = SiteCapacity(max_agents=10, available_agents=10, total_cpus=8, free_cpus=8)
         self.control.report("src", cpus.model_copy(update={"gpu_types": ["nvidia-a100"], "total_gpus": 1,

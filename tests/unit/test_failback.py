@@ -102,8 +102,7 @@ def test_the_shell_moves_the_agent_home_live_with_an_event_and_clears_its_home(t
         events.append((type_, agent_id, data))
 
     executor = MigrationExecutor(control.store, control.table, control.gateway, emit, ledger=control.ledger,
-                                 views=control.clusters.view, cooldown_s=0.0, clock=control.clock,
-                                 put=lambda value: value)
+                                 views=control.clusters.view, cooldown_s=0.0, clock=control.clock)
     shell = FailBack(control.clusters, control.table, executor, emit,
                      rules=FailBackRules(hysteresis_s=60, cooldown_s=0, max_in_flight=1), clock=control.clock)
     for cid in ("src", "dst", "local"):

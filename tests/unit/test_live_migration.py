@@ -186,3 +186,36 @@ def test_recovery_of_a_rollback_in_progress_finishes_it_and_a_finished_record_is
     machine.handle(StepSucceeded("delete_target"), T0 + 51)
     assert machine.handle(StepFailed("resume", "gone"), T0 + 52) == [Finish(P.ROLLED_BACK)]
     assert LiveMigrationMachine(machine.migration, T0 + 60).recover(T0 + 60, committed_in_store=False) == []
+
+
+def test_an_abort_before_the_commit_resumes_the_frozen_source_and_deletes_the_target() -> None:
+    """A store error in the shell (not a failed step) rolls back like one: the source never stays frozen."""
+    d = Driver()
+    d.start()
+    d.ok("prepare")
+    d.ok("pre_copy", moved=10, dirty=0)
+    d.ok("freeze")
+    actions = d.machine.abort("OperationalError('database is locked')", d.tick())
+    assert actions == [DeleteTarget(AGENT, TARGET, 4), Resume(AGENT, SOURCE)]
+    assert d.machine.migration.phase is P.ROLLING_BACK and "database is locked" in (d.machine.migration.error or "")
+    d.ok("delete_target")
+    assert d.ok("resume") == [Finish(P.ROLLED_BACK)]
+    # an abort during the rollback re-issues only what is still awaited
+    e = Driver()
+    e.start()
+    e.ok("prepare")
+    e.ok("pre_copy")
+    e.ok("freeze")
+    e.fail("delta")
+    e.ok("delete_target")
+    assert e.machine.abort("again", e.tick()) == [Resume(AGENT, SOURCE)]
+    assert e.ok("resume") == [Finish(P.ROLLED_BACK)]
+
+
+def test_an_abort_after_the_commit_completes_and_one_after_the_end_does_nothing() -> None:
+    d = Driver()
+    d.start()
+    for step in ("prepare", "pre_copy", "freeze", "delta", "activate", "commit"):
+        d.ok(step)
+    assert d.machine.abort("boom", d.tick()) == [Finish(P.COMPLETED)]
+    assert d.machine.abort("later", d.tick()) == []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from godel_ray.agents.transfer import WorkdirStream, unpack_stream
+from godel_ray.agents.transfer import WorkdirStream, apply_stream, dirty_bytes, unpack_stream
 from godel_ray.errors import SnapshotRejected
 
 CHUNK = 64 * 1024
@@ -119,3 +119,39 @@ def test_a_hostile_stream_is_refused_as_it_arrives_and_leaves_nothing(tmp_path: 
 def test_the_size_limit_stops_the_sender(workdir: Path) -> None:
     with pytest.raises(SnapshotRejected, match="over the snapshot limit of 4096 bytes"):
         list(WorkdirStream(str(workdir), max_bytes=4096, chunk_bytes=CHUNK))
+
+
+def test_a_delta_brings_a_staged_copy_to_the_tree_as_it_is_now(workdir: Path, tmp_path: Path) -> None:
+    """Written, deleted, renamed, a file turned into a directory: after the full stream and one delta
+    the staged copy equals the source tree; the delta carries only what changed."""
+    full = WorkdirStream(str(workdir), chunk_bytes=CHUNK)
+    chunks = list(full)
+    staged = tmp_path / "staged"
+    unpack_stream(iter(chunks), str(staged), expected_sha256=lambda: full.sha256)
+    (workdir / "notes.txt").write_text("changed\n")  # written (its hard link "hard" follows)
+    (workdir / "text.log").unlink()  # deleted
+    os.rename(workdir / "sub" / "deep", workdir / "moved")  # a directory renamed
+    (workdir / "link").unlink()
+    (workdir / "link").mkdir()  # a link turned into a directory
+    (workdir / "link" / "inside").write_bytes(b"new")
+    assert dirty_bytes(str(workdir), full.manifest) > 0
+
+    delta = WorkdirStream(str(workdir), chunk_bytes=CHUNK, since=full.manifest)
+    delta_chunks = list(delta)
+    assert sum(map(len, delta_chunks)) < sum(map(len, chunks)) // 2  # sub/random.bin is not sent again
+    assert sorted(delta.deleted) == ["sub/deep", "sub/deep/empty", "text.log"]
+    apply_stream(iter(delta_chunks), str(staged), expected_sha256=lambda: delta.sha256,
+                 deleted=lambda: delta.deleted)
+    assert _tree(staged) == _tree(workdir)
+    assert dirty_bytes(str(workdir), delta.manifest) == 0
+
+
+def test_a_delta_refuses_a_deletion_outside_the_tree(tmp_path: Path) -> None:
+    root = tmp_path / "staged"
+    root.mkdir()
+    (tmp_path / "outside").write_text("keep")
+    empty = WorkdirStream(str(root), chunk_bytes=CHUNK, since={})
+    data = list(empty)
+    with pytest.raises(SnapshotRejected, match="not a path inside"):
+        apply_stream(iter(data), str(root), expected_sha256=lambda: empty.sha256, deleted=lambda: ["../outside"])
+    assert (tmp_path / "outside").read_text() == "keep"

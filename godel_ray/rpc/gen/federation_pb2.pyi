@@ -49,6 +49,13 @@ class Isolation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ISOLATION_UNSPECIFIED: _ClassVar[Isolation]
     ISOLATION_SANDBOX: _ClassVar[Isolation]
     ISOLATION_NONE: _ClassVar[Isolation]
+
+class TransferMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRANSFER_MODE_SNAPSHOT: _ClassVar[TransferMode]
+    TRANSFER_MODE_FULL: _ClassVar[TransferMode]
+    TRANSFER_MODE_CHANGES: _ClassVar[TransferMode]
+    TRANSFER_MODE_FINAL: _ClassVar[TransferMode]
 AGENT_STATUS_UNSPECIFIED: AgentStatus
 AGENT_STATUS_PENDING: AgentStatus
 AGENT_STATUS_RUNNING: AgentStatus
@@ -74,6 +81,10 @@ BUSY_POLICY_LIVE_PROCESS: BusyPolicy
 ISOLATION_UNSPECIFIED: Isolation
 ISOLATION_SANDBOX: Isolation
 ISOLATION_NONE: Isolation
+TRANSFER_MODE_SNAPSHOT: TransferMode
+TRANSFER_MODE_FULL: TransferMode
+TRANSFER_MODE_CHANGES: TransferMode
+TRANSFER_MODE_FINAL: TransferMode
 
 class AgentLimits(_message.Message):
     __slots__ = ("memory_mb", "processes", "cpu_time_s", "open_files", "workdir_mb")
@@ -375,22 +386,16 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, capacity: _Optional[_Union[SiteCapacity, _Mapping]] = ..., received_at: _Optional[float] = ...) -> None: ...
 
 class ExportAgentRequest(_message.Message):
-    __slots__ = ("agent_id", "epoch", "freeze", "busy", "busy_timeout_s", "interrupt_grace_s", "target_cluster_id")
+    __slots__ = ("agent_id", "epoch", "freeze", "mode")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     FREEZE_FIELD_NUMBER: _ClassVar[int]
-    BUSY_FIELD_NUMBER: _ClassVar[int]
-    BUSY_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
-    INTERRUPT_GRACE_S_FIELD_NUMBER: _ClassVar[int]
-    TARGET_CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     epoch: int
     freeze: bool
-    busy: BusyPolicy
-    busy_timeout_s: float
-    interrupt_grace_s: float
-    target_cluster_id: str
-    def __init__(self, agent_id: _Optional[str] = ..., epoch: _Optional[int] = ..., freeze: _Optional[bool] = ..., busy: _Optional[_Union[BusyPolicy, str]] = ..., busy_timeout_s: _Optional[float] = ..., interrupt_grace_s: _Optional[float] = ..., target_cluster_id: _Optional[str] = ...) -> None: ...
+    mode: TransferMode
+    def __init__(self, agent_id: _Optional[str] = ..., epoch: _Optional[int] = ..., freeze: _Optional[bool] = ..., mode: _Optional[_Union[TransferMode, str]] = ...) -> None: ...
 
 class JournalEntry(_message.Message):
     __slots__ = ("seq", "command", "exit_code", "finished", "started_at", "duration_s", "timed_out", "interrupted", "interrupt_reason")
@@ -415,7 +420,7 @@ class JournalEntry(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., command: _Optional[str] = ..., exit_code: _Optional[int] = ..., finished: _Optional[bool] = ..., started_at: _Optional[float] = ..., duration_s: _Optional[float] = ..., timed_out: _Optional[bool] = ..., interrupted: _Optional[bool] = ..., interrupt_reason: _Optional[str] = ...) -> None: ...
 
 class SnapshotHeader(_message.Message):
-    __slots__ = ("agent", "journal", "archive_size", "sha256", "taken_at", "format_version", "journal_entries", "frozen_at")
+    __slots__ = ("agent", "journal", "archive_size", "sha256", "taken_at", "format_version", "journal_entries", "frozen_at", "mode", "agent_id", "epoch")
     AGENT_FIELD_NUMBER: _ClassVar[int]
     JOURNAL_FIELD_NUMBER: _ClassVar[int]
     ARCHIVE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -424,6 +429,9 @@ class SnapshotHeader(_message.Message):
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     JOURNAL_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     FROZEN_AT_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     agent: Agent
     journal: _containers.RepeatedCompositeFieldContainer[JournalEntry]
     archive_size: int
@@ -432,23 +440,98 @@ class SnapshotHeader(_message.Message):
     format_version: int
     journal_entries: int
     frozen_at: float
-    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ..., journal: _Optional[_Iterable[_Union[JournalEntry, _Mapping]]] = ..., archive_size: _Optional[int] = ..., sha256: _Optional[str] = ..., taken_at: _Optional[float] = ..., format_version: _Optional[int] = ..., journal_entries: _Optional[int] = ..., frozen_at: _Optional[float] = ...) -> None: ...
+    mode: TransferMode
+    agent_id: str
+    epoch: int
+    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ..., journal: _Optional[_Iterable[_Union[JournalEntry, _Mapping]]] = ..., archive_size: _Optional[int] = ..., sha256: _Optional[str] = ..., taken_at: _Optional[float] = ..., format_version: _Optional[int] = ..., journal_entries: _Optional[int] = ..., frozen_at: _Optional[float] = ..., mode: _Optional[_Union[TransferMode, str]] = ..., agent_id: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class SnapshotTrailer(_message.Message):
+    __slots__ = ("sha256", "size_bytes", "dirty_bytes")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DIRTY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    size_bytes: int
+    dirty_bytes: int
+    def __init__(self, sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., dirty_bytes: _Optional[int] = ...) -> None: ...
 
 class SnapshotChunk(_message.Message):
-    __slots__ = ("header", "data", "journal_entry")
+    __slots__ = ("header", "data", "journal_entry", "trailer", "deleted_path")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     JOURNAL_ENTRY_FIELD_NUMBER: _ClassVar[int]
+    TRAILER_FIELD_NUMBER: _ClassVar[int]
+    DELETED_PATH_FIELD_NUMBER: _ClassVar[int]
     header: SnapshotHeader
     data: bytes
     journal_entry: JournalEntry
-    def __init__(self, header: _Optional[_Union[SnapshotHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., journal_entry: _Optional[_Union[JournalEntry, _Mapping]] = ...) -> None: ...
+    trailer: SnapshotTrailer
+    deleted_path: str
+    def __init__(self, header: _Optional[_Union[SnapshotHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., journal_entry: _Optional[_Union[JournalEntry, _Mapping]] = ..., trailer: _Optional[_Union[SnapshotTrailer, _Mapping]] = ..., deleted_path: _Optional[str] = ...) -> None: ...
 
 class ImportAgentResponse(_message.Message):
+    __slots__ = ("agent", "bytes_moved", "dirty_bytes", "members")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_MOVED_FIELD_NUMBER: _ClassVar[int]
+    DIRTY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    agent: Agent
+    bytes_moved: int
+    dirty_bytes: int
+    members: int
+    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ..., bytes_moved: _Optional[int] = ..., dirty_bytes: _Optional[int] = ..., members: _Optional[int] = ...) -> None: ...
+
+class PrepareAgentRequest(_message.Message):
     __slots__ = ("agent",)
     AGENT_FIELD_NUMBER: _ClassVar[int]
     agent: Agent
     def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ...) -> None: ...
+
+class PrepareAgentResponse(_message.Message):
+    __slots__ = ("agent",)
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    agent: Agent
+    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ...) -> None: ...
+
+class AgentRef(_message.Message):
+    __slots__ = ("agent_id", "epoch")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    epoch: int
+    def __init__(self, agent_id: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class AgentReply(_message.Message):
+    __slots__ = ("agent",)
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    agent: Agent
+    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ...) -> None: ...
+
+class FreezeAgentRequest(_message.Message):
+    __slots__ = ("agent_id", "epoch", "busy", "busy_timeout_s", "interrupt_grace_s", "target_cluster_id")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    BUSY_FIELD_NUMBER: _ClassVar[int]
+    BUSY_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPT_GRACE_S_FIELD_NUMBER: _ClassVar[int]
+    TARGET_CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    epoch: int
+    busy: BusyPolicy
+    busy_timeout_s: float
+    interrupt_grace_s: float
+    target_cluster_id: str
+    def __init__(self, agent_id: _Optional[str] = ..., epoch: _Optional[int] = ..., busy: _Optional[_Union[BusyPolicy, str]] = ..., busy_timeout_s: _Optional[float] = ..., interrupt_grace_s: _Optional[float] = ..., target_cluster_id: _Optional[str] = ...) -> None: ...
+
+class FreezeAgentReply(_message.Message):
+    __slots__ = ("agent", "frozen_at", "interrupted_seq")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_AT_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPTED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    agent: Agent
+    frozen_at: float
+    interrupted_seq: int
+    def __init__(self, agent: _Optional[_Union[Agent, _Mapping]] = ..., frozen_at: _Optional[float] = ..., interrupted_seq: _Optional[int] = ...) -> None: ...
 
 class ResumeAgentRequest(_message.Message):
     __slots__ = ("agent_id", "epoch")

@@ -89,6 +89,21 @@ class ClusterFederationStub:
                 request_serializer=godel_dot_federation_dot_v1_dot_federation__pb2.ResumeAgentRequest.SerializeToString,
                 response_deserializer=godel_dot_federation_dot_v1_dot_federation__pb2.ResumeAgentResponse.FromString,
                 _registered_method=True)
+        self.PrepareAgent = channel.unary_unary(
+                '/godel.federation.v1.ClusterFederation/PrepareAgent',
+                request_serializer=godel_dot_federation_dot_v1_dot_federation__pb2.PrepareAgentRequest.SerializeToString,
+                response_deserializer=godel_dot_federation_dot_v1_dot_federation__pb2.PrepareAgentResponse.FromString,
+                _registered_method=True)
+        self.FreezeAgent = channel.unary_unary(
+                '/godel.federation.v1.ClusterFederation/FreezeAgent',
+                request_serializer=godel_dot_federation_dot_v1_dot_federation__pb2.FreezeAgentRequest.SerializeToString,
+                response_deserializer=godel_dot_federation_dot_v1_dot_federation__pb2.FreezeAgentReply.FromString,
+                _registered_method=True)
+        self.ActivateAgent = channel.unary_unary(
+                '/godel.federation.v1.ClusterFederation/ActivateAgent',
+                request_serializer=godel_dot_federation_dot_v1_dot_federation__pb2.AgentRef.SerializeToString,
+                response_deserializer=godel_dot_federation_dot_v1_dot_federation__pb2.AgentReply.FromString,
+                _registered_method=True)
 
 
 class ClusterFederationServicer:
@@ -162,6 +177,26 @@ class ClusterFederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PrepareAgent(self, request, context):
+        """Protocol v2 (live migration): an importing copy with its resources held and an empty staging
+        directory; the source's freeze as its own step; the staged copy made the agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FreezeAgent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ActivateAgent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterFederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +254,21 @@ def add_ClusterFederationServicer_to_server(servicer, server):
                     servicer.ResumeAgent,
                     request_deserializer=godel_dot_federation_dot_v1_dot_federation__pb2.ResumeAgentRequest.FromString,
                     response_serializer=godel_dot_federation_dot_v1_dot_federation__pb2.ResumeAgentResponse.SerializeToString,
+            ),
+            'PrepareAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareAgent,
+                    request_deserializer=godel_dot_federation_dot_v1_dot_federation__pb2.PrepareAgentRequest.FromString,
+                    response_serializer=godel_dot_federation_dot_v1_dot_federation__pb2.PrepareAgentResponse.SerializeToString,
+            ),
+            'FreezeAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.FreezeAgent,
+                    request_deserializer=godel_dot_federation_dot_v1_dot_federation__pb2.FreezeAgentRequest.FromString,
+                    response_serializer=godel_dot_federation_dot_v1_dot_federation__pb2.FreezeAgentReply.SerializeToString,
+            ),
+            'ActivateAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ActivateAgent,
+                    request_deserializer=godel_dot_federation_dot_v1_dot_federation__pb2.AgentRef.FromString,
+                    response_serializer=godel_dot_federation_dot_v1_dot_federation__pb2.AgentReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -518,6 +568,87 @@ class ClusterFederation:
             '/godel.federation.v1.ClusterFederation/ResumeAgent',
             godel_dot_federation_dot_v1_dot_federation__pb2.ResumeAgentRequest.SerializeToString,
             godel_dot_federation_dot_v1_dot_federation__pb2.ResumeAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/godel.federation.v1.ClusterFederation/PrepareAgent',
+            godel_dot_federation_dot_v1_dot_federation__pb2.PrepareAgentRequest.SerializeToString,
+            godel_dot_federation_dot_v1_dot_federation__pb2.PrepareAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FreezeAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/godel.federation.v1.ClusterFederation/FreezeAgent',
+            godel_dot_federation_dot_v1_dot_federation__pb2.FreezeAgentRequest.SerializeToString,
+            godel_dot_federation_dot_v1_dot_federation__pb2.FreezeAgentReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ActivateAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/godel.federation.v1.ClusterFederation/ActivateAgent',
+            godel_dot_federation_dot_v1_dot_federation__pb2.AgentRef.SerializeToString,
+            godel_dot_federation_dot_v1_dot_federation__pb2.AgentReply.FromString,
             options,
             channel_credentials,
             insecure,
