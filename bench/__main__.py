@@ -8,6 +8,8 @@ and stops everything it started. A missed target is reported, never an error.
 
 ``federation-scale`` (``bench.federation_scale``) brings its own control plane and hollow sites
 and runs only when named: ``python -m bench --only federation-scale [--sites N] [--agents N]``.
+``migration-memory`` (``bench.memory_probe``: per-process peak RSS during ~1 GB moves) also runs only
+when named: ``python -m bench --only migration-memory``.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from importlib import metadata
 
 from bench import federation_scale
 from bench.stats import Row, render
-from bench.suite import BENCHES, Federation, Options, default_scale_n, workspace
+from bench.suite import BENCHES, NAMED_ONLY, Federation, Options, default_scale_n, workspace
 
 STANDALONE = ("federation-scale",)  # brings its own control plane; runs only when named
+ONLY_WHEN_NAMED = (*STANDALONE, *NAMED_ONLY)
 
 
 def _versions() -> dict[str, str]:
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON here")
     parser.add_argument("--only", metavar="NAMES",
                         help=f"comma-separated subset of: {','.join([*BENCHES, *STANDALONE])} "
-                             f"({', '.join(STANDALONE)} only when named)")
+                             f"({', '.join(ONLY_WHEN_NAMED)} only when named)")
     parser.add_argument("--scale", type=int, default=None, help="agents in the scale test (default 200, quick 30)")
     parser.add_argument("--sites", type=int, default=None,
                         help="federation-scale: hollow sites to register (default 100, quick 20)")
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spawn-budget", type=float, default=900.0, metavar="S",
                         help="federation-scale: start no spawn after S seconds (default 900); says how many fitted")
     args = parser.parse_args(argv)
-    names = list(BENCHES) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
+    names = [n for n in BENCHES if n not in NAMED_ONLY] if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHES and n not in STANDALONE]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join([*BENCHES, *STANDALONE])}")

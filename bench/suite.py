@@ -26,6 +26,7 @@ import ray
 
 from bench import failover_bench, floors
 from bench.failover_bench import FailoverOptions
+from bench.memory_probe import bench_migration_memory
 from bench.placement_bench import make_views, rate
 from bench.sandbox_bench import agent_worker_pid, bench_sandbox
 from bench.stats import Row, Target
@@ -479,10 +480,12 @@ BENCHES: dict[str, Callable[[Federation, Options], list[Row]]] = {
     "sandbox": bench_sandbox,
 }
 BENCHES["failover"] = bench_failover
+BENCHES["migration-memory"] = bench_migration_memory  # two ~1 GB moves: minutes on 2 cores
+NAMED_ONLY = ("migration-memory",)  # in the shared federation, but only when named in --only
 
 
 def workspace() -> Path:
     return Path(tempfile.mkdtemp(prefix="godel-bench-"))
 
 
-__all__ = ["BENCHES", "Federation", "Options", "default_scale_n", "workspace"]
+__all__ = ["BENCHES", "NAMED_ONLY", "Federation", "Options", "default_scale_n", "workspace"]
