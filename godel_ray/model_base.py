@@ -1,7 +1,7 @@
 """The base of every domain model (``DomainModel``) and the clock the models stamp times with.
 
-Its own module so that the model modules (``godel_ray.models``, ``godel_ray.migration_models``)
-share one base without importing each other.
+Its own module so that the model modules (``godel_ray.models``, ``godel_ray.migration_models``,
+``godel_ray.event_models``) share one base without importing each other.
 """
 
 from __future__ import annotations

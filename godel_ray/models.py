@@ -4,8 +4,9 @@ These are the public data types of godel-ray (the seed's names: ``Cluster``, ``S
 ``Agent``, ``ExecResult`` ...). Proto conversion lives in ``godel_ray.rpc.convert``; validation of
 user input (ids, sizes, env names) lives in ``godel_ray.core.validation``. The records of moves
 (``Migration``, ``MigrationPhase``, ``PhaseStamp``, ``DrainReport``, ``BusyPolicy``,
-``FreezeOptions``) live in ``godel_ray.migration_models`` and are exported from here too; the
-common base in ``godel_ray.model_base``.
+``FreezeOptions``) live in ``godel_ray.migration_models`` and the federation's events (``EventKind``,
+``EventType``, ``FederationEvent``) in ``godel_ray.event_models``; both are exported from here too;
+the common base in ``godel_ray.model_base``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from godel_ray.event_models import EventKind, EventType, FederationEvent
 from godel_ray.migration_models import (
     DEFAULT_BUSY_TIMEOUT_S,
     DEFAULT_INTERRUPT_GRACE_S,
@@ -395,55 +397,6 @@ class ClusterInfo(_Model):
     cluster: Cluster
     health: ClusterHealthState
     agents: int = 0  # non-final agents the federation has placed there
-
-
-class EventKind(str, Enum):
-    AGENT = "agent"
-    COMMAND = "command"
-    CLUSTER = "cluster"
-    MIGRATION = "migration"
-
-
-class EventType(str, Enum):
-    """Every event type the federation emits. ``FederationEvent.type`` stays a string so that an
-    unknown type from a newer site is carried, not refused; compare against these members."""
-
-    AGENT_CHECKPOINTED = "agent.checkpointed"
-    AGENT_EXPORTED = "agent.exported"
-    AGENT_FAILED = "agent.failed"
-    AGENT_FAIL_BACK = "agent.fail_back"
-    AGENT_IMPORTED = "agent.imported"
-    AGENT_KILLED = "agent.killed"
-    AGENT_ORPHAN_REMOVED = "agent.orphan_removed"
-    AGENT_PLACED = "agent.placed"
-    AGENT_RESTORE_FAILED = "agent.restore_failed"
-    AGENT_RESTORED = "agent.restored"
-    AGENT_SPAWNED = "agent.spawned"
-    AGENT_STALE_REMOVED = "agent.stale_removed"
-    AGENT_STATUS = "agent.status"
-    CLUSTER_DRAINED = "cluster.drained"
-    CLUSTER_DRAINING = "cluster.draining"
-    CLUSTER_REGISTERED = "cluster.registered"
-    CLUSTER_STATUS = "cluster.status"
-    CLUSTER_UNREGISTERED = "cluster.unregistered"
-    COMMAND_FINISHED = "command.finished"
-    COMMAND_STARTED = "command.started"
-    MIGRATION_COMMITTED = "migration.committed"
-    MIGRATION_STARTED = "migration.started"
-
-    @property
-    def kind(self) -> EventKind:
-        return EventKind(self.value.split(".", 1)[0])
-
-
-class FederationEvent(_Model):
-    seq: int = 0
-    kind: EventKind
-    type: str  # an ``EventType`` value (a newer site may send others)
-    cluster_id: str = ""
-    agent_id: str = ""
-    ts: float = Field(default_factory=now_s)
-    data: dict[str, str] = Field(default_factory=dict)
 
 
 class ClusterChanges(_Model):

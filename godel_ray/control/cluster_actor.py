@@ -25,6 +25,9 @@ its times, round-trip time and streaks is routine: told with the next answer, an
 grows with every second of silence; a verdict it leads to is). So a quiet cluster costs one answer
 every ``ROUTINE_HEALTH_EVERY_S``, and a busy one at most one per round trip, whatever it buffered.
 
+Inbound workdir streams (protocol v2) are relayed piece by piece by the ``InboundRelay`` base
+(``godel_ray.control.inbound_relay``: ``receive_open``/``push``/``receive_close``).
+
 Fences: after the balancer restored an agent elsewhere, ``fence(agent_id, epoch)`` makes this actor
 refuse commands for that agent below the new epoch (``AgentMoved``: the caller re-resolves), so a
 stale copy on a site that comes back never serves a command, even before it is removed.
@@ -43,6 +46,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from godel_ray import settings
+from godel_ray.control.inbound_relay import InboundRelay
 from godel_ray.core.cluster_client import ChannelObserver, ClusterClient
 from godel_ray.core.detector import ChannelState, probe_failure
 from godel_ray.core.events import EventLog
@@ -75,7 +79,6 @@ from godel_ray.raykit import metrics
 log = logging.getLogger(__name__)
 
 LOCAL_HEARTBEAT_TIMEOUT_S = 10.0  # local's "heartbeat" reads Ray's resources in-process: not a network probe
-INBOUND_PIECES = 2  # pieces of an inbound workdir stream queued ahead of the client (backpressure)
 EVENT_RETRY_DELAY_S = 1.0  # after the event stream failed in a way the client did not retry
 CHANNEL_RETRY_DELAY_S = 1.0  # after watching the channel's state failed
 LOCAL_WORKDIR_NAME = "local"  # under ``settings.work_dir``: the ``local`` cluster's agents' workdirs
@@ -116,7 +119,7 @@ def make_client(cluster: Cluster, state_dir: str | Path) -> ClusterClient:
                              heartbeat_timeout_s=cluster.health.heartbeat_timeout_s, cluster_id=cluster.id)
 
 
-class ClusterActor:
+class ClusterActor(InboundRelay):
     """One cluster's client, health and event buffer.
 
     Invariants: the control loops never die (each iteration catches, logs with the cluster id and
@@ -458,49 +461,6 @@ class ClusterActor:
         self._check_fence(agent_id, epoch)
         async for piece in self.client.send(agent_id, mode, epoch=epoch):
             yield piece
-
-    async def receive_open(self, agent_id: str, *, epoch: int = 0) -> str:
-        """Start applying an inbound stream to the importing ``agent_id``; ``push`` feeds it piece by
-        piece (at most ``INBOUND_PIECES`` queued), ``receive_close`` waits for the result."""
-        pieces: asyncio.Queue[TransferPiece | None] = asyncio.Queue(maxsize=INBOUND_PIECES)
-
-        async def stream() -> AsyncIterator[TransferPiece]:
-            while (piece := await pieces.get()) is not None:
-                yield piece
-
-        stream_id = uuid.uuid4().hex
-        task = asyncio.create_task(self.client.receive(agent_id, stream(), epoch=epoch),
-                                   name=f"receive-{agent_id}-{stream_id[:8]}")
-        self._inbound[stream_id] = (pieces, task)
-        return stream_id
-
-    async def _feed(self, stream_id: str, piece: TransferPiece | None) -> None:
-        inbound = self._inbound.get(stream_id)
-        if inbound is None:
-            raise FailedPrecondition(f"no inbound stream {stream_id[:8]} on cluster {self.cluster.id}")
-        pieces, task = inbound
-        put = asyncio.ensure_future(pieces.put(piece))
-        await asyncio.wait({put, task}, return_when=asyncio.FIRST_COMPLETED)
-        if put.done():
-            return
-        put.cancel()
-        self._inbound.pop(stream_id, None)
-        await task  # raises the receiver's fault
-        raise FailedPrecondition(f"cluster {self.cluster.id} finished the stream before its end")
-
-    async def push(self, stream_id: str, piece: TransferPiece) -> None:
-        await self._feed(stream_id, piece)
-
-    async def receive_close(self, stream_id: str, abort: bool = False) -> TransferReport:
-        """The stream is complete (its trailer was pushed): what the cluster applied. ``abort`` drops it."""
-        if abort:
-            inbound = self._inbound.pop(stream_id, None)
-            if inbound is not None:
-                inbound[1].cancel()
-            return TransferReport()
-        await self._feed(stream_id, None)
-        _, task = self._inbound.pop(stream_id)
-        return await task
 
     async def activate(self, agent_id: str, *, epoch: int = 0) -> Agent:
         agent = self._mine(await self.client.activate(agent_id, epoch=epoch))
