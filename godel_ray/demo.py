@@ -36,6 +36,9 @@ from godel_ray.models import (
 RESTORE_TIMEOUT_S = 90.0
 # The drain step moves an agent the migration step moved a moment before: no cooldown between moves.
 DEMO_MIGRATION_COOLDOWN_S = "0"
+# Fail-back in a demo: home again 2 s after it is back in service (the defaults wait minutes).
+DEMO_FAIL_BACK = {"GODEL_FAIL_BACK_HYSTERESIS_S": "2", "GODEL_FAIL_BACK_COOLDOWN_S": "0"}
+FAIL_BACK_TIMEOUT_S = 90.0
 POLL_S = 0.25
 # Short health settings so the failover step fits in a demo: offline after ~3 s, restored ~3 s later.
 DEMO_HEALTH = HealthSettings(heartbeat_interval_s=1.0, heartbeat_timeout_s=1.0, degraded_after=2,
@@ -162,6 +165,8 @@ def run_demo(keep: bool = False, state_dir: str | None = None, console: Console 
         with _step(run, "1. control plane and two sites, each its own Ray cluster"):
             # The control plane's actors read it from the environment that `up` hands its Ray head.
             os.environ.setdefault(COOLDOWN_ENV, DEMO_MIGRATION_COOLDOWN_S)
+            for name, value in DEMO_FAIL_BACK.items():
+                os.environ.setdefault(name, value)
             info = controlplane.up(run.state_dir, num_cpus=4)
             run.console.print(f"control plane: Ray at {info.address}, state in {run.state_dir}")
             _start_sites(run)
@@ -171,8 +176,8 @@ def run_demo(keep: bool = False, state_dir: str | None = None, console: Console 
         with _step(run, "2. CPU agents stay local while local is below its threshold"):
             # A small laptop: room for 4 agents, spill over at half load.
             proxy.registry.update(LOCAL_CLUSTER_ID, max_agents=4, load_threshold=0.5)
-            first = _spawn(run, proxy, SpawnConfig(model="claude-sonnet-4", labels={"task": "docs"}),
-                           "local load 0/4")
+            first = _spawn(run, proxy, SpawnConfig(model="claude-sonnet-4", labels={"task": "docs"},
+                                                   fail_back="auto"), "local load 0/4")
             second = _spawn(run, proxy, SpawnConfig(model="claude-sonnet-4", labels={"task": "lint"}),
                             "local load 1/4")
 
@@ -203,7 +208,7 @@ def run_demo(keep: bool = False, state_dir: str | None = None, console: Console 
                                            "echo \"processes visible: $(ls /proc | grep -c '^[0-9]')\"; "
                                            "echo work > mine.txt && echo \"own workdir writable: $(cat mine.txt)\"")
 
-        with _step(run, "8. drain: every agent leaves cpu-cheap live, the cluster goes into maintenance"):
+        with _step(run, "8. drain: every agent leaves cpu-cheap live; back in service, fail-back brings one home"):
             report = proxy.registry.drain("cpu-cheap", wait=True)
             for mig in report.migrations:
                 run.console.print(f"  {mig.agent_id}: {mig.source} -> {mig.target} ({mig.phase.value})")
@@ -215,14 +220,19 @@ def run_demo(keep: bool = False, state_dir: str | None = None, console: Console 
                                   f"(epoch {drained.epoch}, home {drained.home_cluster_id})")
             _stream(run, proxy, first.id, "cat NOTES.md")
             proxy.registry.maintenance("cpu-cheap", False)
-            run.console.print("cpu-cheap back in service (maintenance off)")
+            run.console.print(f"cpu-cheap back in service (maintenance off); {first.id} has fail_back=auto")
+            home = _wait_for(lambda: _fail_back(proxy, first.id), FAIL_BACK_TIMEOUT_S, "the fail-back move")
+            _show_migration(run, home)
+            run.console.print(f"{first.id} back home on [cyan]{proxy.status(first.id).cluster_id}[/cyan] "
+                              f"(reason {home.reason})")
+            _stream(run, proxy, first.id, "cat NOTES.md")
 
         with _step(run, "9. a site dies: its checkpointed agent is restored elsewhere"):
             durable = _spawn(run, proxy, SpawnConfig(
                 model="claude-sonnet-4", cluster="cpu-cheap", restart_policy=RestartPolicy.CHECKPOINT,
                 checkpoint_interval_s=1.0, labels={"task": "long-run"}), "checkpointed, pinned to cpu-cheap")
             _stream(run, proxy, durable.id, "echo 'state before the crash' > progress.txt")
-            _wait_for(lambda: _has_checkpoint(run, durable.id), 30, "a checkpoint")
+            _wait_for(lambda: _checkpointed(proxy, durable.id), 30, "a checkpoint holding progress.txt")
             run.console.print("killing the cpu-cheap site process (SIGKILL) ...")
             run.sites["cpu-cheap"].kill()
             restored = _wait_for(lambda: _restored(proxy, durable.id), RESTORE_TIMEOUT_S,
@@ -243,8 +253,16 @@ def run_demo(keep: bool = False, state_dir: str | None = None, console: Console 
     return 0 if ok else 1
 
 
-def _has_checkpoint(run: DemoRun, agent_id: str) -> bool:
-    return any(p.name.startswith(agent_id) for p in (run.state_dir / "checkpoints").glob("*"))
+def _checkpointed(proxy: Any, agent_id: str) -> bool:
+    """A checkpoint of the agent holds its first command (and so the file it wrote) by now."""
+    return any(e.type == "agent.checkpointed" and e.agent_id == agent_id and int(e.data.get("journal", "0")) >= 1
+               for e in proxy.events())
+
+
+def _fail_back(proxy: Any, agent_id: str) -> Migration | None:
+    """The agent's completed fail-back move, once it is home."""
+    return next((m for m in proxy.migrations(agent_id)
+                 if m.reason == "fail_back" and m.phase.value == "completed"), None)
 
 
 def _restored(proxy: Any, agent_id: str) -> Agent | None:

@@ -50,6 +50,7 @@ def test_demo_tells_the_story_and_cleans_up(tmp_path: Path) -> None:
     assert "No such file or directory" in out and "RAY_AUTH_TOKEN=unset" in out  # the sandbox hides secrets
     assert "processes visible: " in out and "own workdir writable: work" in out
     assert "drained to " in out and "home cpu-cheap" in out       # drain moved the agent off, live
+    assert "back home on cpu-cheap (reason fail_back)" in out     # fail-back once it is back in service
     assert "restored on" in out and "state before the crash" in out    # failover from a checkpoint
     assert "demo finished" in out
 
