@@ -326,20 +326,28 @@ def unpack_stream(chunks: Iterable[bytes], dest: str, *, expected_sha256: Callab
     reader = _ChunkReader(chunks, codec)
 
     def walk(extract: Callable[[tarfile.TarFile, tarfile.TarInfo, str], None]) -> snap.ArchiveSummary:
-        try:
-            summary = snap.walk_tar(reader, max_bytes, extract, limits, deadline)
-        except SnapshotRejected:
-            raise
-        except Exception as exc:  # zstd errors and the like: the stream is corrupt
-            raise SnapshotRejected(f"snapshot stream is corrupt: {exc}") from exc
-        reader.drain()
-        expected = (expected_sha256() or "").lower()
-        if reader.sha256 != expected:
-            raise SnapshotRejected("snapshot checksum mismatch: the stream was corrupted or altered in transit "
-                                   f"(got {reader.sha256[:16]}..., sender says {expected[:16] or '(none)'}...)")
-        return summary
+        return _walk_checked(reader, extract, "snapshot", expected_sha256, max_bytes, limits, deadline)
 
     return snap.unpack_into(dest, walk)
+
+
+def _walk_checked(reader: _ChunkReader, extract: Callable[[tarfile.TarFile, tarfile.TarInfo, str], None],
+                  what: str, expected_sha256: Callable[[], str], max_bytes: int, limits: Limits,
+                  deadline: float | None) -> snap.ArchiveSummary:
+    """Walk the whole stream through ``extract`` with ``snapshot``'s checks, then compare its hash with
+    the sender's (known only once the stream ended); any fault is ``SnapshotRejected``."""
+    try:
+        summary = snap.walk_tar(reader, max_bytes, extract, limits, deadline)
+    except SnapshotRejected:
+        raise
+    except Exception as exc:  # zstd errors and the like: the stream is corrupt
+        raise SnapshotRejected(f"{what} stream is corrupt: {exc}") from exc
+    reader.drain()
+    expected = (expected_sha256() or "").lower()
+    if reader.sha256 != expected:
+        raise SnapshotRejected(f"{what} checksum mismatch: the stream was corrupted or altered in transit "
+                               f"(got {reader.sha256[:16]}..., sender says {expected[:16] or '(none)'}...)")
+    return summary
 
 
 def apply_stream(chunks: Iterable[bytes], root: str, *, expected_sha256: Callable[[], str],
@@ -372,17 +380,7 @@ def apply_stream(chunks: Iterable[bytes], root: str, *, expected_sha256: Callabl
             member.linkname = posixpath.normpath(member.linkname)
         tar.extract(member, path=root, set_attrs=True, filter="data")
 
-    try:
-        summary = snap.walk_tar(reader, max_bytes, extract, limits, deadline)
-    except SnapshotRejected:
-        raise
-    except Exception as exc:  # zstd errors and the like: the stream is corrupt
-        raise SnapshotRejected(f"snapshot stream is corrupt: {exc}") from exc
-    reader.drain()
-    expected = (expected_sha256() or "").lower()
-    if reader.sha256 != expected:
-        raise SnapshotRejected("delta checksum mismatch: the stream was corrupted or altered in transit "
-                               f"(got {reader.sha256[:16]}..., sender says {expected[:16] or '(none)'}...)")
+    summary = _walk_checked(reader, extract, "delta", expected_sha256, max_bytes, limits, deadline)
     for name in deleted():
         norm = posixpath.normpath(name)
         if not name or "\x00" in name or name.startswith("/") or ".." in norm.split("/") or norm == ".":
