@@ -48,7 +48,7 @@ from godel_ray.agents.actor_moves import AgentMoves
 from godel_ray.agents.inbox import Inbox
 from godel_ray.agents.process import ProcessControl, kill_process_group, release_agent_cgroup, run_streaming
 from godel_ray.agents.workdir import remove_tree
-from godel_ray.core.cluster_client import KILL_REASON_MIGRATED, collect
+from godel_ray.core.cluster_client import KILL_REASON_MIGRATED, check_epoch, collect
 from godel_ray.core.gpu import GPU_TYPE_RESOURCE_UNITS, gpu_type_resource
 from godel_ray.core.validation import validate_command, validate_exec_timeout
 from godel_ray.errors import (
@@ -56,7 +56,6 @@ from godel_ray.errors import (
     AgentNotRunning,
     CommandInterrupted,
     FailedPrecondition,
-    StaleEpoch,
 )
 from godel_ray.models import (
     Agent,
@@ -259,10 +258,7 @@ class AgentActor(AgentMoves):
             return
         if self._moved:
             raise self._refusal()
-        if epoch != self._agent.epoch:
-            raise StaleEpoch(f"agent {self._agent.id} is at epoch {self._agent.epoch} here, not {epoch}: this "
-                             "copy was superseded; resolve the agent's location again",
-                             agent_id=self._agent.id, epoch=self._agent.epoch)
+        check_epoch(self._agent.id, self._agent.epoch, epoch)
         self._check_running()
 
     def _report(self, phase: str, entry: JournalEntry) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from godel_ray.core.cluster_client import check_epoch
 from godel_ray.core.events import EventLog
 from godel_ray.errors import (
     AgentMoved,
@@ -30,7 +31,6 @@ from godel_ray.errors import (
     AgentNotRunning,
     ClusterUnavailable,
     GodelError,
-    StaleEpoch,
 )
 from godel_ray.models import Agent, AgentStatus, EventKind, EventType, FederationEvent, JournalEntry, now_s
 from godel_ray.raykit import rayapi
@@ -105,10 +105,7 @@ class AgentTable:
         if entry is None:
             raise AgentNotFound(f"agent {agent_id} is not on cluster {self.name}", agent_id=agent_id,
                                 cluster_id=self.name)
-        if epoch and epoch != entry.agent.epoch:
-            raise StaleEpoch(f"agent {agent_id} is at epoch {entry.agent.epoch} here, not {epoch}: "
-                             "this copy was superseded; resolve the agent's location again",
-                             agent_id=agent_id, epoch=entry.agent.epoch)
+        check_epoch(agent_id, entry.agent.epoch, epoch)
         return entry
 
     def live(self, agent_id: str, epoch: int = 0) -> tuple[AgentEntry, AgentGateway]:

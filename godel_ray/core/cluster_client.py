@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
 from godel_ray.core.detector import ChannelState
+from godel_ray.errors import StaleEpoch
 from godel_ray.models import (
     Agent,
     AgentSnapshot,
@@ -58,6 +59,14 @@ from godel_ray.models import (
 )
 
 KILL_REASON_MIGRATED = "migrated"
+
+
+def check_epoch(agent_id: str, have: int, want: int) -> None:
+    """The epoch rule above: ``want`` 0 is not checked; any other value must be ``have``, the epoch of
+    the copy asked, else ``StaleEpoch``."""
+    if want and want != have:
+        raise StaleEpoch(f"agent {agent_id} is at epoch {have} here, not {want}: this copy was superseded; "
+                         "resolve the agent's location again", agent_id=agent_id, epoch=have)
 
 
 class ClusterClient(Protocol):

@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from godel_ray.agents.capacity import placement_problem, site_capacity
-from godel_ray.core.cluster_client import KILL_REASON_MIGRATED, collect
+from godel_ray.core.cluster_client import KILL_REASON_MIGRATED, check_epoch, collect
 from godel_ray.core.events import EventLog
 from godel_ray.core.gpu import GPU_TYPE_RESOURCE_UNITS, gpu_type_resource
 from godel_ray.core.validation import (
@@ -144,10 +144,7 @@ class HollowRuntime:
         if record is None:
             raise AgentNotFound(f"agent {agent_id} is not on cluster {self.name}", agent_id=agent_id,
                                 cluster_id=self.name)
-        if epoch and epoch != record.agent.epoch:
-            raise StaleEpoch(f"agent {agent_id} is at epoch {record.agent.epoch} here, not {epoch}: "
-                             "this copy was superseded; resolve the agent's location again",
-                             agent_id=agent_id, epoch=record.agent.epoch)
+        check_epoch(agent_id, record.agent.epoch, epoch)
         return record
 
     def _live(self, agent_id: str, epoch: int = 0) -> _Record:
