@@ -177,7 +177,7 @@ class Lab:
             if info.cluster.is_local:
                 listed = ClusterGateway(cid, factory.cluster_actor_handle(cid)).list_agents().get(EXEC_TIMEOUT_S)
             elif cid in self.sites:
-                listed = site_agents(self.sites[cid])
+                listed = self.sites[cid].list_agents()
             else:
                 continue
             copies.update(a.id for a in listed if a.id in agent_ids and not a.status.is_final)
@@ -302,25 +302,9 @@ def long_partition_trial(lab: Lab, tally: Tally, island: faults.Island, agents: 
             lab.proxy.kill(agent_id)
 
 
-def site_agents(site: SiteProcess) -> list[Agent]:
-    """The site's own ``ListAgents`` (straight over gRPC, not through the control plane)."""
-    import asyncio
-
-    from godel_ray.rpc.client import GrpcClusterClient
-
-    async def go() -> list[Agent]:
-        client = GrpcClusterClient(site.endpoint, token=site.token, cluster_id=site.name)
-        try:
-            return await client.list_agents()
-        finally:
-            await client.close()
-
-    return asyncio.run(go())
-
-
 def hosted(site: SiteProcess, agent_ids: set[str]) -> set[str]:
     """Which of ``agent_ids`` ``site`` itself still hosts a live copy of."""
-    return {a.id for a in site_agents(site) if a.id in agent_ids and not a.status.is_final}
+    return {a.id for a in site.list_agents() if a.id in agent_ids and not a.status.is_final}
 
 
 # --- the bench -----------------------------------------------------------------------------------------

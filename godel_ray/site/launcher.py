@@ -9,6 +9,7 @@ prints nothing at all.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import secrets
@@ -20,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from godel_ray.models import Agent
 from godel_ray.raykit import heads
 
 SITE_READY_TIMEOUT_S = 120.0
@@ -69,6 +71,19 @@ class SiteProcess:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
+
+    def list_agents(self) -> list[Agent]:
+        """The site's own ``ListAgents`` over gRPC, not through a control plane: what it runs now."""
+        from godel_ray.rpc.client import GrpcClusterClient
+
+        async def listing() -> list[Agent]:
+            client = GrpcClusterClient(self.endpoint, token=self.token, cluster_id=self.name)
+            try:
+                return await client.list_agents()
+            finally:
+                await client.close()
+
+        return asyncio.run(listing())
 
 
 def start_site(tmp_dir: Path, name: str, *, num_cpus: float = 4, num_gpus: int = 0,

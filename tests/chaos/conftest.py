@@ -7,7 +7,6 @@ with a deadline. Processes are stopped by their session ids, never by name.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import itertools
 import os
@@ -92,20 +91,6 @@ def island_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
 
 
 # --- what clusters really host -----------------------------------------------------------------------
-
-def site_agents(site: SiteProcess) -> list[Agent]:
-    """The site's own ``ListAgents`` (straight over gRPC, not through the control plane)."""
-    from godel_ray.rpc.client import GrpcClusterClient
-
-    async def listing() -> list[Agent]:
-        client = GrpcClusterClient(site.endpoint, token=site.token, cluster_id=site.name)
-        try:
-            return await client.list_agents()
-        finally:
-            await client.close()
-
-    return asyncio.run(listing())
-
 
 def local_agents() -> list[Agent]:
     """The ``local`` runtime's own agent table (through its ClusterActor, not the balancer)."""

@@ -18,7 +18,7 @@ import pytest
 from godel_ray.control import factory
 from godel_ray.errors import GodelError
 from godel_ray.models import Agent, AgentStatus, SpawnConfig
-from tests.chaos.conftest import ChaosPlane, live, live_agent_actors, local_agents, site_agents, wait_for
+from tests.chaos.conftest import ChaosPlane, live, live_agent_actors, local_agents, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.ray]
 THREADS = 5
@@ -68,7 +68,7 @@ def test_balancer_killed_mid_burst_loses_nothing_and_leaves_no_orphan(chaos_plan
 
     def consistent() -> dict[str, Any] | None:
         table = {a.id: a for a in proxy.list()}
-        on_local, on_site = live(local_agents()), live(site_agents(site))
+        on_local, on_site = live(local_agents()), live(site.list_agents())
         hosted = Counter([a.id for a in on_local] + [a.id for a in on_site])
         where = {a.id: "local" for a in on_local} | {a.id: site.name for a in on_site}
         orphans = [i for i in hosted if i not in table or table[i].status.is_final]

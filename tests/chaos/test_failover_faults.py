@@ -22,7 +22,7 @@ from bench.faults import Island, frozen
 from godel_ray.client.proxy import connect
 from godel_ray.models import AgentStatus, ClusterHealthState, ClusterStatus, HealthSettings, RestartPolicy, SpawnConfig
 from godel_ray.site.launcher import SiteProcess
-from tests.chaos.conftest import ChaosPlane, live, site_agents, wait_for
+from tests.chaos.conftest import ChaosPlane, live, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.ray]
 DEFAULTS = HealthSettings()
@@ -107,7 +107,7 @@ def test_a_site_frozen_briefly_keeps_its_agents_and_nothing_is_restored(
         assert (after.cluster_id, after.epoch) == (before[agent_id].cluster_id, before[agent_id].epoch)
     events = list(proxy.events(first_seq))
     assert not [e for e in events if e.type in ("agent.restored", "agent.failed") and e.agent_id in agents]
-    assert sorted(a.id for a in live(site_agents(site)) if a.id in agents) == sorted(agents)
+    assert sorted(a.id for a in live(site.list_agents()) if a.id in agents) == sorted(agents)
     for agent_id in agents:
         proxy.kill(agent_id)
     proxy.registry.unregister(site.name, force=True)
@@ -138,7 +138,7 @@ def test_a_partitioned_site_returning_after_its_agents_moved_never_serves_them(
 
     # the driver holding the old location is re-routed: the stale copy must not run this
     assert holder.exec(agent_id, "echo served >> served.txt && cat notes.txt").stdout == expect
-    wait_for(lambda: not [a for a in live(site_agents(site)) if a.id == agent_id], "the stale copy removed")
+    wait_for(lambda: not [a for a in live(site.list_agents()) if a.id == agent_id], "the stale copy removed")
     wait_for(lambda: (h := _health(chaos_plane, site.name)) is not None and h.status is ClusterStatus.ACTIVE,
              "the island active again")
 

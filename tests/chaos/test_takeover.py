@@ -31,7 +31,7 @@ from godel_ray.control import controlplane, factory
 from godel_ray.models import Agent, AgentStatus, Cluster, SpawnConfig
 from godel_ray.raykit import heads, rayapi
 from godel_ray.raykit.gateway import BalancerGateway
-from tests.chaos.conftest import FAST_HEALTH, live, site_agents, wait_for
+from tests.chaos.conftest import FAST_HEALTH, live, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.ray, pytest.mark.postgres]
 LEASE_TTL_S = "3"
@@ -155,7 +155,7 @@ def test_the_standby_takes_over_a_killed_head_and_loses_no_acknowledged_spawn(
 
     def consistent() -> dict[str, Agent] | None:
         table = {a.id: a for a in proxy_b.list()}
-        hosted = Counter(a.id for a in live(site_agents(site)))
+        hosted = Counter(a.id for a in live(site.list_agents()))
         orphans = [i for i in hosted if i not in table or table[i].status.is_final]
         if orphans or any(hosted[i] != 1 for i in acked_ids):
             return None  # the new balancer's reconciliation and orphan sweeps have not run yet

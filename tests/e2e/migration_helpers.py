@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 from collections.abc import Iterator
@@ -46,22 +45,8 @@ def register(proxy: TransparentClusterProxy, site: Any) -> None:
                                     auth_token_file=str(site.token_file), health=FAST_HEALTH))
 
 
-def site_agents(site: Any) -> list[Agent]:
-    """The site's own ``ListAgents`` over gRPC (the federation's table is not asked)."""
-    from godel_ray.rpc.client import GrpcClusterClient
-
-    async def go() -> list[Agent]:
-        client = GrpcClusterClient(site.endpoint, token=site.token, cluster_id=site.name)
-        try:
-            return await client.list_agents()
-        finally:
-            await client.close()
-
-    return asyncio.run(go())
-
-
 def live_copies(site: Any, agent_id: str) -> list[Agent]:
-    return [a for a in site_agents(site) if a.id == agent_id and not a.status.is_final]
+    return [a for a in site.list_agents() if a.id == agent_id and not a.status.is_final]
 
 
 def finished(proxy: TransparentClusterProxy, migration_id: str) -> Migration | None:

@@ -29,7 +29,6 @@ from tests.e2e.migration_helpers import (
     live_copies,
     phase_of,
     register,
-    site_agents,
     wait_for,
 )
 
@@ -283,5 +282,5 @@ def test_target_dies_during_import_rolls_back_exactly_once(plane: Plane) -> None
     assert (back.cluster_id, back.epoch, back.status) == ("local", agent.epoch, AgentStatus.RUNNING)
     assert proxy.exec(agent.id, "cat notes.txt && wc -c < big.bin").stdout == "safe\n48000000\n"
     assert [a.id for a in proxy.list()].count(agent.id) == 1
-    assert all(a.id != agent.id for a in site_agents(plane.sites["west"]))  # east died with its Ray cluster
+    assert all(a.id != agent.id for a in plane.sites["west"].list_agents())  # east died with its Ray cluster
 
