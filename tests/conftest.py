@@ -6,9 +6,12 @@ with ``ray stop``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,3 +100,31 @@ def pg_server() -> Iterator[Any]:
         pytest.skip(reason)
     yield server
     server.cleanup()
+
+
+@contextlib.contextmanager
+def two_control_planes(tmp_path: Path, pg_server: Any, **env: str) -> Iterator[tuple[Path, Path]]:
+    """The state dirs of two control planes (the test starts them) on one PostgreSQL, in a fresh
+    schema (no other test's lease or rows), with ``env`` set for both; their heads are stopped after."""
+    import psycopg
+
+    from godel_ray.control import controlplane
+    from godel_ray.raykit import rayapi
+
+    schema = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_server.get_uri(), autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    a, b = tmp_path / "plane-a", tmp_path / "plane-b"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GODEL_LOCAL_WARM_POOL", "0")
+        patch.setenv("GODEL_STATE_URL", f"{pg_server.get_uri()}&options=-csearch_path%3D{schema}")
+        for key, value in env.items():
+            patch.setenv(key, value)
+        try:
+            yield a, b
+        finally:
+            rayapi.detach()
+            for root in (a, b):
+                head = controlplane.read_head(root)
+                if head is not None:
+                    head.stop()

@@ -32,6 +32,7 @@ from godel_ray.models import Agent, AgentStatus, Cluster, SpawnConfig
 from godel_ray.raykit import heads, rayapi
 from godel_ray.raykit.gateway import BalancerGateway
 from tests.chaos.conftest import FAST_HEALTH, live, wait_for
+from tests.conftest import two_control_planes
 
 pytestmark = [pytest.mark.chaos, pytest.mark.ray, pytest.mark.postgres]
 LEASE_TTL_S = "3"
@@ -53,26 +54,8 @@ def _kill_head(head: heads.RayHead) -> None:
 
 @pytest.fixture()
 def two_planes(tmp_path: Path, pg_server: Any) -> Iterator[tuple[Path, Path]]:
-    import uuid
-
-    import psycopg
-
-    schema = "t_" + uuid.uuid4().hex[:12]  # a fresh namespace: no other test's lease or rows
-    with psycopg.connect(pg_server.get_uri(), autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    a, b = tmp_path / "plane-a", tmp_path / "plane-b"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GODEL_LOCAL_WARM_POOL", "0")
-        patch.setenv("GODEL_LEASE_TTL_S", LEASE_TTL_S)
-        patch.setenv("GODEL_STATE_URL", f"{pg_server.get_uri()}&options=-csearch_path%3D{schema}")
-        try:
-            yield a, b
-        finally:
-            rayapi.detach()
-            for root in (a, b):
-                head = controlplane.read_head(root)
-                if head is not None:
-                    head.stop()
+    with two_control_planes(tmp_path, pg_server, GODEL_LEASE_TTL_S=LEASE_TTL_S) as planes:
+        yield planes
 
 
 class Burst:

@@ -22,6 +22,7 @@ from godel_ray.client.proxy import connect
 from godel_ray.control import controlplane
 from godel_ray.models import AgentStatus, SpawnConfig
 from godel_ray.raykit import rayapi
+from tests.conftest import two_control_planes
 
 pytestmark = [pytest.mark.ray, pytest.mark.postgres]
 CLI_TIMEOUT_S = 180.0
@@ -29,25 +30,8 @@ CLI_TIMEOUT_S = 180.0
 
 @pytest.fixture()
 def two_planes(tmp_path: Path, pg_server: Any) -> Iterator[tuple[Path, Path]]:
-    import uuid
-
-    import psycopg
-
-    schema = "t_" + uuid.uuid4().hex[:12]  # a fresh namespace: nothing of another test's lease
-    with psycopg.connect(pg_server.get_uri(), autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    a, b = tmp_path / "plane-a", tmp_path / "plane-b"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GODEL_LOCAL_WARM_POOL", "0")
-        patch.setenv("GODEL_STATE_URL", f"{pg_server.get_uri()}&options=-csearch_path%3D{schema}")
-        try:
-            yield a, b
-        finally:
-            rayapi.detach()
-            for root in (a, b):
-                head = controlplane.read_head(root)
-                if head is not None:
-                    head.stop()
+    with two_control_planes(tmp_path, pg_server) as planes:
+        yield planes
 
 
 def _port(address: str) -> str:
